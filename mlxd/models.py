@@ -1,0 +1,84 @@
+"""Loading the one model: an MLX model directory (what ``mlx_lm.load`` accepts) or a GGUF file.
+
+Static imports only, so PyInstaller sees every module the binary needs.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from mlx_lm.utils import load as load_mlx_dir
+
+from . import gguf
+
+log = logging.getLogger("mlxd.models")
+
+DEFAULT_CONTEXT_LENGTH = 4096  # when neither config nor tokenizer names one
+
+
+class ModelLoadError(Exception):
+    """The model cannot be served; the message says why (shown to the user at start)."""
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    model: object
+    tokenizer: object          # mlx_lm TokenizerWrapper
+    config: dict
+    path: Path
+    name: str                  # the id served in /v1/models
+    format: str                # "mlx" or "gguf"
+    context_length: int
+    load_seconds: float
+
+
+def served_name(path: str | Path) -> str:
+    """The model id clients see: the directory name, or the GGUF file name without .gguf."""
+    path = Path(path).expanduser()
+    return path.stem if path.suffix.lower() == ".gguf" else path.resolve().name
+
+
+def load(path: str | Path) -> LoadedModel:
+    path = Path(path).expanduser()
+    start = time.perf_counter()
+    name = served_name(path)
+    if not path.exists():
+        raise ModelLoadError(f"model not found: {path}")
+    if path.is_dir():
+        model, tokenizer, config = _load_dir(path)
+        fmt = "mlx"
+    elif path.suffix.lower() == ".gguf":
+        try:
+            model, tokenizer, config = gguf.load_gguf(path)
+        except gguf.UnsupportedModelError as exc:
+            raise ModelLoadError(f"{path.name}: {exc}") from exc
+        fmt = "gguf"
+    else:
+        raise ModelLoadError(f"{path}: expected an MLX model directory or a .gguf file")
+    if not getattr(tokenizer, "has_chat_template", False):
+        log.warning("%s has no chat template: /v1/chat/completions will refuse requests", name)
+    return LoadedModel(model, tokenizer, config, path, name, fmt,
+                       _context_length(config, tokenizer), time.perf_counter() - start)
+
+
+def _load_dir(path: Path):
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: no config.json (is this an MLX model directory?)")
+    try:
+        return load_mlx_dir(str(path), return_config=True)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+
+
+def _context_length(config: dict, tokenizer) -> int:
+    for key in ("max_position_embeddings", "max_sequence_length", "seq_length", "n_ctx"):
+        if isinstance(config.get(key), int) and config[key] > 0:
+            return config[key]
+    limit = getattr(tokenizer, "model_max_length", None)
+    # HF tokenizers use a huge sentinel (int(1e30)) for "no limit".
+    if isinstance(limit, int) and 0 < limit < 10_000_000:
+        return limit
+    return DEFAULT_CONTEXT_LENGTH

@@ -1,0 +1,277 @@
+"""OpenAI request bodies -> frozen, validated records. Each body is parsed once, here.
+
+Policy (README, "Unknown and unsupported fields"): every field is either honoured or refused with
+a 400 whose ``param`` names it. A field OpenAI defines that mlxd does not implement yet is accepted
+only at its neutral value (``n: 1``, ``presence_penalty: 0``, ...), where it changes nothing; a
+field OpenAI does not define is refused, as OpenAI itself does. ``null`` means "not given".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from .errors import HttpError, bad_request
+
+MAX_STOP_SEQUENCES = 4         # OpenAI's limit
+MAX_STOP_CHARS = 256           # a stop string longer than this is surely a mistake
+MAX_MESSAGES = 4096
+ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
+
+# Fields OpenAI defines that mlxd accepts only at the value that changes nothing.
+NEUTRAL_VALUES: dict[str, Callable[[Any], bool]] = {
+    "n": lambda v: v == 1,
+    "best_of": lambda v: v == 1,
+    "presence_penalty": lambda v: v == 0,
+    "frequency_penalty": lambda v: v == 0,
+    "logprobs": lambda v: v is False or v == 0,
+    "top_logprobs": lambda v: v == 0,
+    "logit_bias": lambda v: v == {},
+    "response_format": lambda v: v == {"type": "text"},
+    "tools": lambda v: v == [],
+    "tool_choice": lambda v: v == "none",
+    "parallel_tool_calls": lambda v: isinstance(v, bool),
+    "suffix": lambda v: v == "",
+    "store": lambda v: v is False,
+    "service_tier": lambda v: v in ("auto", "default"),
+}
+# Fields that never change the output; accepted and recorded nowhere.
+METADATA_FIELDS = {"user", "metadata"}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Sampling fields common to both endpoints; ``None`` = use the server default."""
+    max_tokens: int | None
+    temperature: float | None
+    top_p: float | None
+    stop: tuple[str, ...]
+    seed: int | None
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    model: str | None
+    messages: tuple[dict, ...]     # {"role": ..., "content": str}, roles normalised
+    sampling: Sampling
+    stream: bool
+    include_usage: bool
+
+    @classmethod
+    def from_json(cls, body: bytes) -> "ChatRequest":
+        obj = parse_object(body)
+        fields = Fields(obj, COMMON_FIELDS | {"messages", "max_completion_tokens"})
+        return cls(model=fields.model(), messages=_messages(obj), sampling=fields.sampling(),
+                   stream=fields.stream(), include_usage=fields.include_usage())
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    model: str | None
+    prompt: str | tuple[int, ...]  # text, or token ids given directly
+    echo: bool
+    sampling: Sampling
+    stream: bool
+    include_usage: bool
+
+    @classmethod
+    def from_json(cls, body: bytes) -> "CompletionRequest":
+        obj = parse_object(body)
+        fields = Fields(obj, COMMON_FIELDS | {"prompt", "echo"})
+        echo = obj.get("echo")
+        if echo is not None and not isinstance(echo, bool):
+            raise bad_request("'echo' must be a boolean", "echo")
+        return cls(model=fields.model(), prompt=_prompt(obj), echo=bool(echo),
+                   sampling=fields.sampling(), stream=fields.stream(),
+                   include_usage=fields.include_usage())
+
+
+COMMON_FIELDS = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p",
+                 "stop", "seed"} | set(NEUTRAL_VALUES) | METADATA_FIELDS
+
+
+def parse_object(body: bytes) -> dict:
+    if not body:
+        raise bad_request("the request body is empty; send a JSON object")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise bad_request(f"the request body is not valid UTF-8 (byte {exc.start})") from None
+    try:
+        obj = json.loads(text, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise bad_request(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise bad_request(f"the request body must be a JSON object, not {_kind(obj)}")
+    return obj
+
+
+def _reject_constant(name: str):
+    raise bad_request(f"the request body is not valid JSON: {name} is not a JSON number")
+
+
+class Fields:
+    """Typed access to one body's fields; construction refuses unknown and unsupported ones."""
+
+    def __init__(self, obj: dict, known: set[str]) -> None:
+        self.obj = obj
+        for key, value in obj.items():
+            if key not in known:
+                raise bad_request(f"Unrecognized request argument supplied: {key}", key,
+                                  "unknown_parameter")
+            neutral = NEUTRAL_VALUES.get(key)
+            if neutral and value is not None and not neutral(value):
+                raise bad_request(f"'{key}' is not supported by mlxd yet; send it unset or "
+                                  f"at its default value", key, "unsupported_parameter")
+
+    def model(self) -> str | None:
+        return self.optional("model", str, "a string")
+
+    def stream(self) -> bool:
+        return bool(self.optional("stream", bool, "a boolean"))
+
+    def include_usage(self) -> bool:
+        options = self.optional("stream_options", dict, "an object")
+        if options is None:
+            return False
+        if not self.stream():
+            raise bad_request("'stream_options' is only allowed when 'stream' is true",
+                              "stream_options")
+        for key in options:
+            if key != "include_usage":
+                raise bad_request(f"Unrecognized stream option: {key}", f"stream_options.{key}")
+        usage = options.get("include_usage")
+        if usage is not None and not isinstance(usage, bool):
+            raise bad_request("'stream_options.include_usage' must be a boolean",
+                              "stream_options.include_usage")
+        return bool(usage)
+
+    def sampling(self) -> Sampling:
+        return Sampling(max_tokens=self._max_tokens(),
+                        temperature=self.number("temperature", 0.0, 2.0),
+                        top_p=self.number("top_p", 0.0, 1.0, low_open=True),
+                        stop=self._stop(), seed=self.integer("seed", -(2**63), 2**64 - 1))
+
+    def optional(self, key: str, kind: type, what: str):
+        value = self.obj.get(key)
+        # bool is an int subclass in Python; JSON true is never a number.
+        if value is None or (isinstance(value, kind) and not (kind is not bool and isinstance(value, bool))):
+            return value
+        raise bad_request(f"'{key}' must be {what}, not {_kind(value)}", key)
+
+    def number(self, key: str, low: float, high: float, low_open: bool = False) -> float | None:
+        value = self.obj.get(key)
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise bad_request(f"'{key}' must be a number, not {_kind(value)}", key)
+        if value > high or value < low or (low_open and value == low):
+            bracket = "(" if low_open else "["
+            raise bad_request(f"'{key}' must be in {bracket}{low:g}, {high:g}], got {value}", key)
+        return float(value)
+
+    def integer(self, key: str, low: int, high: int) -> int | None:
+        value = self.optional(key, int, "an integer")
+        if value is not None and not low <= value <= high:
+            raise bad_request(f"'{key}' must be between {low} and {high}, got {value}", key)
+        return value
+
+    def _max_tokens(self) -> int | None:
+        a = self.integer("max_tokens", 1, 2**31 - 1)
+        b = self.integer("max_completion_tokens", 1, 2**31 - 1)
+        if a is not None and b is not None and a != b:
+            raise bad_request("'max_tokens' and 'max_completion_tokens' disagree; send one",
+                              "max_completion_tokens")
+        return b if b is not None else a
+
+    def _stop(self) -> tuple[str, ...]:
+        value = self.obj.get("stop")
+        if value is None:
+            return ()
+        stops = [value] if isinstance(value, str) else value
+        if not isinstance(stops, list) or not all(isinstance(s, str) for s in stops):
+            raise bad_request("'stop' must be a string or a list of strings", "stop")
+        if len(stops) > MAX_STOP_SEQUENCES:
+            raise bad_request(f"'stop' takes at most {MAX_STOP_SEQUENCES} sequences", "stop")
+        for s in stops:
+            if not s or len(s) > MAX_STOP_CHARS:
+                raise bad_request(f"each stop sequence must hold 1 to {MAX_STOP_CHARS} characters",
+                                  "stop")
+        return tuple(stops)
+
+
+def _messages(obj: dict) -> tuple[dict, ...]:
+    messages = obj.get("messages")
+    if messages is None:
+        raise bad_request("'messages' is required", "messages")
+    if not isinstance(messages, list) or not messages:
+        raise bad_request("'messages' must be a non-empty array of message objects", "messages")
+    if len(messages) > MAX_MESSAGES:
+        raise bad_request(f"'messages' holds more than {MAX_MESSAGES} messages", "messages")
+    return tuple(_message(m, f"messages[{i}]") for i, m in enumerate(messages))
+
+
+def _message(msg: Any, where: str) -> dict:
+    if not isinstance(msg, dict):
+        raise bad_request(f"'{where}' must be an object, not {_kind(msg)}", where)
+    role = msg.get("role")
+    if role not in ROLES:
+        hint = " (tool calling is not supported yet)" if role == "tool" else ""
+        raise bad_request(f"'{where}.role' must be one of {', '.join(ROLES)}, got {role!r}{hint}",
+                          f"{where}.role")
+    for key in msg:
+        if key not in ("role", "content"):
+            raise bad_request(f"'{where}.{key}' is not supported by mlxd", f"{where}.{key}",
+                              "unsupported_parameter")
+    return {"role": ROLES[role], "content": _content(msg.get("content"), f"{where}.content")}
+
+
+def _content(content: Any, where: str) -> str:
+    if isinstance(content, str):
+        return content
+    if not isinstance(content, list):
+        raise bad_request(f"'{where}' must be a string or an array of text parts, "
+                          f"not {_kind(content)}", where)
+    texts = []
+    for i, part in enumerate(content):
+        here = f"{where}[{i}]"
+        if not isinstance(part, dict) or part.get("type") != "text":
+            kind = part.get("type") if isinstance(part, dict) else _kind(part)
+            raise bad_request(f"'{here}' must be a text part; {kind!r} parts are not supported",
+                              f"{here}.type")
+        if not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
+            raise bad_request(f"'{here}' must be {{\"type\": \"text\", \"text\": string}}", here)
+        texts.append(part["text"])
+    return "".join(texts)
+
+
+def _prompt(obj: dict) -> str | tuple[int, ...]:
+    prompt = obj.get("prompt")
+    if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
+        prompt = prompt[0]   # a batch of one
+    if isinstance(prompt, str):
+        return prompt
+    if isinstance(prompt, list) and prompt and all(
+            isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in prompt):
+        return tuple(prompt)
+    if prompt is None:
+        raise bad_request("'prompt' is required", "prompt")
+    if isinstance(prompt, list) and len(prompt) > 1 and all(isinstance(p, str) for p in prompt):
+        raise bad_request("a list of several prompts is not supported yet; send one", "prompt",
+                          "unsupported_parameter")
+    raise bad_request("'prompt' must be a string or a non-empty array of token ids", "prompt")
+
+
+def _kind(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
+            int: "a number", float: "a number", type(None): "null"}.get(type(value), "a value")
+
+
+def context_error(prompt_tokens: int, max_tokens: int, context: int, param: str) -> HttpError:
+    return HttpError(400, "invalid_request_error",
+                     f"This model's maximum context length is {context} tokens. However, you "
+                     f"requested {prompt_tokens + max_tokens} tokens ({prompt_tokens} in the "
+                     f"prompt, {max_tokens} for the completion).", param=param,
+                     code="context_length_exceeded")

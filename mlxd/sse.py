@@ -1,0 +1,34 @@
+"""Sans-IO Server-Sent Events framing (WHATWG HTML, "server-sent events").
+
+Each function returns the bytes of one event; the server puts them in HTTP chunks. Data lines may
+not hold CR or LF, so a payload with newlines is split over several ``data:`` lines, which the
+client joins back with LF.
+"""
+
+from __future__ import annotations
+
+import json
+
+CONTENT_TYPE = "text/event-stream; charset=utf-8"
+DONE = b"data: [DONE]\n\n"
+
+
+def _data_lines(text: str) -> bytes:
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return b"".join(b"data: " + line.encode("utf-8") + b"\n" for line in lines) + b"\n"
+
+
+def event(obj: object) -> bytes:
+    """One ``data:`` event holding ``obj`` as compact JSON (JSON escapes newlines: one line)."""
+    return _data_lines(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+
+
+def text_event(text: str) -> bytes:
+    """One ``data:`` event with free text, split on line breaks as the spec requires."""
+    return _data_lines(text)
+
+
+def comment(text: str = "") -> bytes:
+    """A comment line: ignored by clients, useful as a keep-alive ping."""
+    return b"".join(b": " + line.encode("utf-8") + b"\n"
+                    for line in text.replace("\r", "\n").split("\n")) + b"\n"

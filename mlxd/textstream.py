@@ -1,0 +1,62 @@
+"""Token ids -> text deltas, with stop strings cut out even when they span tokens.
+
+The engine pushes each generated token here; what comes back is text that is safe to send: the
+streaming detokenizer holds back incomplete UTF-8, and ``StopScanner`` holds back any tail that
+could still grow into a stop string, so the stop text itself never reaches the client.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class StopScanner:
+    """Finds the earliest stop string in a stream of text pieces."""
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self._stops = tuple(s for s in stops if s)
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, bool]:
+        """Returns (text safe to emit, whether a stop string was hit). After a hit, stop feeding."""
+        buf = self._held + text
+        hits = [i for i in (buf.find(s) for s in self._stops) if i >= 0]
+        if hits:
+            self._held = ""
+            return buf[: min(hits)], True
+        keep = self._partial_tail(buf)
+        self._held = buf[len(buf) - keep:]
+        return buf[: len(buf) - keep], False
+
+    def flush(self) -> str:
+        """Text held back for a stop string that never completed."""
+        held, self._held = self._held, ""
+        return held
+
+    def _partial_tail(self, buf: str) -> int:
+        """Length of the longest tail of ``buf`` that is a proper prefix of some stop string."""
+        best = 0
+        for stop in self._stops:
+            for n in range(min(len(stop) - 1, len(buf)), best, -1):
+                if stop.startswith(buf[-n:]):
+                    best = n
+                    break
+        return best
+
+
+@dataclass
+class TextStream:
+    """Detokenizes one sequence incrementally and applies its stop strings."""
+
+    detokenizer: object  # an mlx_lm StreamingDetokenizer, one per sequence
+    scanner: StopScanner
+
+    def push(self, token: int) -> tuple[str, bool]:
+        self.detokenizer.add_token(token)
+        return self.scanner.feed(self.detokenizer.last_segment)
+
+    def finish(self) -> tuple[str, bool]:
+        """Flush the detokenizer and the scanner at the end of a sequence (eos or length)."""
+        self.detokenizer.finalize()
+        text, hit = self.scanner.feed(self.detokenizer.last_segment)
+        return (text, True) if hit else (text + self.scanner.flush(), False)
