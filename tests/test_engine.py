@@ -112,3 +112,16 @@ def test_stop_scanner(stops, pieces, expected, hit):
         assert out == expected
     else:
         assert "".join(pieces).startswith(out)
+
+
+def test_multibyte_characters_come_out_whole(engine):
+    from mlxd.textstream import TextStream
+    tokenizer = engine.tokenizer
+    original = "Café 🙂 日本語 and ∑ √"
+    ids = tokenizer.encode(original, add_special_tokens=False)
+    assert len(ids) > len(original.split())   # some characters span several tokens
+    stream = TextStream(tokenizer.detokenizer, StopScanner(()))
+    pieces = [stream.push(t)[0] for t in ids]
+    pieces.append(stream.finish()[0])
+    assert "".join(pieces) == original
+    assert not any("\ufffd" in p for p in pieces)
