@@ -13,11 +13,14 @@ from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from . import __version__, sse
-from .engine import Delta, Engine, Event, Failed, Finished, Job, SamplingParams
+from .engine import Engine, Job
 from .errors import NOT_FOUND, UNAVAILABLE, HttpError, bad_request
+from .events import Delta, Event, Failed, Finished
+from .logprobs import ChatLogprobs, TextLogprobs
 from .models import LoadedModel
+from .sampling import SamplingParams
 from .schema import ChatRequest, CompletionRequest, Sampling, context_error
-from .shapes import ChatShape, Shape, TextShape, usage
+from .shapes import ChatShape, Choice, Shape, TextShape, usage
 
 log = logging.getLogger("mlxd.api")
 
@@ -40,7 +43,9 @@ class App:
     defaults: Defaults = field(default_factory=Defaults)
     loaded: LoadedModel | None = None
     engine: Engine | None = None
+    request_timeout: float | None = None
     started: float = field(default_factory=time.time)
+    _token_texts: dict = field(default_factory=dict)
 
     @property
     def ready(self) -> bool:
@@ -51,6 +56,19 @@ class App:
             raise HttpError(503, UNAVAILABLE, "the model is still loading; retry shortly",
                             headers=(("Retry-After", NOT_READY_RETRY_AFTER_S),))
 
+    def check_token_ids(self, ids, param: str) -> None:
+        vocab = self.engine.vocab_size
+        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        if bad is not None:
+            raise bad_request(f"token id {bad} is outside the vocabulary (0-{vocab - 1})", param)
+
+    def token_text(self, token: int) -> str:
+        """One token as text, for logprobs (memoised: the same ids come back all the time)."""
+        text = self._token_texts.get(token)
+        if text is None:
+            text = self._token_texts[token] = self.loaded.tokenizer.decode([token])
+        return text
+
     def sampling_params(self, s: Sampling, prompt_tokens: int, prompt_param: str) -> SamplingParams:
         context = self.loaded.context_length
         if prompt_tokens >= context:
@@ -58,11 +76,15 @@ class App:
         if s.max_tokens is not None and prompt_tokens + s.max_tokens > context:
             raise context_error(prompt_tokens, s.max_tokens, context, "max_tokens")
         max_tokens = s.max_tokens or min(self.defaults.max_tokens, context - prompt_tokens)
+        self.check_token_ids([t for t, _ in s.logit_bias], "logit_bias")
         return SamplingParams(
             max_tokens=max_tokens,
             temperature=self.defaults.temperature if s.temperature is None else s.temperature,
             top_p=self.defaults.top_p if s.top_p is None else s.top_p,
-            stop=s.stop, seed=s.seed)
+            stop=s.stop, seed=s.seed, n=s.n, presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty, logit_bias=dict(s.logit_bias),
+            logprobs=s.logprobs, top_k=s.top_k, min_p=s.min_p,
+            repetition_penalty=s.repetition_penalty)
 
 
 # ----- model-facing routes -----
@@ -72,8 +94,8 @@ async def chat_completions(app: App, ex) -> None:
     req = ChatRequest.from_json(ex.request.body)
     prompt = await asyncio.to_thread(render_chat, app.loaded.tokenizer, req.messages)
     params = app.sampling_params(req.sampling, len(prompt), "messages")
-    await _respond(app, ex, prompt, params, ChatShape(app.name, req.include_usage),
-                   req.stream)
+    await _respond(app, ex, prompt, params, ChatShape(app.name, req.include_usage), req.stream,
+                   ChatLogprobs)
 
 
 async def completions(app: App, ex) -> None:
@@ -84,16 +106,13 @@ async def completions(app: App, ex) -> None:
         prompt = await asyncio.to_thread(tokenizer.encode, req.prompt)
     else:
         prompt = list(req.prompt)
-        vocab = app.engine.vocab_size
-        if vocab is not None and max(prompt) >= vocab:
-            raise bad_request(f"token id {max(prompt)} is outside the vocabulary (size {vocab})",
-                              "prompt")
+        app.check_token_ids(prompt, "prompt")
     if not prompt:
         raise bad_request("'prompt' encodes to no tokens", "prompt")
     params = app.sampling_params(req.sampling, len(prompt), "prompt")
     echo = (req.prompt if isinstance(req.prompt, str) else tokenizer.decode(prompt)) if req.echo else ""
-    await _respond(app, ex, prompt, params, TextShape(app.name, req.include_usage),
-                   req.stream, prefix=echo)
+    await _respond(app, ex, prompt, params, TextShape(app.name, req.include_usage), req.stream,
+                   TextLogprobs, prefix=echo)
 
 
 def render_chat(tokenizer, messages: tuple[dict, ...]) -> list[int]:
@@ -107,16 +126,24 @@ def render_chat(tokenizer, messages: tuple[dict, ...]) -> list[int]:
 
 
 async def _respond(app: App, ex, prompt: list[int], params: SamplingParams, shape: Shape,
-                   stream: bool, prefix: str = "") -> None:
-    events = run_job(app.engine, prompt, params)
-    if stream:
-        await _stream(ex, events, shape, prefix)
-    else:
-        await _collect(ex, events, shape, prefix)
+                   stream: bool, logprob_kind, prefix: str = "") -> None:
+    job, events = start_job(app.engine, prompt, params)   # raises 429/503 before any byte is sent
+    formatters = ([logprob_kind(app.token_text, len(prefix)) for _ in range(params.n)]
+                  if params.logprobs is not None else None)
+    try:
+        ticket = _Deadline(app.request_timeout)
+        if stream:
+            await _stream(ex, _until_done(events, params.n, ticket), shape, prefix, params.n,
+                          formatters)
+        else:
+            await _collect(ex, _until_done(events, params.n, ticket), shape, prefix, params.n,
+                           formatters)
+    finally:
+        job.cancel()
 
 
-async def run_job(engine: Engine, prompt: list[int], params: SamplingParams) -> AsyncIterator[Event]:
-    """Submit a job and yield its events; leaving early (or being cancelled) cancels the job."""
+def start_job(engine: Engine, prompt: list[int], params: SamplingParams):
+    """Submit a job; its events arrive on the returned asyncio queue."""
     loop = asyncio.get_running_loop()
     events: asyncio.Queue[Event] = asyncio.Queue()
 
@@ -128,52 +155,92 @@ async def run_job(engine: Engine, prompt: list[int], params: SamplingParams) -> 
 
     job = Job(prompt, params, emit)
     engine.submit(job)
-    try:
-        while True:
-            ev = await events.get()
-            yield ev
-            if not isinstance(ev, Delta):
-                return
-    finally:
-        job.cancel()
+    return job, events
 
 
-async def _collect(ex, events: AsyncIterator[Event], shape: Shape, prefix: str) -> None:
-    parts = [prefix]
+class _Deadline:
+    """--request-timeout: the whole request, queueing included, must end by then."""
+
+    def __init__(self, seconds: float | None) -> None:
+        self.at = None if seconds is None else time.monotonic() + seconds
+        self.seconds = seconds
+
+    def left(self) -> float | None:
+        return None if self.at is None else max(self.at - time.monotonic(), 0.0)
+
+
+async def _until_done(events: asyncio.Queue, n: int, deadline: _Deadline) -> AsyncIterator[Event]:
+    """A job's events up to its last ``Finished`` (one per choice) or its ``Failed``."""
+    open_choices = n
+    while open_choices:
+        try:
+            ev = await asyncio.wait_for(events.get(), deadline.left())
+        except asyncio.TimeoutError:
+            yield Failed(HttpError(504, "timeout", f"the request took longer than "
+                                   f"{deadline.seconds:g}s", code="request_timeout"))
+            return
+        yield ev
+        if isinstance(ev, Failed):
+            return
+        if isinstance(ev, Finished):
+            open_choices -= 1
+
+
+def _usage(finished: list[Finished]) -> dict:
+    first = finished[0]
+    return usage(first.prompt_tokens, sum(f.completion_tokens for f in finished),
+                 first.cached_tokens)
+
+
+async def _collect(ex, events: AsyncIterator[Event], shape: Shape, prefix: str, n: int,
+                   formatters) -> None:
+    parts = [[prefix] for _ in range(n)]
+    finished: dict[int, Finished] = {}
     async for ev in events:
         match ev:
-            case Delta(text):
-                parts.append(text)
-            case Finished(reason, prompt_tokens, completion_tokens):
-                ex.note_tokens(prompt_tokens, completion_tokens)
-                await ex.send_json(200, shape.whole("".join(parts), reason,
-                                                    usage(prompt_tokens, completion_tokens)))
+            case Delta(index, text, logprobs):
+                parts[index].append(text)
+                if formatters:
+                    formatters[index].add(text, logprobs)
+            case Finished():
+                finished[ev.index] = ev
             case Failed(error):
                 raise error
+    done = [finished[i] for i in range(n)]
+    use = _usage(done)
+    ex.note_tokens(use["prompt_tokens"], use["completion_tokens"])
+    choices = [Choice("".join(parts[i]), done[i].reason,
+                      formatters[i].whole() if formatters else None) for i in range(n)]
+    await ex.send_json(200, shape.whole(choices, use))
 
 
-async def _stream(ex, events: AsyncIterator[Event], shape: Shape, prefix: str) -> None:
+async def _stream(ex, events: AsyncIterator[Event], shape: Shape, prefix: str, n: int,
+                  formatters) -> None:
     await ex.start_stream(sse.CONTENT_TYPE)
-    first = shape.first_chunk()
-    if first is not None:
-        await ex.send_chunk(sse.event(first))
-    if prefix:
-        await ex.send_chunk(sse.event(shape.delta_chunk(prefix)))
+    for index in range(n):
+        if (first := shape.first_chunk(index)) is not None:
+            await ex.send_chunk(sse.event(first))
+        if prefix:
+            await ex.send_chunk(sse.event(shape.delta_chunk(index, prefix)))
+    finished: list[Finished] = []
     async for ev in events:
         match ev:
-            case Delta(text):
-                if text:
-                    await ex.send_chunk(sse.event(shape.delta_chunk(text)))
-            case Finished(reason, prompt_tokens, completion_tokens):
-                ex.note_tokens(prompt_tokens, completion_tokens)
-                await ex.send_chunk(sse.event(shape.final_chunk(reason)))
-                if shape.include_usage:
-                    await ex.send_chunk(sse.event(shape.usage_chunk(
-                        usage(prompt_tokens, completion_tokens))))
+            case Delta(index, text, logprobs):
+                if text or logprobs:
+                    lp = formatters[index].piece(text, logprobs) if formatters else None
+                    await ex.send_chunk(sse.event(shape.delta_chunk(index, text, lp)))
+            case Finished(index, reason):
+                finished.append(ev)
+                await ex.send_chunk(sse.event(shape.final_chunk(index, reason)))
             case Failed(error):
                 # Headers are gone already: the error travels as a last event (OpenAI's shape).
                 ex.note_error(error)
                 await ex.send_chunk(sse.event(error.to_json()))
+    if len(finished) == n:
+        use = _usage(sorted(finished, key=lambda f: f.index))
+        ex.note_tokens(use["prompt_tokens"], use["completion_tokens"])
+        if shape.include_usage:
+            await ex.send_chunk(sse.event(shape.usage_chunk(use)))
     await ex.send_chunk(sse.DONE)
     await ex.end_stream()
 

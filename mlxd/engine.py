@@ -1,72 +1,58 @@
 """The one generation thread: it owns the model, takes jobs from a ``queue.Queue`` and sends typed
 events back through each job's ``emit`` callback (the server wraps ``loop.call_soon_threadsafe``).
 
-Layering follows mlx-lm: ``generate_step`` yields token ids, ``TextStream`` turns them into safe
-text deltas, and the API layer turns our events into OpenAI chunks. This first cut runs one job at
-a time, in arrival order; batching replaces ``_run_job`` without changing the events.
+Scheduling is continuous batching on mlx-lm's ``BatchGenerator``: between two decode steps the
+thread admits waiting jobs (within ``max_batch_size`` and the KV memory budget), drops cancelled
+ones, and prefills new prompts in chunks of ``prefill_step_size`` so running streams keep flowing.
+Layering follows mlx-lm: token ids -> ``TextStream`` (safe text deltas) -> our events -> the API.
 """
 
 from __future__ import annotations
 
+import collections
+import copy
 import logging
 import queue
 import threading
 import time
 from dataclasses import dataclass
-from typing import Callable, Union
 
 import mlx.core as mx
-from mlx_lm.generate import generate_step
-from mlx_lm.sample_utils import make_sampler
+from mlx_lm.generate import BatchGenerator, generate_step
+from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
 
-from .errors import SERVER_ERROR, HttpError, bad_request
+from .errors import SERVER_ERROR, UNAVAILABLE, HttpError, bad_request
+from .events import Delta, Event, Failed, Finished, TokenLogprob
+from .sampling import SamplingParams, make_processors, make_sampler
 from .textstream import StopScanner, TextStream
 
 log = logging.getLogger("mlxd.engine")
 
 WARMUP_TEXT = "Hello! Say something short."   # runs the prefill and decode kernels once
 WARMUP_DECODE_TOKENS = 4
+IDLE_POLL_S = 0.05        # how often a blocked admission loop re-checks timeouts
+CLEAR_CACHE_EVERY = 256   # decode steps between returns of MLX's buffer cache
 
 
 @dataclass(frozen=True)
-class SamplingParams:
-    max_tokens: int
-    temperature: float = 1.0
-    top_p: float = 1.0
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-
-
-# Events, generation thread -> event loop.
-@dataclass(frozen=True)
-class Delta:
-    """New text for the client (may be empty while bytes or a stop string are held back)."""
-    text: str
-
-
-@dataclass(frozen=True)
-class Finished:
-    reason: str              # "stop" or "length"
-    prompt_tokens: int
-    completion_tokens: int
-
-
-@dataclass(frozen=True)
-class Failed:
-    error: HttpError
-
-
-Event = Union[Delta, Finished, Failed]
+class EngineSettings:
+    max_batch_size: int = 8            # sequences decoding at once
+    prefill_batch_size: int = 4        # prompts prefilled together
+    prefill_step_size: int = 512       # prompt tokens per sequence per step (the prefill budget)
+    queue_size: int = 64               # jobs waiting to start; past that, 429
+    queue_timeout: float | None = None  # seconds a job may wait to start
+    prompt_cache_bytes: int = 512 * 1024 * 1024
+    kv_budget_bytes: int | None = None  # KV cache bytes all running sequences may hold
 
 
 class Job:
-    """One generation request. The owner may ``cancel()`` it from any thread."""
+    """One request: ``n`` choices of one prompt. The owner may ``cancel()`` it from any thread."""
 
-    def __init__(self, prompt: list[int], params: SamplingParams,
-                 emit: Callable[[Event], None]) -> None:
+    def __init__(self, prompt: list[int], params: SamplingParams, emit) -> None:
         self.prompt = prompt
         self.params = params
         self.emit = emit
+        self.submitted = time.monotonic()
         self._cancelled = threading.Event()
 
     def cancel(self) -> None:
@@ -77,29 +63,47 @@ class Job:
         return self._cancelled.is_set()
 
 
+@dataclass
+class _Seq:
+    """One choice of one job while it runs (engine thread only)."""
+    job: Job
+    index: int
+    text: TextStream
+    reserved: int          # KV bytes counted against the budget
+    cached_tokens: int = 0
+    produced: int = 0
+
+
 _SHUTDOWN = object()
 
 
 class Engine:
-    def __init__(self, model, tokenizer, *, prefill_step_size: int = 512) -> None:
+    def __init__(self, model, tokenizer, settings: EngineSettings | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
-        self.prefill_step_size = prefill_step_size
+        self.settings = settings or EngineSettings()
         self.ready = threading.Event()
-        self._queue: queue.Queue = queue.Queue()
+        self._inbox: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="mlxd-generate", daemon=True)
-        # Counters read by /health and logs; written only by the generation thread.
-        self.running = 0
+        self._pending_lock = threading.Lock()
+        self._pending = 0                     # submitted, not started yet (any thread reads)
+        # Generation-thread state.
+        self._waiting: collections.deque[Job] = collections.deque()
+        self._seqs: dict[int, _Seq] = {}
+        self._followers: dict[Job, list[int]] = {}    # n > 1: choices waiting for the prefill
+        self._reserved = 0
+        self._gen: BatchGenerator | None = None
+        self._prompt_cache = LRUPromptCache(max_bytes=self.settings.prompt_cache_bytes)
+        self._steps = 0
+        # Learnt at warm-up.
+        self.vocab_size: int | None = None
+        self.kv_bytes_per_token: int = 0
         self.warmup_seconds: float | None = None
-        self.vocab_size: int | None = None    # learnt at warm-up
 
     # ----- called from the event loop -----
 
     def start(self) -> None:
         self._thread.start()
-
-    def submit(self, job: Job) -> None:
-        self._queue.put(job)
 
     @property
     def alive(self) -> bool:
@@ -107,10 +111,33 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return self._queue.qsize()
+        return self._pending
+
+    @property
+    def running(self) -> int:
+        return len(self._seqs)
+
+    def kv_bytes(self, tokens: int) -> int:
+        return tokens * self.kv_bytes_per_token
+
+    def submit(self, job: Job) -> None:
+        """Queue a job, or raise the 429/503 that says why it cannot be queued."""
+        budget = self.settings.kv_budget_bytes
+        need = self.kv_bytes(len(job.prompt) + job.params.max_tokens) * job.params.n
+        if budget is not None and need > budget:
+            raise HttpError(503, UNAVAILABLE, f"this request needs about {need >> 20} MiB of KV "
+                            f"cache, more than the {budget >> 20} MiB the server may use; lower "
+                            "max_tokens or shorten the prompt", code="insufficient_memory")
+        with self._pending_lock:
+            if self._pending >= self.settings.queue_size:
+                raise HttpError(429, "rate_limit_exceeded", f"the server is busy: "
+                                f"{self._pending} requests are already waiting", code="queue_full",
+                                headers=(("Retry-After", "1"),))
+            self._pending += 1
+        self._inbox.put(job)
 
     def shutdown(self, timeout: float | None = None) -> None:
-        self._queue.put(_SHUTDOWN)
+        self._inbox.put(_SHUTDOWN)
         self._thread.join(timeout)
 
     # ----- the generation thread -----
@@ -121,63 +148,226 @@ class Engine:
         except Exception:  # a model that cannot generate must not look ready
             log.exception("warm-up failed")
             return
+        s = self.settings
+        self._gen = BatchGenerator(
+            self.model, stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
+            completion_batch_size=s.max_batch_size, prefill_batch_size=s.prefill_batch_size,
+            prefill_step_size=s.prefill_step_size)
         self.ready.set()
-        while (job := self._queue.get()) is not _SHUTDOWN:
-            if job.cancelled:
-                continue
-            self.running = 1
-            try:
-                self._run_job(job)
-            except Exception as exc:  # keep serving: one bad job must not take the thread down
-                log.exception("generation failed")
-                job.emit(Failed(HttpError(500, SERVER_ERROR, f"generation failed: {exc}")))
-            finally:
-                self.running = 0
+        while self._take_inbox(block=not self._seqs):
+            self._expire_waiting()
+            self._drop_cancelled()
+            self._start_waiting()
+            if self._seqs:
+                self._step()
         log.debug("generation thread stopped")
 
     def _warm_up(self) -> None:
         start = time.perf_counter()
         tokens = self.tokenizer.encode(WARMUP_TEXT, add_special_tokens=False) or [0]
-        for _token, logprobs in generate_step(mx.array(tokens), self.model,
+        cache = make_prompt_cache(self.model)
+        for _token, logprobs in generate_step(mx.array(tokens), self.model, prompt_cache=cache,
                                               max_tokens=WARMUP_DECODE_TOKENS):
             # The output width is the model's real vocabulary (often padded past the tokenizer's).
             self.vocab_size = logprobs.shape[-1]
+        self.kv_bytes_per_token = _kv_bytes_per_token(cache)
         mx.clear_cache()
         self.warmup_seconds = time.perf_counter() - start
-        log.info("warm-up done in %.2fs", self.warmup_seconds)
+        log.info("warm-up done in %.2fs (KV cache %d bytes/token)", self.warmup_seconds,
+                 self.kv_bytes_per_token)
 
-    def _run_job(self, job: Job) -> None:
-        p = job.params
+    def _take_inbox(self, block: bool) -> bool:
+        """Move submitted jobs into the waiting line; False once shutdown is asked for."""
+        try:
+            item = self._inbox.get(timeout=IDLE_POLL_S) if block else self._inbox.get_nowait()
+        except queue.Empty:
+            return True
+        while True:
+            if item is _SHUTDOWN:
+                return False
+            self._waiting.append(item)
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                return True
+
+    def _unpend(self) -> None:
+        with self._pending_lock:
+            self._pending -= 1
+
+    def _expire_waiting(self) -> None:
+        limit = self.settings.queue_timeout
+        now = time.monotonic()
+        for job in [j for j in self._waiting if j.cancelled or
+                    (limit is not None and now - j.submitted > limit)]:
+            self._waiting.remove(job)
+            self._unpend()
+            if not job.cancelled:
+                job.emit(Failed(HttpError(503, UNAVAILABLE, f"the request waited {limit:g}s "
+                                          "without starting", code="queue_timeout",
+                                          headers=(("Retry-After", "1"),))))
+
+    def _drop_cancelled(self) -> None:
+        gone = [uid for uid, seq in self._seqs.items() if seq.job.cancelled]
+        if gone:
+            self._gen.remove(gone)
+            for uid in gone:
+                self._release(uid)
+        for job in [j for j in self._followers if j.cancelled]:
+            del self._followers[job]
+
+    def _start_waiting(self) -> None:
+        budget = self.settings.kv_budget_bytes
+        while self._waiting and len(self._seqs) < self.settings.max_batch_size:
+            job = self._waiting[0]
+            need = self.kv_bytes(len(job.prompt) + job.params.max_tokens)
+            if budget is not None and self._seqs and self._reserved + need * job.params.n > budget:
+                return   # wait for memory; the oldest job goes first, nobody jumps the line
+            self._waiting.popleft()
+            self._unpend()
+            try:
+                self._insert(job, need)
+            except Exception as exc:
+                log.exception("could not start a job")
+                job.emit(Failed(HttpError(500, SERVER_ERROR, f"could not start: {exc}")))
+
+    def _insert(self, job: Job, need: int) -> None:
         bad = next((t for t in job.prompt if not 0 <= t < self.vocab_size), None)
         if bad is not None:   # an out-of-range id would read outside the embedding table
             job.emit(Failed(bad_request(f"token id {bad} is outside the vocabulary "
                                         f"(0-{self.vocab_size - 1})", "prompt")))
             return
-        if p.seed is not None:
-            mx.random.seed(p.seed)
-        sampler = make_sampler(temp=p.temperature, top_p=p.top_p if p.top_p < 1.0 else 0.0)
-        text = TextStream(self.tokenizer.detokenizer, StopScanner(p.stop))
-        eos = self.tokenizer.eos_token_ids
-        steps = generate_step(mx.array(job.prompt), self.model, max_tokens=p.max_tokens,
-                              sampler=sampler, prefill_step_size=self.prefill_step_size)
-        produced, reason = 0, "length"
-        for token, _logprobs in steps:
-            if job.cancelled:
-                return
-            produced += 1
-            if token in eos:
-                reason = "stop"
-                break
-            piece, hit = text.push(token)
-            if piece:
-                job.emit(Delta(piece))
-            if hit:
-                self._finish(job, "stop", produced)
-                return
-        piece, hit = text.finish()
-        if piece:
-            job.emit(Delta(piece))
-        self._finish(job, "stop" if hit else reason, produced)
+        cache, rest = self._prompt_cache.fetch_nearest_cache(id(self.model), job.prompt)
+        if cache is not None and not rest:   # all cached: recompute the last token for logits
+            trim_prompt_cache(cache, 1)
+            rest = job.prompt[-1:]
+        cached = len(job.prompt) - len(rest)
+        uid = self._insert_choice(job, 0, rest, cache, job.prompt[:cached], need)
+        self._seqs[uid].cached_tokens = cached
+        if job.params.n > 1:
+            self._followers[job] = [uid]
 
-    def _finish(self, job: Job, reason: str, produced: int) -> None:
-        job.emit(Finished(reason, len(job.prompt), produced))
+    def _insert_choice(self, job: Job, index: int, rest, cache, cached_tokens, need: int) -> int:
+        p = job.params
+        [uid] = self._gen.insert(
+            [list(rest)], max_tokens=[p.max_tokens], caches=[cache] if cache else None,
+            all_tokens=[list(cached_tokens)], samplers=[make_sampler(p, index)],
+            logits_processors=[make_processors(p, len(job.prompt))])
+        text = TextStream(self.tokenizer.detokenizer, StopScanner(p.stop))
+        self._seqs[uid] = _Seq(job, index, text, need)
+        self._reserved += need
+        return uid
+
+    def _start_followers(self, job: Job, leader) -> None:
+        """n > 1: once the first choice has prefilled the prompt, the others copy its cache."""
+        del self._followers[job]
+        if leader.prompt_cache is not None:    # the leader already ended (eos or max_tokens 1)
+            cache, tokens = copy.deepcopy(leader.prompt_cache), leader.all_tokens
+        else:
+            (cache, tokens), = self._gen.extract_cache([leader.uid]).values()
+        shared = len(job.prompt) - 1
+        trim_prompt_cache(cache, len(tokens) - shared)
+        reserved = self._seqs[leader.uid].reserved
+        for index in range(1, job.params.n):
+            uid = self._insert_choice(job, index, job.prompt[shared:], copy.deepcopy(cache),
+                                      job.prompt[:shared], reserved)
+            self._seqs[uid].cached_tokens = shared
+
+    def _step(self) -> None:
+        try:
+            _prompt_progress, responses = self._gen.next()
+        except Exception as exc:
+            self._fail_all(exc)
+            return
+        self._steps += 1
+        if self._steps % CLEAR_CACHE_EVERY == 0:
+            mx.clear_cache()
+        finished = []
+        for r in responses:
+            seq = self._seqs.get(r.uid)
+            if seq is None:
+                continue
+            if seq.job in self._followers:
+                self._start_followers(seq.job, r)
+            if self._on_token(seq, r):
+                finished.append(r)
+        for r in finished:
+            self._finish_seq(r)
+
+    def _on_token(self, seq: _Seq, r) -> bool:
+        """Emit what token ``r`` adds; True when the sequence has ended."""
+        seq.produced += 1
+        logprobs = self._logprobs(seq, r)
+        if r.finish_reason == "stop":          # end of sequence: the eos token is not text
+            piece, _hit = seq.text.finish()
+            return self._end(seq, piece, logprobs, "stop")
+        piece, hit = seq.text.push(r.token)
+        if hit:
+            return self._end(seq, piece, logprobs, "stop")
+        if r.finish_reason == "length":
+            tail, hit = seq.text.finish()
+            return self._end(seq, piece + tail, logprobs, "stop" if hit else "length")
+        if piece or logprobs:
+            seq.job.emit(Delta(seq.index, piece, logprobs))
+        return False
+
+    def _end(self, seq: _Seq, piece: str, logprobs, reason: str) -> bool:
+        if piece or logprobs:
+            seq.job.emit(Delta(seq.index, piece, logprobs))
+        seq.job.emit(Finished(seq.index, reason, len(seq.job.prompt), seq.produced,
+                              seq.cached_tokens))
+        return True
+
+    def _logprobs(self, seq: _Seq, r) -> tuple[TokenLogprob, ...]:
+        k = seq.job.params.logprobs
+        if k is None:
+            return ()
+        lp = r.logprobs
+        top = []
+        if k > 0:
+            ids = mx.argpartition(-lp, kth=k - 1)[:k]
+            values = lp[ids]
+            order = mx.argsort(-values).tolist()
+            ids, values = ids.tolist(), values.tolist()
+            top = [(ids[i], values[i]) for i in order]
+        return (TokenLogprob(r.token, lp[r.token].item(), tuple(top)),)
+
+    def _finish_seq(self, r) -> None:
+        """Forget a finished sequence; keep its KV cache for prompts that share its prefix."""
+        if r.finish_reason is not None and r.prompt_cache is not None:
+            cache, tokens = r.prompt_cache, r.all_tokens
+        else:   # ended by a stop string: still decoding inside the batch, take it out
+            (cache, tokens), = self._gen.remove([r.uid], return_prompt_caches=True).values()
+        if self.settings.prompt_cache_bytes > 0 and tokens:
+            self._prompt_cache.insert_cache(id(self.model), list(tokens), cache)
+        self._release(r.uid)
+
+    def _release(self, uid: int) -> None:
+        seq = self._seqs.pop(uid)
+        self._reserved -= seq.reserved
+
+    def _fail_all(self, exc: Exception) -> None:
+        """A failed batch step leaves the batch in an unknown state: fail its jobs, start over."""
+        log.exception("generation step failed")
+        err = HttpError(500, SERVER_ERROR, f"generation failed: {exc}")
+        for seq in self._seqs.values():
+            seq.job.emit(Failed(err))
+        self._gen.remove(list(self._seqs))
+        self._seqs.clear()
+        self._followers.clear()
+        self._reserved = 0
+
+    def prompt_cache_nbytes(self) -> int:
+        return self._prompt_cache.nbytes
+
+
+def _kv_bytes_per_token(cache) -> int:
+    """KV bytes one token costs, read off a filled cache (keys and values, every layer)."""
+    total = 0
+    for layer in cache:
+        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
+        if keys is None or values is None:
+            continue
+        # KVCache allocates in steps; shape (batch, heads, allocated_tokens, head_dim).
+        total += (keys.nbytes + values.nbytes) // max(keys.shape[2], 1)
+    return total

@@ -20,15 +20,14 @@ MAX_STOP_CHARS = 256           # a stop string longer than this is surely a mist
 MAX_MESSAGES = 4096
 ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
+MAX_CHOICES = 16               # n; each choice is a sequence in the batch
+MAX_TOP_LOGPROBS_CHAT = 20     # OpenAI's limits
+MAX_LOGPROBS_COMPLETIONS = 5
+MAX_LOGIT_BIAS = 300           # entries; each value in [-100, 100] as OpenAI says
+
 # Fields OpenAI defines that mlxd accepts only at the value that changes nothing.
 NEUTRAL_VALUES: dict[str, Callable[[Any], bool]] = {
-    "n": lambda v: v == 1,
     "best_of": lambda v: v == 1,
-    "presence_penalty": lambda v: v == 0,
-    "frequency_penalty": lambda v: v == 0,
-    "logprobs": lambda v: v is False or v == 0,
-    "top_logprobs": lambda v: v == 0,
-    "logit_bias": lambda v: v == {},
     "response_format": lambda v: v == {"type": "text"},
     "tools": lambda v: v == [],
     "tool_choice": lambda v: v == "none",
@@ -49,6 +48,15 @@ class Sampling:
     top_p: float | None
     stop: tuple[str, ...]
     seed: int | None
+    n: int = 1
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    logit_bias: tuple[tuple[int, float], ...] = ()
+    logprobs: int | None = None      # None: off; k: the sampled token plus the k most likely
+    # Extensions many local servers take (mlx_lm.server, vLLM, llama.cpp); documented in README.
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
 
 @dataclass(frozen=True)
@@ -62,8 +70,9 @@ class ChatRequest:
     @classmethod
     def from_json(cls, body: bytes) -> "ChatRequest":
         obj = parse_object(body)
-        fields = Fields(obj, COMMON_FIELDS | {"messages", "max_completion_tokens"})
-        return cls(model=fields.model(), messages=_messages(obj), sampling=fields.sampling(),
+        fields = Fields(obj, COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs"})
+        return cls(model=fields.model(), messages=_messages(obj),
+                   sampling=fields.sampling(fields.chat_logprobs()),
                    stream=fields.stream(), include_usage=fields.include_usage())
 
 
@@ -84,12 +93,14 @@ class CompletionRequest:
         if echo is not None and not isinstance(echo, bool):
             raise bad_request("'echo' must be a boolean", "echo")
         return cls(model=fields.model(), prompt=_prompt(obj), echo=bool(echo),
-                   sampling=fields.sampling(), stream=fields.stream(),
+                   sampling=fields.sampling(fields.integer("logprobs", 0, MAX_LOGPROBS_COMPLETIONS)),
+                   stream=fields.stream(),
                    include_usage=fields.include_usage())
 
 
 COMMON_FIELDS = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p",
-                 "stop", "seed"} | set(NEUTRAL_VALUES) | METADATA_FIELDS
+                 "stop", "seed", "n", "presence_penalty", "frequency_penalty", "logit_bias",
+                 "logprobs", "top_k", "min_p", "repetition_penalty"} | set(NEUTRAL_VALUES) | METADATA_FIELDS
 
 
 def parse_object(body: bytes) -> dict:
@@ -148,11 +159,45 @@ class Fields:
                               "stream_options.include_usage")
         return bool(usage)
 
-    def sampling(self) -> Sampling:
+    def sampling(self, logprobs: int | None) -> Sampling:
         return Sampling(max_tokens=self._max_tokens(),
                         temperature=self.number("temperature", 0.0, 2.0),
                         top_p=self.number("top_p", 0.0, 1.0, low_open=True),
-                        stop=self._stop(), seed=self.integer("seed", -(2**63), 2**64 - 1))
+                        stop=self._stop(), seed=self.integer("seed", -(2**63), 2**64 - 1),
+                        n=self.integer("n", 1, MAX_CHOICES) or 1,
+                        presence_penalty=self.number("presence_penalty", -2.0, 2.0) or 0.0,
+                        frequency_penalty=self.number("frequency_penalty", -2.0, 2.0) or 0.0,
+                        logit_bias=self._logit_bias(), logprobs=logprobs,
+                        top_k=self.integer("top_k", 0, 2**31 - 1) or 0,
+                        min_p=self.number("min_p", 0.0, 1.0) or 0.0,
+                        repetition_penalty=self._repetition_penalty())
+
+    def chat_logprobs(self) -> int | None:
+        """Chat's pair: ``logprobs`` (bool) switches it on, ``top_logprobs`` says how many."""
+        on = self.optional("logprobs", bool, "a boolean")
+        top = self.integer("top_logprobs", 0, MAX_TOP_LOGPROBS_CHAT)
+        if top is not None and not on:
+            raise bad_request("'top_logprobs' needs 'logprobs' set to true", "top_logprobs")
+        return (top or 0) if on else None
+
+    def _logit_bias(self) -> tuple[tuple[int, float], ...]:
+        bias = self.optional("logit_bias", dict, "an object")
+        if not bias:
+            return ()
+        if len(bias) > MAX_LOGIT_BIAS:
+            raise bad_request(f"'logit_bias' takes at most {MAX_LOGIT_BIAS} entries", "logit_bias")
+        out = []
+        for key, value in bias.items():
+            if not key.isdigit() or isinstance(value, bool) or not isinstance(value, (int, float)) \
+                    or not -100 <= value <= 100:
+                raise bad_request("'logit_bias' maps token ids (as strings) to numbers in "
+                                  f"[-100, 100]; got {key!r}: {value!r}", "logit_bias")
+            out.append((int(key), float(value)))
+        return tuple(out)
+
+    def _repetition_penalty(self) -> float:
+        value = self.number("repetition_penalty", 0.0, 10.0, low_open=True)
+        return 1.0 if value is None else value
 
     def optional(self, key: str, kind: type, what: str):
         value = self.obj.get(key)

@@ -18,6 +18,14 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
 
 
 @dataclass
+class Choice:
+    """One finished choice of a non-streamed response."""
+    text: str
+    reason: str
+    logprobs: dict | None = None
+
+
+@dataclass
 class Shape:
     model: str
     include_usage: bool = False   # streamed: every chunk says "usage": null, a last one has it
@@ -35,50 +43,53 @@ class Shape:
 @dataclass
 class ChatShape(Shape):
     id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex)
+    chunk_type = "chat.completion.chunk"
 
-    def _chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
-        return self._envelope("chat.completion.chunk", [
-            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}])
+    def _chunk(self, index: int, delta: dict, reason: str | None = None, logprobs=None) -> dict:
+        return self._envelope(self.chunk_type, [
+            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}])
 
-    def first_chunk(self) -> dict:
-        return self._chunk({"role": "assistant", "content": ""})
+    def first_chunk(self, index: int) -> dict | None:
+        return self._chunk(index, {"role": "assistant", "content": ""})
 
-    def delta_chunk(self, text: str) -> dict:
-        return self._chunk({"content": text})
+    def delta_chunk(self, index: int, text: str, logprobs: dict | None = None) -> dict:
+        return self._chunk(index, {"content": text}, logprobs=logprobs)
 
-    def final_chunk(self, reason: str) -> dict:
-        return self._chunk({}, reason)
+    def final_chunk(self, index: int, reason: str) -> dict:
+        return self._chunk(index, {}, reason)
 
     def usage_chunk(self, use: dict) -> dict:
-        return self._envelope("chat.completion.chunk", [], usage=use)
+        return self._envelope(self.chunk_type, [], usage=use)
 
-    def whole(self, text: str, reason: str, use: dict) -> dict:
-        message = {"role": "assistant", "content": text, "refusal": None}
+    def whole(self, choices: list[Choice], use: dict) -> dict:
         return self._envelope("chat.completion", [
-            {"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
-            usage=use)
+            {"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
+             "logprobs": c.logprobs, "finish_reason": c.reason}
+            for i, c in enumerate(choices)], usage=use)
 
 
 @dataclass
 class TextShape(Shape):
     id: str = field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex)
+    chunk_type = "text_completion"
 
-    def _chunk(self, text: str, finish_reason: str | None = None) -> dict:
-        return self._envelope("text_completion", [
-            {"index": 0, "text": text, "logprobs": None, "finish_reason": finish_reason}])
+    def _chunk(self, index: int, text: str, reason: str | None = None, logprobs=None) -> dict:
+        return self._envelope(self.chunk_type, [
+            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}])
 
-    def first_chunk(self) -> dict | None:
+    def first_chunk(self, index: int) -> dict | None:
         return None   # text completions have no role chunk
 
-    def delta_chunk(self, text: str) -> dict:
-        return self._chunk(text)
+    def delta_chunk(self, index: int, text: str, logprobs: dict | None = None) -> dict:
+        return self._chunk(index, text, logprobs=logprobs)
 
-    def final_chunk(self, reason: str) -> dict:
-        return self._chunk("", reason)
+    def final_chunk(self, index: int, reason: str) -> dict:
+        return self._chunk(index, "", reason)
 
     def usage_chunk(self, use: dict) -> dict:
-        return self._envelope("text_completion", [], usage=use)
+        return self._envelope(self.chunk_type, [], usage=use)
 
-    def whole(self, text: str, reason: str, use: dict) -> dict:
+    def whole(self, choices: list[Choice], use: dict) -> dict:
         return self._envelope("text_completion", [
-            {"index": 0, "text": text, "logprobs": None, "finish_reason": reason}], usage=use)
+            {"index": i, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.reason}
+            for i, c in enumerate(choices)], usage=use)

@@ -143,7 +143,8 @@ def test_stop_string_never_appears(tiny_server):
 
 @pytest.mark.parametrize("path,body,param", [
     ("/v1/chat/completions", {"model": "m"}, "messages"),
-    ("/v1/chat/completions", {**CHAT, "n": 3}, "n"),
+    ("/v1/chat/completions", {**CHAT, "n": 17}, "n"),
+    ("/v1/chat/completions", {**CHAT, "logit_bias": {"99999999": 5}}, "logit_bias"),
     ("/v1/chat/completions", {**CHAT, "max_tokens": 100000}, "max_tokens"),
     ("/v1/completions", {"prompt": [1, 99999999]}, "prompt"),
     ("/v1/completions", {"prompt": "x", "temperature": 9}, "temperature"),

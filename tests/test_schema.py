@@ -36,7 +36,7 @@ def test_minimal_chat_defaults():
 
 def test_full_chat_is_honoured():
     req = chat(model="x", stream=True, stream_options={"include_usage": True}, max_tokens=9,
-               temperature=0, top_p=0.5, stop="END", seed=7, n=1, presence_penalty=0,
+               temperature=0, top_p=0.5, stop="END", seed=7, n=1, presence_penalty=0, best_of=None,
                user="u", messages=[{"role": "developer", "content": "be brief"},
                                    {"role": "user", "content": [{"type": "text", "text": "a"},
                                                                 {"type": "text", "text": "b"}]}])
@@ -45,6 +45,18 @@ def test_full_chat_is_honoured():
                             {"role": "user", "content": "ab"})
     assert req.sampling.stop == ("END",) and req.sampling.seed == 7
     assert req.sampling.temperature == 0.0 and req.sampling.max_tokens == 9
+
+
+def test_sampling_extensions_are_honoured():
+    s = chat(n=3, presence_penalty=0.5, frequency_penalty=-1, logprobs=True, top_logprobs=2,
+             logit_bias={"5": -100, "7": 3.5}, top_k=40, min_p=0.05,
+             repetition_penalty=1.1).sampling
+    assert (s.n, s.presence_penalty, s.frequency_penalty, s.logprobs) == (3, 0.5, -1.0, 2)
+    assert s.logit_bias == ((5, -100.0), (7, 3.5))
+    assert (s.top_k, s.min_p, s.repetition_penalty) == (40, 0.05, 1.1)
+    assert chat(logprobs=True).sampling.logprobs == 0
+    assert chat(logprobs=False).sampling.logprobs is None
+    assert CompletionRequest.from_json(b'{"prompt": "x", "logprobs": 3}').sampling.logprobs == 3
 
 
 def test_max_completion_tokens_and_max_tokens():
@@ -95,11 +107,18 @@ def test_nulls_mean_not_given():
     ({"messages": USER, "stream": "yes"}, "stream"),
     ({"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),
     ({"messages": USER, "stream": True, "stream_options": {"x": 1}}, "stream_options.x"),
-    ({"messages": USER, "n": 2}, "n"),
-    ({"messages": USER, "presence_penalty": 0.5}, "presence_penalty"),
-    ({"messages": USER, "frequency_penalty": 1}, "frequency_penalty"),
-    ({"messages": USER, "logprobs": True}, "logprobs"),
-    ({"messages": USER, "logit_bias": {"5": 10}}, "logit_bias"),
+    ({"messages": USER, "n": 0}, "n"),
+    ({"messages": USER, "n": 17}, "n"),
+    ({"messages": USER, "presence_penalty": 2.5}, "presence_penalty"),
+    ({"messages": USER, "frequency_penalty": -3}, "frequency_penalty"),
+    ({"messages": USER, "logprobs": 3}, "logprobs"),
+    ({"messages": USER, "top_logprobs": 3}, "top_logprobs"),
+    ({"messages": USER, "logprobs": True, "top_logprobs": 21}, "top_logprobs"),
+    ({"messages": USER, "logit_bias": {"x": 10}}, "logit_bias"),
+    ({"messages": USER, "logit_bias": {"5": 101}}, "logit_bias"),
+    ({"messages": USER, "top_k": -1}, "top_k"),
+    ({"messages": USER, "min_p": 2}, "min_p"),
+    ({"messages": USER, "repetition_penalty": 0}, "repetition_penalty"),
     ({"messages": USER, "response_format": {"type": "json_object"}}, "response_format"),
     ({"messages": USER, "tools": [{"type": "function"}]}, "tools"),
     ({"messages": USER, "tool_choice": "auto"}, "tool_choice"),
@@ -134,6 +153,9 @@ def test_completion_prompts():
     ({"prompt": "x", "best_of": 3}, "best_of"),
     ({"prompt": "x", "suffix": "end"}, "suffix"),
     ({"prompt": "x", "messages": USER}, "messages"),
+    ({"prompt": "x", "logprobs": 6}, "logprobs"),
+    ({"prompt": "x", "logprobs": True}, "logprobs"),
+    ({"prompt": "x", "top_logprobs": 2}, "top_logprobs"),
 ])
 def test_completion_refusals(body, param):
     refused(CompletionRequest.from_json, body, param)

@@ -1,0 +1,199 @@
+"""Continuous batching on the tiny model: correctness inside a batch, admission, cancellation,
+prompt cache, per-request sampling."""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+
+import pytest
+
+from conftest import SlowModel
+from mlxd.engine import Engine, EngineSettings, Job
+from mlxd.errors import HttpError
+from mlxd.events import Delta, Failed, Finished
+from mlxd.sampling import SamplingParams
+
+
+@pytest.fixture(scope="module")
+def loaded(tiny_model_dir):
+    from mlx_lm import load
+    return load(str(tiny_model_dir))
+
+
+def make_engine(loaded, delay: float = 0.0, **settings) -> Engine:
+    model, tokenizer = loaded
+    eng = Engine(SlowModel(model, delay) if delay else model, tokenizer, EngineSettings(**settings))
+    eng.start()
+    assert eng.ready.wait(60)
+    return eng
+
+
+@pytest.fixture(scope="module")
+def engine(loaded):
+    eng = make_engine(loaded, max_batch_size=8)
+    yield eng
+    eng.shutdown(5)
+
+
+class Run:
+    """A submitted job and its events, collected on a plain queue."""
+
+    def __init__(self, engine, prompt, **params) -> None:
+        self.events: queue.Queue = queue.Queue()
+        self.params = SamplingParams(**{"max_tokens": 16, "temperature": 0.0, **params})
+        self.job = Job(list(prompt), self.params, self.events.put)
+        engine.submit(self.job)
+
+    def result(self, timeout=60) -> dict:
+        out = {"text": {}, "finished": {}, "logprobs": {}, "failed": None}
+        open_choices = self.params.n
+        while open_choices:
+            ev = self.events.get(timeout=timeout)
+            if isinstance(ev, Delta):
+                out["text"][ev.index] = out["text"].get(ev.index, "") + ev.text
+                out["logprobs"].setdefault(ev.index, []).extend(ev.logprobs)
+            elif isinstance(ev, Finished):
+                out["finished"][ev.index] = ev
+                open_choices -= 1
+            elif isinstance(ev, Failed):
+                out["failed"] = ev.error
+                return out
+        return out
+
+
+PROMPTS = [[5, 6, 7], [40, 41, 42, 43, 44], [100, 3], [9] * 30, [200, 201, 202, 203], [17, 18]]
+
+
+def test_batched_greedy_matches_solo(engine):
+    solo = [Run(engine, p).result()["text"].get(0, "") for p in PROMPTS]
+    runs = [Run(engine, p) for p in PROMPTS]
+    batched = [r.result()["text"].get(0, "") for r in runs]
+    assert batched == solo
+
+
+def test_seed_gives_same_text_alone_and_in_a_batch(engine):
+    seeded = dict(temperature=1.0, seed=1234, max_tokens=20)
+    alone = Run(engine, [11, 12, 13], **seeded).result()["text"][0]
+    others = [Run(engine, p, temperature=1.0) for p in PROMPTS]
+    in_batch = Run(engine, [11, 12, 13], **seeded)
+    assert in_batch.result()["text"][0] == alone
+    for r in others:
+        r.result()
+    different = Run(engine, [11, 12, 13], **{**seeded, "seed": 99}).result()["text"][0]
+    assert different != alone
+
+
+def test_n_choices_share_one_prefill(engine):
+    prompt = list(range(20, 60))
+    res = Run(engine, prompt, n=3, temperature=1.0, seed=5, max_tokens=12).result()
+    assert sorted(res["finished"]) == [0, 1, 2]
+    assert len({res["text"].get(i, "") for i in range(3)}) > 1   # seeds 5, 6, 7 differ
+    # Choices 1 and 2 start from choice 0's cache: only the last prompt token is recomputed.
+    assert all(res["finished"][i].cached_tokens >= len(prompt) - 1 for i in (1, 2))
+    greedy = Run(engine, prompt, n=2, max_tokens=8).result()
+    assert greedy["text"].get(0) == greedy["text"].get(1)
+
+
+def test_prompt_cache_reuses_a_shared_prefix(engine):
+    prefix = list(range(300, 340))
+    first = Run(engine, prefix + [1, 2], max_tokens=4).result()
+    assert first["finished"][0].cached_tokens == 0
+    second = Run(engine, prefix + [3, 4], max_tokens=4).result()
+    assert second["finished"][0].cached_tokens >= len(prefix)
+    again = Run(engine, prefix + [1, 2], max_tokens=4).result()
+    assert again["text"] == first["text"]
+    assert engine.prompt_cache_nbytes() > 0
+
+
+def test_logprobs_are_sorted_and_match_greedy_choice(engine):
+    res = Run(engine, [5, 6, 7], logprobs=3, max_tokens=6).result()
+    lps = res["logprobs"][0]
+    assert len(lps) == res["finished"][0].completion_tokens
+    for lp in lps:
+        assert lp.logprob <= 0 and len(lp.top) == 3
+        values = [v for _, v in lp.top]
+        assert values == sorted(values, reverse=True)
+        assert lp.top[0][0] == lp.token   # greedy picks the most likely token
+
+
+def test_logit_bias_steers_greedy_choice(engine):
+    base = Run(engine, [5, 6, 7], max_tokens=1, logprobs=0).result()["logprobs"][0][0].token
+    banned = Run(engine, [5, 6, 7], max_tokens=1, logprobs=0,
+                 logit_bias={base: -100.0}).result()["logprobs"][0][0].token
+    assert banned != base
+    forced = Run(engine, [5, 6, 7], max_tokens=5, logprobs=0, logit_bias={150: 100.0}).result()
+    assert [lp.token for lp in forced["logprobs"][0]] == [150] * 5
+
+
+def test_frequency_penalty_discourages_repeats(engine):
+    forced = dict(max_tokens=6, logprobs=0, logit_bias={150: 8.0, 151: 7.9})
+    plain = [lp.token for lp in Run(engine, [5], **forced).result()["logprobs"][0]]
+    assert plain.count(150) > 3
+    penalised = [lp.token for lp in Run(engine, [5], frequency_penalty=2.0, **forced)
+                 .result()["logprobs"][0]]
+    assert penalised.count(150) < plain.count(150)
+
+
+def test_queue_full_is_429_and_cancel_frees_the_slot_at_once(loaded):
+    eng = make_engine(loaded, delay=0.02, max_batch_size=1, queue_size=1)
+    try:
+        long = Run(eng, [1, 2, 3], max_tokens=500, temperature=1.0)
+        long.events.get(timeout=30)          # running
+        waiting = Run(eng, [4, 5], max_tokens=3)
+        with pytest.raises(HttpError) as info:
+            Run(eng, [6, 7], max_tokens=3)
+        assert info.value.status == 429 and dict(info.value.headers).get("Retry-After")
+        started = time.monotonic()
+        long.job.cancel()
+        assert waiting.result(timeout=30)["finished"][0].reason in ("stop", "length")
+        assert time.monotonic() - started < 3    # not after 500 x 20 ms
+        assert eng.running == 0 and eng.waiting == 0
+    finally:
+        eng.shutdown(5)
+
+
+def test_queue_timeout(loaded):
+    eng = make_engine(loaded, delay=0.02, max_batch_size=1, queue_timeout=0.2)
+    try:
+        long = Run(eng, [1, 2, 3], max_tokens=100, temperature=1.0)
+        late = Run(eng, [4, 5], max_tokens=3)
+        res = late.result(timeout=30)
+        assert res["failed"] is not None and res["failed"].code == "queue_timeout"
+        long.job.cancel()
+    finally:
+        eng.shutdown(5)
+
+
+def test_memory_budget_refuses_and_queues(loaded):
+    eng = make_engine(loaded, delay=0.01, max_batch_size=8)
+    per_token = eng.kv_bytes_per_token
+    assert per_token > 0
+    # Room for one 100-token sequence at a time.
+    eng.settings = EngineSettings(max_batch_size=8, kv_budget_bytes=per_token * 150)
+    try:
+        with pytest.raises(HttpError) as info:
+            Run(eng, [1, 2], max_tokens=400)
+        assert info.value.status == 503 and info.value.code == "insufficient_memory"
+        a = Run(eng, [1, 2], max_tokens=90, temperature=1.0)
+        b = Run(eng, [3, 4], max_tokens=90, temperature=1.0)
+        time.sleep(0.3)
+        assert eng.running == 1 and eng.waiting == 1    # b waits for a's memory
+        a.result(), b.result()
+    finally:
+        eng.shutdown(5)
+
+
+def test_concurrent_submitters(engine):
+    results = {}
+
+    def worker(i):
+        results[i] = Run(engine, PROMPTS[i % len(PROMPTS)], max_tokens=8).result()
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(12)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert len(results) == 12 and all(r["failed"] is None for r in results.values())
