@@ -20,7 +20,10 @@ from .logprobs import ChatLogprobs, TextLogprobs
 from .models import LoadedModel
 from .sampling import SamplingParams
 from .schema import ChatRequest, CompletionRequest, Sampling, context_error
+from .metrics import CONTENT_TYPE as METRICS_TYPE
+from .metrics import Metrics
 from .shapes import ChatShape, Choice, Shape, TextShape, usage
+from .status import gauges, queue_state, status_report
 
 log = logging.getLogger("mlxd.api")
 
@@ -44,6 +47,8 @@ class App:
     loaded: LoadedModel | None = None
     engine: Engine | None = None
     request_timeout: float | None = None
+    metrics: Metrics = field(default_factory=Metrics)
+    parameter_count: int | None = None        # computed on the first /v1/mlx/status
     started: float = field(default_factory=time.time)
     _token_texts: dict = field(default_factory=dict)
 
@@ -131,13 +136,11 @@ async def _respond(app: App, ex, prompt: list[int], params: SamplingParams, shap
     formatters = ([logprob_kind(app.token_text, len(prefix)) for _ in range(params.n)]
                   if params.logprobs is not None else None)
     try:
-        ticket = _Deadline(app.request_timeout)
+        flow = _observed(app, ex, _until_done(events, params.n, _Deadline(app.request_timeout)))
         if stream:
-            await _stream(ex, _until_done(events, params.n, ticket), shape, prefix, params.n,
-                          formatters)
+            await _stream(ex, flow, shape, prefix, params.n, formatters)
         else:
-            await _collect(ex, _until_done(events, params.n, ticket), shape, prefix, params.n,
-                           formatters)
+            await _collect(ex, flow, shape, prefix, params.n, formatters)
     finally:
         job.cancel()
 
@@ -184,6 +187,22 @@ async def _until_done(events: asyncio.Queue, n: int, deadline: _Deadline) -> Asy
             return
         if isinstance(ev, Finished):
             open_choices -= 1
+
+
+async def _observed(app: App, ex, events: AsyncIterator[Event]) -> AsyncIterator[Event]:
+    """Passes events through, timing the first token and counting tokens for the metrics."""
+    first, finished = None, []
+    async for ev in events:
+        if first is None and isinstance(ev, Delta):
+            first = time.monotonic()
+        elif isinstance(ev, Finished):
+            finished.append(ev)
+        yield ev
+    if finished:
+        app.metrics.observe_generation(
+            finished[0].prompt_tokens, sum(f.completion_tokens for f in finished),
+            finished[0].cached_tokens, None if first is None else first - ex.started,
+            None if first is None else time.monotonic() - first)
 
 
 def _usage(finished: list[Finished]) -> dict:
@@ -248,8 +267,8 @@ async def _stream(ex, events: AsyncIterator[Event], shape: Shape, prefix: str, n
 # ----- operational routes -----
 
 def model_card(app: App) -> dict:
-    return {"id": app.name, "object": "model", "created": int(app.started),
-            "owned_by": "mlxd"}
+    card = {"id": app.name, "object": "model", "created": int(app.started), "owned_by": "mlxd"}
+    return card
 
 
 async def list_models(app: App, ex) -> None:
@@ -271,11 +290,28 @@ async def health(app: App, ex) -> None:
     await ex.send_json(200 if app.ready else 503, body, headers)
 
 
+async def status(app: App, ex) -> None:
+    await ex.send_json(200, status_report(app))
+
+
+async def stats(app: App, ex) -> None:
+    await ex.send_json(200, {**app.metrics.stats(), **queue_state(app)})
+
+
+async def metrics(app: App, ex) -> None:
+    await ex.send(200, app.metrics.exposition(gauges(app)).encode(), METRICS_TYPE)
+
+
 # (method, path) -> handler. A path ending in "/" is a prefix whose rest is ``ex.path_param``.
 ROUTES = {
     ("POST", "/v1/chat/completions"): chat_completions,
     ("POST", "/v1/completions"): completions,
     ("GET", "/v1/models"): list_models,
     ("GET", "/v1/models/"): get_model,
+    ("GET", "/v1/mlx/status"): status,
     ("GET", "/health"): health,
+    ("GET", "/stats"): stats,
+    ("GET", "/metrics"): metrics,
 }
+# Answered without an API key unless --auth-health (probes and scrapers rarely carry one).
+PUBLIC_PATHS = frozenset({"/health", "/metrics"})

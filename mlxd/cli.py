@@ -1,87 +1,171 @@
-"""Command line -> Config, then serve. ``--version`` and ``--help`` never import mlx."""
+"""Command line -> Config, then one action: serve (the default), --stop, --status, --print-config,
+--export-mlx. Only serving and exporting import mlx; the rest answer in a blink."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import json
 import logging
+import os
 import sys
 
-from . import __version__
-from .config import (DEFAULT_HOST, DEFAULT_MAX_BODY_BYTES, DEFAULT_MAX_TOKENS, DEFAULT_PORT,
-                     DEFAULT_SHUTDOWN_TIMEOUT_S, DEFAULT_TEMPERATURE, DEFAULT_TOP_P, LOG_LEVELS,
-                     Config)
+from . import __version__, daemon, logs
+from .config import OPTIONS, Config, ConfigError, absolute_paths, env_warnings, resolve
+
+EXIT_USAGE = 2                 # argparse's code for a bad command line; also a bad config
+ACTIONS = ("config", "stop", "status", "print_config", "timeout", "export_mlx")
+EPILOG = """\
+MODEL is an MLX model directory (config.json, safetensors, tokenizer) or a llama-family .gguf file.
+Every option can also come from a JSON --config file (keys like the long flags: "max-tokens" or
+"max_tokens") or from an environment variable MLXD_<FLAG> (MLXD_PORT, MLXD_API_KEY, ...; the older
+MLX_SERVER_<FLAG> names are accepted too). Precedence: defaults < file < environment < command line.
+Exit status of --stop/--status: 0 stopped/running, 3 not running, 1 would not stop, 2 bad usage."""
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"a port is 0-65535, got {text}")
-    return value
-
-
-def _unit_float(low: float, high: float):
-    def parse(text: str) -> float:
-        value = float(text)
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be in [{low}, {high}], got {text}")
-        return value
-    return parse
+def _argparse_type(parse):
+    def convert(text: str):
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="mlxd", description="Serve one MLX language model over an OpenAI-compatible API.",
-        epilog="MODEL is an MLX model directory (config.json, safetensors, tokenizer) or a "
-               "llama-family .gguf file.")
-    p.add_argument("model", nargs="?", metavar="MODEL", help="model directory or .gguf file")
+    p = argparse.ArgumentParser(prog="mlxd", epilog=EPILOG,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Serve one MLX language model over an "
+                                            "OpenAI-compatible API.")
     p.add_argument("--version", action="version", version=f"mlxd {__version__}")
-    p.add_argument("--host", default=DEFAULT_HOST, help="address to bind (default %(default)s)")
-    p.add_argument("--port", type=_port, default=DEFAULT_PORT, help="port (default %(default)s; 0 picks one)")
-    p.add_argument("--max-tokens", type=_positive_int, default=DEFAULT_MAX_TOKENS,
-                   help="completion length when a request names none (default %(default)s)")
-    p.add_argument("--temperature", type=_unit_float(0.0, 2.0), default=DEFAULT_TEMPERATURE,
-                   help="sampling temperature when a request names none (default %(default)s)")
-    p.add_argument("--top-p", type=_unit_float(0.0, 1.0), default=DEFAULT_TOP_P,
-                   help="nucleus sampling when a request names none (default %(default)s)")
-    p.add_argument("--max-body-bytes", type=_positive_int, default=DEFAULT_MAX_BODY_BYTES,
-                   help="largest request body accepted (default %(default)s)")
-    p.add_argument("--shutdown-timeout", type=float, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
-                   help="seconds in-flight requests get to finish on SIGTERM (default %(default)s)")
-    p.add_argument("--log-level", choices=LOG_LEVELS, default="info")
-    p.add_argument("--export-mlx", metavar="DIR",
-                   help="write the (GGUF) MODEL out as an MLX model directory DIR, then exit")
+    actions = p.add_argument_group("actions (instead of serving)")
+    actions.add_argument("--stop", action="store_true",
+                         help="stop the mlxd on --port (or --pid-file) and wait for it to exit")
+    actions.add_argument("--status", action="store_true",
+                         help="say whether an mlxd runs on --port (or --pid-file), and how")
+    actions.add_argument("--timeout", type=_argparse_type(float), metavar="S",
+                         help="how long --stop waits (default: the server's shutdown timeout + 10)")
+    actions.add_argument("--print-config", action="store_true",
+                         help="print the effective configuration as JSON (keys masked) and exit")
+    actions.add_argument("--export-mlx", metavar="DIR",
+                         help="write the (GGUF) MODEL out as an MLX model directory DIR, then exit")
+    p.add_argument("--config", metavar="FILE", help="JSON file of settings (also $MLXD_CONFIG)")
+    defaults = Config()
+    for opt in OPTIONS:
+        _add_option(p, opt, getattr(defaults, opt.field))
     return p
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(level=getattr(logging, level.upper()), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+def _add_option(p: argparse.ArgumentParser, opt, default) -> None:
+    # SUPPRESS: only what the command line really gives lands in the namespace (it overrides the
+    # file and env layers); the help still shows the built-in default.
+    common = dict(dest=opt.field, default=argparse.SUPPRESS, help=opt.help.replace(
+        "%(default)s", str(default)))
+    if opt.field == "model":
+        common.pop("dest")
+        p.add_argument("model", nargs="?", metavar="MODEL", **common)
+    elif opt.kind == "bool":
+        p.add_argument(f"--{opt.flag}", action=argparse.BooleanOptionalAction, **common)
+    elif opt.kind == "list":
+        p.add_argument(f"--{opt.flag}", action="append", type=_argparse_type(opt.parse),
+                       metavar=opt.metavar, **common)
+    else:
+        p.add_argument(f"--{opt.flag}", type=_argparse_type(opt.parse), metavar=opt.metavar,
+                       **common)
+
+
+def cli_values(args: argparse.Namespace) -> dict[str, object]:
+    values = {k: v for k, v in vars(args).items() if k not in ACTIONS}
+    for opt in OPTIONS:
+        if opt.kind == "list" and opt.field in values:   # [("a", "b"), ("c",)] -> ("a", "b", "c")
+            values[opt.field] = tuple(x for group in values[opt.field] for x in group)
+    return values
+
+
+def with_cli_defaults(config: Config) -> Config:
+    """What the command adds to the library defaults: a PID file per port, and a log file for a
+    daemon (which has no terminal to log to)."""
+    changes: dict[str, object] = {}
+    if config.pid_file is None:
+        changes["pid_file"] = daemon.default_pid_file(config.port)
+    if config.daemon and config.log_file is None:
+        changes["log_file"] = daemon.default_log_file(config.port)
+    return dataclasses.replace(config, **changes)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.model is None:
-        build_parser().error("MODEL is required")
-    setup_logging(args.log_level)
-    if args.export_mlx:
-        from .gguf import UnsupportedModelError, export_mlx
-        try:
-            out = export_mlx(args.model, args.export_mlx)
-        except (UnsupportedModelError, OSError) as exc:
-            print(f"mlxd: {exc}", file=sys.stderr)
-            return 1
-        print(f"wrote {out}")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        config = with_cli_defaults(resolve(cli_values(args), os.environ, args.config))
+    except ConfigError as exc:
+        print(f"mlxd: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    for warning in env_warnings(os.environ):
+        print(f"mlxd: warning: {warning}", file=sys.stderr)
+    if args.print_config:
+        print(json.dumps(config.to_json(), indent=2))
         return 0
-    config = Config(model=args.model, host=args.host, port=args.port, max_tokens=args.max_tokens,
-                    temperature=args.temperature, top_p=args.top_p,
-                    max_body_bytes=args.max_body_bytes, shutdown_timeout=args.shutdown_timeout,
-                    log_level=args.log_level)
-    from .serve import run   # the heavy imports (mlx, mlx_lm) start here
-    return run(config)
+    if args.stop or args.status:
+        if daemon.PORT_PLACEHOLDER in config.pid_file and config.port == 0:
+            parser.error("with --port 0, name the port the server bound (its log and PID file "
+                         "name say which) or its --pid-file")
+        path = daemon.pid_path(config.pid_file, config.port)
+        return daemon.stop(path, args.timeout) if args.stop else daemon.status(path)
+    if config.model is None:
+        parser.error("MODEL is required (or set \"model\" in --config, or MLXD_MODEL)")
+    if args.export_mlx:
+        return export_mlx(config, args.export_mlx)
+    return serve(config)
+
+
+def export_mlx(config: Config, out_dir: str) -> int:
+    logs.setup(config.log_level, config.log_file, config.log_format)
+    from .gguf import UnsupportedModelError, export_mlx as export
+    try:
+        out = export(config.model, out_dir)
+    except (UnsupportedModelError, OSError) as exc:
+        print(f"mlxd: {exc}", file=sys.stderr)
+        return 1
+    print(f"wrote {out}")
+    return 0
+
+
+def serve(config: Config) -> int:
+    """Refuse a second server on the same PID file, detach if asked, then load and serve."""
+    if daemon.PORT_PLACEHOLDER not in config.pid_file:   # port 0 can never clash
+        found = daemon.probe(daemon.pid_path(config.pid_file, config.port))
+        if found.running:
+            print(f"mlxd: already running on port {found.info.get('port', config.port)} "
+                  f"(pid {found.pid}, PID file {found.path}); stop it with: mlxd --stop "
+                  f"--pid-file {found.path}", file=sys.stderr)
+            return 1
+        if found.state == "stale":
+            logs.setup(config.log_level, None, config.log_format)
+            daemon.remove_stale(found)
+    reporter = None
+    if config.daemon:
+        config = absolute_paths(config)
+        reporter = daemon.detach(config.log_file)
+    logs.setup(config.log_level, config.log_file, config.log_format)
+    if reporter is None:
+        from .serve import run   # the heavy imports (mlx, mlx_lm) start here
+        return run(config)
+    return _serve_detached(config, reporter)
+
+
+def _serve_detached(config: Config, reporter: daemon.Reporter) -> int:
+    forward = daemon.ReportHandler(reporter)
+    logging.getLogger().addHandler(forward)
+
+    def listening(addresses) -> None:
+        host, port = addresses[0]
+        reporter.send("LISTEN", f"pid {os.getpid()} listening on {host}:{port}, loading the model")
+
+    def ready() -> None:
+        logging.getLogger().removeHandler(forward)
+        reporter.send("READY", f"serving {config.model}")
+        reporter.close()
+
+    from .serve import run
+    return run(config, on_listening=listening, on_ready=ready)

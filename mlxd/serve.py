@@ -1,45 +1,105 @@
-"""Putting it together: listen, load the model, warm up, serve until a signal, shut down cleanly."""
+"""Putting it together: listen, write the PID file, load the model, warm up, serve until a signal,
+shut down cleanly, remove the PID file."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
+import ipaddress
 import logging
+import os
 import signal
+import sys
+import threading
+import time
+from typing import Callable
 
-from . import __version__, models
-from .api import ROUTES, App, Defaults
+from . import __version__, daemon, logs, memory, models
+from .api import PUBLIC_PATHS, ROUTES, App, Defaults
 from .config import Config
-from .engine import Engine
-from .server import Server
+from .engine import Engine, EngineSettings
+from .server import Server, ServerSettings
 
 log = logging.getLogger("mlxd")
 
+EXIT_INTERRUPTED = 130        # 128 + SIGINT, what shells report for Ctrl-C
+LOADER_THREAD = "mlxd-load"
 
-def run(config: Config) -> int:
+
+def run(config: Config, *, on_listening=None, on_ready=None) -> int:
     try:
-        return asyncio.run(serve(config))
-    except KeyboardInterrupt:   # a second Ctrl-C: leave at once
-        return 130
+        code = asyncio.run(serve(config, on_listening=on_listening, on_ready=on_ready))
+    except KeyboardInterrupt:   # Ctrl-C before the handlers were in place
+        code = EXIT_INTERRUPTED
+    logs.flush()
+    if any(t.name == LOADER_THREAD and t.is_alive() for t in threading.enumerate()):
+        os._exit(code)          # stopped mid-load: do not wait for the loader to finish
+    return code
 
 
-async def serve(config: Config, *, on_listening=None, stop: asyncio.Event | None = None) -> int:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set). ``on_listening(addresses)`` lets a caller
-    learn a port-0 address."""
-    app = App(name=models.served_name(config.model),
-              defaults=Defaults(config.max_tokens, config.temperature, config.top_p))
-    server = Server(app, ROUTES, max_body_bytes=config.max_body_bytes)
+async def serve(config: Config, *, on_listening=None, on_ready=None,
+                stop: asyncio.Event | None = None) -> int:
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set). ``on_listening(addresses)`` runs once the
+    socket is bound and the PID file written (it lets a caller learn a port-0 address);
+    ``on_ready()`` once the model has warmed up."""
+    app, server = _build(config)
     try:
         addresses = await server.start(config.host, config.port)
     except OSError as exc:
-        log.error("cannot listen on %s:%d: %s", config.host, config.port, exc.strerror or exc)
+        log.error("%s", _bind_error(config, exc))
         return 1
+    pid_file = _write_pid_file(config, addresses)
+    if config.pid_file and pid_file is None:
+        await server.shutdown(0)
+        return 1
+    stop = stop or asyncio.Event()
+    _install_signal_handlers(stop, pid_file)
     for host, port in addresses:
-        log.info("mlxd %s listening on http://%s:%d (loading %s)", __version__, host, port,
+        log.info("mlxd %s listening on %s (loading %s)", __version__, _url(host, port),
                  config.model)
+    _warn_if_open(config)
     if on_listening is not None:
         on_listening(addresses)
-    stop = stop or asyncio.Event()
-    _install_signal_handlers(stop)
+
+    def ready() -> None:
+        if pid_file is not None:
+            try:
+                pid_file.write(state="ready")
+            except OSError as exc:
+                log.warning("cannot update the PID file: %s", exc)
+        if on_ready is not None:
+            on_ready()
+
+    try:
+        return await _serve(config, app, server, stop, ready)
+    finally:
+        if pid_file is not None:
+            pid_file.remove()
+
+
+def _build(config: Config) -> tuple[App, Server]:
+    app = App(name=config.served_model_name or models.served_name(config.model),
+              defaults=Defaults(config.max_tokens, config.temperature, config.top_p),
+              request_timeout=config.request_timeout)
+    settings = ServerSettings(max_body_bytes=config.max_body_bytes, api_keys=config.api_keys,
+                              auth_health=config.auth_health, cors_origins=config.cors_origins)
+    return app, Server(app, ROUTES, settings, public_paths=PUBLIC_PATHS, metrics=app.metrics)
+
+
+def _engine_settings(config: Config) -> EngineSettings:
+    kv_budget = memory.kv_budget(config.memory_limit, config.prompt_cache_bytes)
+    log.info("memory: %s for KV caches of running requests (prompt cache up to %s)",
+             memory.human(kv_budget), memory.human(config.prompt_cache_bytes))
+    return EngineSettings(max_batch_size=config.max_batch_size, queue_size=config.queue_size,
+                          queue_timeout=config.queue_timeout,
+                          prefill_step_size=config.prefill_step_size,
+                          prompt_cache_bytes=config.prompt_cache_bytes, kv_budget_bytes=kv_budget)
+
+
+async def _serve(config: Config, app: App, server: Server, stop: asyncio.Event,
+                 ready: Callable[[], None]) -> int:
+    """Load the model while serving what needs no model; then serve until ``stop``; shut down."""
     loading = asyncio.create_task(_load(app, config))
     await asyncio.wait({loading, asyncio.create_task(stop.wait())},
                        return_when=asyncio.FIRST_COMPLETED)
@@ -48,6 +108,7 @@ async def serve(config: Config, *, on_listening=None, stop: asyncio.Event | None
         log.error("%s", loading.exception())
         code = 1
     elif loading.done():
+        ready()
         await stop.wait()
     log.info("shutting down")
     await server.shutdown(config.shutdown_timeout)
@@ -59,30 +120,117 @@ async def serve(config: Config, *, on_listening=None, stop: asyncio.Event | None
 
 
 async def _load(app: App, config: Config) -> None:
-    loaded = await asyncio.to_thread(models.load, config.model)
+    progress = None
+    if config.log_file is None and not config.daemon and sys.stderr.isatty():
+        progress = asyncio.create_task(logs.show_progress(f"loading {config.model}", sys.stderr))
+    try:
+        loaded = await _in_thread(models.load, config.model)
+    finally:
+        if progress is not None:
+            progress.cancel()
+            await asyncio.gather(progress, return_exceptions=True)
     log.info("loaded %s (%s, context %d) in %.2fs", loaded.name, loaded.format,
              loaded.context_length, loaded.load_seconds)
-    engine = Engine(loaded.model, loaded.tokenizer)
+    engine = Engine(loaded.model, loaded.tokenizer, settings=_engine_settings(config))
     app.loaded, app.engine = loaded, engine
     engine.start()
     while not await asyncio.to_thread(engine.ready.wait, 0.5):
         if not engine.alive:
             raise models.ModelLoadError("the model failed its warm-up generation (see above)")
-    log.info("ready: serving %s", loaded.name)
+    log.info("ready: serving %s", app.name)
 
 
-def _install_signal_handlers(stop: asyncio.Event) -> None:
+async def _in_thread(fn: Callable, *args):
+    """Like ``asyncio.to_thread``, but on a daemon thread: a shutdown mid-load need not wait for
+    the load to finish (asyncio.run would join its executor)."""
+    loop = asyncio.get_running_loop()
+    future = loop.create_future()
+
+    def work() -> None:
+        result, error = None, None
+        try:
+            result = fn(*args)
+        except BaseException as exc:   # noqa: BLE001 - handed to the awaiting coroutine
+            error = exc
+        with contextlib.suppress(RuntimeError):   # the loop has closed: nobody waits any more
+            loop.call_soon_threadsafe(_settle, future, result, error)
+
+    threading.Thread(target=work, name=LOADER_THREAD, daemon=True).start()
+    return await future
+
+
+def _settle(future: asyncio.Future, result, exc) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _write_pid_file(config: Config, addresses) -> daemon.PidFile | None:
+    if not config.pid_file:
+        return None
+    host, port = addresses[0]
+    path = daemon.pid_path(config.pid_file, port)
+    pid_file = daemon.PidFile(path, {
+        "host": host, "port": port, "url": _url(host, port), "model": config.model,
+        "started": time.time(), "state": "loading", "shutdown_timeout": config.shutdown_timeout})
+    try:
+        pid_file.write()
+    except OSError as exc:
+        log.error("cannot write the PID file %s: %s", path, exc.strerror or exc)
+        return None
+    return pid_file
+
+
+def _url(host: str, port: int) -> str:
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+def _bind_error(config: Config, exc: OSError) -> str:
+    where = f"{config.host}:{config.port}"
+    if exc.errno == errno.EADDRINUSE:
+        return (f"cannot listen on {where}: the port is already in use by another program "
+                f"(pick another with --port)")
+    if exc.errno == errno.EACCES:
+        return f"cannot listen on {where}: permission denied (ports below 1024 need privileges)"
+    return f"cannot listen on {where}: {exc.strerror or exc}"
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _warn_if_open(config: Config) -> None:
+    if not config.api_keys and not is_loopback(config.host):
+        log.warning("listening on %s without an API key: anyone who can reach this address can "
+                    "use the model (set --api-key or --api-key-file)", config.host)
+
+
+def _install_signal_handlers(stop: asyncio.Event, pid_file: daemon.PidFile | None) -> None:
+    """The first SIGTERM/SIGINT shuts down gracefully; a second one leaves at once."""
     loop = asyncio.get_running_loop()
 
     def first(signame: str) -> None:
-        log.info("%s received", signame)
+        log.info("%s received: finishing in-flight requests (again to quit now)", signame)
         stop.set()
-        # A second SIGINT means "now": restore the default handler (KeyboardInterrupt).
-        loop.remove_signal_handler(signal.SIGINT)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(sig)
+            signal.signal(sig, second)
+
+    def second(signum, _frame) -> None:
+        log.warning("%s received again: exiting now", signal.Signals(signum).name)
+        if pid_file is not None:
+            pid_file.remove()
+        logs.flush()
+        os._exit(EXIT_INTERRUPTED)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
-        try:
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
             loop.add_signal_handler(sig, first, sig.name)
-        except (NotImplementedError, RuntimeError):  # not the main thread (tests), or Windows
-            pass

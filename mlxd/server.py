@@ -9,25 +9,43 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
+import hmac
 import json
 import logging
+import re
 import time
+import uuid
+from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from . import __version__, http
-from .errors import NOT_FOUND, SERVER_ERROR, UNAVAILABLE, HttpError
+from . import __version__, http, sse
+from .errors import AUTHENTICATION, NOT_FOUND, SERVER_ERROR, UNAVAILABLE, HttpError
+from .metrics import Metrics
 
 log = logging.getLogger("mlxd.server")
 access_log = logging.getLogger("mlxd.access")
 
-KEEP_ALIVE_TIMEOUT_S = 5.0     # idle time between requests on one connection (uvicorn's default)
-HEAD_TIMEOUT_S = 10.0          # a whole request head must arrive within this (slowloris)
-BODY_TIMEOUT_S = 30.0          # a whole body must arrive within this once the head is in
-SEND_TIMEOUT_S = 60.0          # a client that reads nothing for this long is gone
-MAX_CONNECTIONS = 1024         # past this, new connections get a 503 and are closed
 READ_CHUNK_BYTES = 64 * 1024
 JSON_TYPE = "application/json; charset=utf-8"
 SERVER_HEADER = ("Server", f"mlxd/{__version__}")
+REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")   # what we echo back unchanged
+CORS_MAX_AGE_S = "600"
+CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id, OpenAI-Organization, OpenAI-Project"
+FINAL_WRITE_S = 1.0            # a last error to a client during shutdown may take this long
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    max_body_bytes: int = http.DEFAULT_MAX_BODY_BYTES
+    max_connections: int = 1024      # past this, new connections get a 503 and are closed
+    keep_alive_timeout: float = 5.0  # idle time between requests on one connection (uvicorn's)
+    head_timeout: float = 10.0       # a whole request head must arrive within this (slowloris)
+    body_timeout: float = 30.0       # a whole body must arrive within this once the head is in
+    send_timeout: float = 60.0       # a client that reads nothing for this long is gone
+    api_keys: tuple[str, ...] = ()
+    auth_health: bool = False        # /health and /metrics need the key too
+    cors_origins: tuple[str, ...] = ()
+
 
 Handler = Callable[..., Awaitable[None]]
 
@@ -47,16 +65,24 @@ def error_body(err: HttpError) -> bytes:
     return json.dumps(err.to_json(), ensure_ascii=False).encode("utf-8")
 
 
+_NO_REQUEST = http.Request(http.Head("-", "-", "-", "", "HTTP/1.1", (), False, False), b"")
+
+
 class Exchange:
     """One request and the means to answer it, once (a JSON body or a chunked stream)."""
 
-    def __init__(self, conn: "Connection", request: http.Request, path_param: str = "") -> None:
+    def __init__(self, conn: "Connection", request: http.Request, path_param: str = "",
+                 route: str = "other") -> None:
         self.conn = conn
         self.request = request
         self.path_param = path_param
+        self.route = route                    # the route pattern, a metrics label
         self.head_only = request.head.method == "HEAD"
         self.keep_alive = request.head.keep_alive
-        # Per-request state, for the access log.
+        self.started = time.monotonic()
+        self.request_id = _request_id(request)
+        self.extra_headers: list[tuple[str, str]] = [("X-Request-Id", self.request_id)]
+        # Per-request state, for the access log and metrics.
         self.status: int | None = None
         self.streaming = False
         self.tokens = (0, 0)
@@ -68,14 +94,17 @@ class Exchange:
     def note_error(self, err: HttpError) -> None:
         self.error = err
 
-    def _headers(self, content_type: str, extra=()) -> list[tuple[str, str]]:
-        headers = [("Date", _http_date()), SERVER_HEADER, ("Content-Type", content_type)]
+    def _headers(self, content_type: str | None, extra=()) -> list[tuple[str, str]]:
+        headers = [("Date", _http_date()), SERVER_HEADER]
+        if content_type:
+            headers.append(("Content-Type", content_type))
+        headers.extend(self.extra_headers)
         headers.extend(extra)
         if not self.keep_alive:
             headers.append(("Connection", "close"))
         return headers
 
-    async def send(self, status: int, body: bytes, content_type: str, headers=()) -> None:
+    async def send(self, status: int, body: bytes, content_type: str | None, headers=()) -> None:
         self.status = status
         await self.conn.write(http.render_response(status, self._headers(content_type, headers),
                                                    body, head_only=self.head_only))
@@ -112,29 +141,37 @@ class Exchange:
             await self.conn.write(http.LAST_CHUNK)
 
 
+def _request_id(request: http.Request) -> str:
+    given = request.head.header("x-request-id")
+    return given if given and REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
+
+
 class Connection:
     """One client socket: a pump task reads into the parser; the main loop answers requests."""
 
     def __init__(self, server: "Server", reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.server = server
+        self.settings = server.settings
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         # Per-connection state.
-        self.parser = http.RequestParser(max_body_bytes=server.max_body_bytes)
+        self.parser = http.RequestParser(max_body_bytes=self.settings.max_body_bytes)
         self.data_arrived = asyncio.Event()
         self.eof = False
         self.in_flight: asyncio.Task | None = None
-        self.idle = True
+        # Per-request state.
+        self.continue_sent = False
 
     async def write(self, data: bytes) -> None:
         if self.writer.is_closing():
             raise ClientGone()
         self.writer.write(data)
         try:
-            await asyncio.wait_for(self.writer.drain(), SEND_TIMEOUT_S)
+            # Backpressure: a slow reader waits here, alone; other connections keep going.
+            await asyncio.wait_for(self.writer.drain(), self.settings.send_timeout)
         except (ConnectionError, asyncio.TimeoutError) as exc:
             raise ClientGone() from exc
 
@@ -159,7 +196,7 @@ class Connection:
                 if request is None:
                     break
                 ex = await self._handle(request)
-                if ex is None or not ex.keep_alive:
+                if not ex.keep_alive:
                     break
         except ClientGone:
             pass
@@ -172,110 +209,165 @@ class Connection:
     async def _next_request(self) -> http.Request | None:
         """The next complete request, or None when the connection should close."""
         started = time.monotonic()
-        while True:
+        while not self.server.closing:
             try:
                 request = self.parser.maybe_next_request()
             except HttpError as err:
-                await self._refuse(err)
+                await self.refuse(err)
                 return None
             if request is not None:
                 return request
             if self.eof:
                 return None
             head = self.parser.maybe_pending_head()
-            if head is not None and head.expects_continue and not getattr(self, "_continued", False):
+            if head is not None and head.expects_continue and not self.continue_sent:
                 if not await self._maybe_continue(head):
                     return None
             timeout = self._read_timeout(started, head)
             if timeout <= 0:
                 if self.parser.buffered or head is not None:
-                    await self._refuse(HttpError(408, "invalid_request_error",
-                                                 "request timed out", close=True))
+                    await self.refuse(HttpError(408, "invalid_request_error",
+                                                "request timed out", close=True))
                 return None
             self.data_arrived.clear()
-            try:
+            with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(self.data_arrived.wait(), timeout)
-            except asyncio.TimeoutError:
-                pass
+        return None
 
     def _read_timeout(self, started: float, head) -> float:
         elapsed = time.monotonic() - started
+        s = self.settings
         if head is not None:
-            return HEAD_TIMEOUT_S + BODY_TIMEOUT_S - elapsed
+            return s.head_timeout + s.body_timeout - elapsed
         if self.parser.buffered:
-            return HEAD_TIMEOUT_S - elapsed
-        return KEEP_ALIVE_TIMEOUT_S - elapsed
+            return s.head_timeout - elapsed
+        return s.keep_alive_timeout - elapsed
 
-    async def _maybe_continue(self, head) -> bool:
+    async def _maybe_continue(self, head: http.Head) -> bool:
         """RFC 9110 10.1.1: send 100 only when we will read the body; else refuse now."""
-        self._continued = True
-        handler, _param, err = self.server.route(head.method, head.path)
+        self.continue_sent = True
+        err = self.server.refusal_before_body(head)
         if err is not None:
-            await self._refuse(HttpError(err.status, err.type, err.message, headers=err.headers,
-                                         close=True))
+            await self.refuse(HttpError(err.status, err.type, err.message, err.param, err.code,
+                                        err.headers, close=True))
             return False
         await self.write(http.CONTINUE_100)
         return True
 
-    async def _refuse(self, err: HttpError) -> None:
-        fake = http.Request(head=http.Head("-", "-", "-", "", "HTTP/1.1", (), False, False), body=b"")
-        ex = Exchange(self, fake)
+    async def refuse(self, err: HttpError) -> None:
+        """Answer a request we could not (fully) read, then the connection closes."""
+        ex = Exchange(self, _NO_REQUEST)
         ex.keep_alive = False
         with contextlib.suppress(ClientGone):
             await ex.send_error(err)
         self.server.log_access(self, ex, 0.0)
 
-    async def _handle(self, request: http.Request) -> Exchange | None:
-        self._continued = False
-        handler, param, err = self.server.route(request.head.method, request.head.path)
-        ex = Exchange(self, request, param)
-        started = time.perf_counter()
+    async def _handle(self, request: http.Request) -> Exchange:
+        self.continue_sent = False
+        handler, param, route, err = self.server.route(request.head.method, request.head.path)
+        ex = Exchange(self, request, param, route)
         self.in_flight = asyncio.create_task(self.server.run_handler(handler, err, ex))
         try:
             await self.in_flight
         except asyncio.CancelledError:
-            if not self.eof:   # cancelled from outside (shutdown), not by the client leaving
+            if not self.eof:   # cancelled from outside, not by the client leaving
                 raise
             ex.keep_alive = False
         finally:
             self.in_flight = None
-            self.server.log_access(self, ex, time.perf_counter() - started)
+            self.server.log_access(self, ex, time.monotonic() - ex.started)
         return ex
 
 
 class Server:
-    def __init__(self, app, routes: dict, *, max_body_bytes: int = http.DEFAULT_MAX_BODY_BYTES) -> None:
+    def __init__(self, app, routes: dict, settings: ServerSettings | None = None, *,
+                 public_paths: frozenset[str] = frozenset(), metrics: Metrics | None = None) -> None:
         self.app = app
         self.routes = routes
-        self.max_body_bytes = max_body_bytes
+        self.settings = settings or ServerSettings()
+        self.public_paths = public_paths      # answered without an API key (unless auth_health)
+        self.metrics = metrics or Metrics()
         self.closing = False
         self.connections: set[Connection] = set()
         self._server: asyncio.base_events.Server | None = None
 
-    # ----- routing -----
+    # ----- routing and request checks -----
 
-    def route(self, method: str, path: str) -> tuple[Handler | None, str, HttpError | None]:
-        """The handler and path parameter for a request, or the 404/405 error to answer."""
-        candidates = {m: h for (m, p), h in self.routes.items() if p == path}
-        param = ""
+    def route(self, method: str, path: str) -> tuple[Handler | None, str, str, HttpError | None]:
+        """(handler, path parameter, route label, None), or the 404/405 error to answer."""
+        candidates, param, label = {m: h for (m, p), h in self.routes.items() if p == path}, "", path
         if not candidates:
             for (m, p), h in self.routes.items():
                 if p.endswith("/") and path.startswith(p) and len(path) > len(p):
-                    candidates[m], param = h, path[len(p):]
+                    candidates[m], param, label = h, path[len(p):], p + "{id}"
         if not candidates:
-            return None, "", HttpError(404, NOT_FOUND, f"no route for {path}", code="not_found")
+            return None, "", "other", HttpError(404, NOT_FOUND, f"no route for {path}",
+                                                code="not_found")
+        allowed = set(candidates) | ({"HEAD"} if "GET" in candidates else set())
         lookup = "GET" if method == "HEAD" else method
         if lookup in candidates:
-            return candidates[lookup], param, None
-        allowed = sorted(set(candidates) | ({"HEAD"} if "GET" in candidates else set()))
-        return None, "", HttpError(405, "invalid_request_error",
-                                   f"{method} is not allowed on {path}", code="method_not_allowed",
-                                   headers=(("Allow", ", ".join(allowed)),))
+            return candidates[lookup], param, label, None
+        if method == "OPTIONS" and self.settings.cors_origins:
+            return self._preflight, "", label, None
+        return None, "", label, HttpError(
+            405, "invalid_request_error", f"{method} is not allowed on {path}",
+            code="method_not_allowed", headers=(("Allow", ", ".join(sorted(allowed))),))
+
+    def refusal_before_body(self, head: http.Head) -> HttpError | None:
+        """What we would refuse a request for from its head alone (for 100-continue)."""
+        _handler, _param, _label, err = self.route(head.method, head.path)
+        return err or self._auth_error(head) or _content_type_error(head)
+
+    def _auth_error(self, head: http.Head) -> HttpError | None:
+        keys = self.settings.api_keys
+        if not keys or head.method == "OPTIONS" or (
+                head.path in self.public_paths and not self.settings.auth_health):
+            return None
+        given = head.header("authorization") or ""
+        scheme, _, token = given.partition(" ")
+        token = token.strip().encode()
+        # Compare against every key, always: the time taken says nothing about which matched.
+        ok = scheme.lower() == "bearer" and sum(
+            hmac.compare_digest(token, key.encode()) for key in keys) > 0
+        if ok:
+            return None
+        return HttpError(401, AUTHENTICATION, "a valid API key is required: send "
+                         "'Authorization: Bearer <key>'" if not given else
+                         "Incorrect API key provided", code="invalid_api_key",
+                         headers=(("WWW-Authenticate", 'Bearer realm="mlxd"'),))
+
+    def _cors_headers(self, ex: Exchange) -> None:
+        origin = ex.request.head.header("origin")
+        allowed = self.settings.cors_origins
+        if not origin or not allowed:
+            return
+        if "*" in allowed:
+            # Never with credentials: "*" stays "*", it is not the caller's Origin reflected.
+            ex.extra_headers.append(("Access-Control-Allow-Origin", "*"))
+        elif origin in allowed:
+            ex.extra_headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
+        ex.extra_headers.append(("Access-Control-Expose-Headers", "X-Request-Id"))
+
+    async def _preflight(self, _app, ex: Exchange) -> None:
+        """CORS preflight (Fetch standard): which methods and headers a page may use here."""
+        methods = sorted({m for (m, p), _h in self.routes.items()
+                          if p == ex.request.head.path or (p.endswith("/") and
+                                                           ex.request.head.path.startswith(p))})
+        headers = []
+        if any(h[0] == "Access-Control-Allow-Origin" for h in ex.extra_headers):
+            headers = [("Access-Control-Allow-Methods", ", ".join(methods)),
+                       ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+                       ("Access-Control-Max-Age", CORS_MAX_AGE_S)]
+        await ex.send(204, b"", None, headers)
 
     async def run_handler(self, handler: Handler | None, err: HttpError | None, ex: Exchange) -> None:
+        self._cors_headers(ex)
         try:
             if err is not None:
                 raise err
+            head = ex.request.head
+            if (refusal := self._auth_error(head) or _content_type_error(head)) is not None:
+                raise refusal
             if self.closing:
                 raise HttpError(503, UNAVAILABLE, "the server is shutting down", close=True)
             await handler(self.app, ex)
@@ -287,19 +379,38 @@ class Server:
                 ex.keep_alive = False
         except ClientGone:
             ex.keep_alive = False
+        except asyncio.CancelledError:
+            if not self.closing:
+                raise
+            await self._cut_short(ex)
         except Exception:
             log.exception("unhandled error on %s %s", ex.request.head.method, ex.request.head.path)
             if ex.status is None:
                 await ex.send_error(HttpError(500, SERVER_ERROR, "internal server error", close=True))
             ex.keep_alive = False
 
+    async def _cut_short(self, ex: Exchange) -> None:
+        """Shutdown outlived the grace period: end the request with a clean, final error."""
+        err = HttpError(503, UNAVAILABLE, "the server shut down before this request finished",
+                        code="server_shutdown", close=True)
+        ex.keep_alive = False
+        with contextlib.suppress(ClientGone, asyncio.TimeoutError, ConnectionError):
+            if ex.status is None:
+                await asyncio.wait_for(ex.send_error(err), FINAL_WRITE_S)
+            elif ex.streaming:
+                ex.note_error(err)
+                await asyncio.wait_for(ex.send_chunk(sse.event(err.to_json())), FINAL_WRITE_S)
+                await asyncio.wait_for(ex.send_chunk(sse.DONE), FINAL_WRITE_S)
+                await asyncio.wait_for(ex.end_stream(), FINAL_WRITE_S)
+
     # ----- life cycle -----
 
     async def _on_connect(self, reader, writer) -> None:
         conn = Connection(self, reader, writer)
-        if len(self.connections) >= MAX_CONNECTIONS:
-            await conn._refuse(HttpError(503, UNAVAILABLE, "too many open connections",
-                                         headers=(("Retry-After", "1"),), close=True))
+        if len(self.connections) >= self.settings.max_connections or self.closing:
+            await conn.refuse(HttpError(503, UNAVAILABLE, "too many open connections" if not
+                                        self.closing else "the server is shutting down",
+                                        headers=(("Retry-After", "1"),), close=True))
             writer.close()
             return
         self.connections.add(conn)
@@ -318,12 +429,11 @@ class Server:
         self.closing = True
         if self._server is not None:
             self._server.close()
-        busy = [c.in_flight for c in self.connections if c.in_flight is not None]
         for conn in list(self.connections):
-            if conn.in_flight is None:
-                conn.data_arrived.set()   # wakes idle keep-alive loops so they see `closing`
+            conn.data_arrived.set()   # wakes idle keep-alive loops so they see `closing`
+        busy = [c.in_flight for c in self.connections if c.in_flight is not None]
         if busy:
-            done, pending = await asyncio.wait(busy, timeout=grace_s)
+            _done, pending = await asyncio.wait(busy, timeout=grace_s)
             for task in pending:
                 task.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
@@ -331,6 +441,26 @@ class Server:
     def log_access(self, conn: Connection, ex: Exchange, seconds: float) -> None:
         head = ex.request.head
         prompt, completion = ex.tokens
-        extra = f" error={ex.error.type}" if ex.error is not None else ""
-        access_log.info('%s "%s %s" %s %.3fs prompt=%d completion=%d%s', conn.peer, head.method,
-                        head.target, ex.status or "-", seconds, prompt, completion, extra)
+        error = ex.error.type if ex.error is not None else None
+        self.metrics.observe_request(head.method, ex.route, ex.status or 0, seconds, error)
+        access_log.info('%s "%s %s" %s %.3fs prompt=%d completion=%d id=%s%s', conn.peer,
+                        head.method, head.target, ex.status or "-", seconds, prompt, completion,
+                        ex.request_id, f" error={error}" if error else "",
+                        extra={"request_id": ex.request_id})
+
+
+def _content_type_error(head: http.Head) -> HttpError | None:
+    """Bodies are JSON; an absent Content-Type is taken as JSON, another type is refused."""
+    if head.method not in ("POST", "PUT", "PATCH"):
+        return None
+    given = head.header("content-type")
+    if given is None:
+        return None
+    media, _, params = given.partition(";")
+    charset = next((v.strip().strip('"').lower() for k, _, v in
+                    (p.partition("=") for p in params.split(";")) if k.strip().lower() == "charset"),
+                   "utf-8")
+    if media.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
+        return HttpError(415, "invalid_request_error", f"Content-Type must be application/json "
+                         f"(UTF-8), not {given!r}", code="unsupported_media_type")
+    return None

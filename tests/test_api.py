@@ -236,3 +236,37 @@ def test_not_ready_answers_503_with_retry_after(tiny_model_dir):
         assert get_json(srv.url + "/v1/models")[0] == 200
     finally:
         srv.close()
+
+
+def test_shutdown_with_streams_in_flight_ends_each_cleanly(tiny_model_dir):
+    """SIGTERM while 4 streams run: each finishes or ends with a final SSE error, nothing hangs,
+    and new requests meanwhile get 503."""
+    from mlxd.config import Config
+    srv = ServerThread(Config(model=str(tiny_model_dir), port=0, shutdown_timeout=0.5),
+                       model_wrapper=lambda m: SlowModel(m, 0.02)).start()
+    outcomes, raws = [], []
+
+    def stream(max_tokens):
+        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
+        conn.request("POST", "/v1/completions", json.dumps(
+            {"prompt": "Hi", "max_tokens": max_tokens, "stream": True}))
+        raw = conn.getresponse().read().decode()
+        raws.append(raw)
+        outcomes.append("error" if '"error"' in raw else "done")
+
+    workers = [threading.Thread(target=stream, args=(n,)) for n in (5, 400, 400, 400)]
+    for w in workers:
+        w.start()
+    time.sleep(0.5)
+    closer = threading.Thread(target=srv.close)
+    closer.start()
+    time.sleep(0.1)
+    late = get_json(srv.url + "/health")
+    for w in workers:
+        w.join(30)
+        assert not w.is_alive()
+    closer.join(30)
+    assert late[0] in (503, None)   # refused, or the listener was already closed
+    assert sorted(outcomes) == ["done", "error", "error", "error"]
+    assert all(raw.rstrip().endswith("data: [DONE]") for raw in raws)
+    assert srv.code == 0

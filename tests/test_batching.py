@@ -139,7 +139,7 @@ def test_frequency_penalty_discourages_repeats(engine):
 def test_queue_full_is_429_and_cancel_frees_the_slot_at_once(loaded):
     eng = make_engine(loaded, delay=0.02, max_batch_size=1, queue_size=1)
     try:
-        long = Run(eng, [1, 2, 3], max_tokens=500, temperature=1.0)
+        long = Run(eng, [1, 2, 3], max_tokens=500, logit_bias={150: 100.0}, logprobs=0)   # no eos; a Delta per token
         long.events.get(timeout=30)          # running
         waiting = Run(eng, [4, 5], max_tokens=3)
         with pytest.raises(HttpError) as info:
@@ -157,7 +157,8 @@ def test_queue_full_is_429_and_cancel_frees_the_slot_at_once(loaded):
 def test_queue_timeout(loaded):
     eng = make_engine(loaded, delay=0.02, max_batch_size=1, queue_timeout=0.2)
     try:
-        long = Run(eng, [1, 2, 3], max_tokens=100, temperature=1.0)
+        long = Run(eng, [1, 2, 3], max_tokens=400, logit_bias={150: 100.0}, logprobs=0)   # 8 s at least
+        long.events.get(timeout=30)
         late = Run(eng, [4, 5], max_tokens=3)
         res = late.result(timeout=30)
         assert res["failed"] is not None and res["failed"].code == "queue_timeout"
@@ -176,11 +177,13 @@ def test_memory_budget_refuses_and_queues(loaded):
         with pytest.raises(HttpError) as info:
             Run(eng, [1, 2], max_tokens=400)
         assert info.value.status == 503 and info.value.code == "insufficient_memory"
-        a = Run(eng, [1, 2], max_tokens=90, temperature=1.0)
-        b = Run(eng, [3, 4], max_tokens=90, temperature=1.0)
-        time.sleep(0.3)
+        a = Run(eng, [1, 2], max_tokens=90, logit_bias={150: 100.0}, logprobs=0)   # no eos; a Delta per token
+        a.events.get(timeout=30)                                        # a is decoding
+        b = Run(eng, [3, 4], max_tokens=90, logit_bias={150: 100.0}, logprobs=0)
+        time.sleep(0.2)
         assert eng.running == 1 and eng.waiting == 1    # b waits for a's memory
-        a.result(), b.result()
+        assert a.result()["finished"][0].completion_tokens == 90
+        assert b.result()["finished"][0].completion_tokens == 90
     finally:
         eng.shutdown(5)
 

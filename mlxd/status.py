@@ -1,0 +1,70 @@
+"""What /v1/mlx/status, /stats and /metrics report about the model, device, memory and queue."""
+
+from __future__ import annotations
+
+import time
+
+import mlx.core as mx
+from mlx_lm.utils import get_total_parameters
+
+from . import __version__
+
+
+def _memory() -> dict:
+    return {"active_bytes": mx.get_active_memory(), "peak_bytes": mx.get_peak_memory(),
+            "cache_bytes": mx.get_cache_memory()}
+
+
+def _device() -> dict:
+    info = {"name": str(mx.default_device())}
+    try:
+        info.update({k: v for k, v in mx.device_info().items() if isinstance(v, (str, int, float))})
+    except Exception:   # device_info is best effort on some backends
+        pass
+    return info
+
+
+def queue_state(app) -> dict:
+    engine = app.engine
+    if engine is None:
+        return {"running": 0, "waiting": 0, "max_batch_size": None, "queue_size": None}
+    return {"running": engine.running, "waiting": engine.waiting,
+            "max_batch_size": engine.settings.max_batch_size,
+            "queue_size": engine.settings.queue_size,
+            "prompt_cache_bytes": engine.prompt_cache_nbytes()}
+
+
+def _model_info(app) -> dict:
+    info = {"id": app.name, "ready": app.ready}
+    loaded = app.loaded
+    if loaded is None:
+        return info
+    if app.parameter_count is None:
+        app.parameter_count = int(get_total_parameters(loaded.model))
+    config = loaded.config
+    return {**info, "path": str(loaded.path), "format": loaded.format,
+            "type": config.get("model_type"), "quantization": config.get("quantization"),
+            "parameters": app.parameter_count, "context_length": loaded.context_length,
+            "load_seconds": round(loaded.load_seconds, 3),
+            "kv_bytes_per_token": app.engine.kv_bytes_per_token if app.engine else None}
+
+
+def status_report(app) -> dict:
+    return {"version": __version__, "model": _model_info(app), "device": _device(),
+            "memory": _memory(), "uptime_seconds": round(time.time() - app.started, 3),
+            "queue": queue_state(app)}
+
+
+def gauges(app) -> dict[str, tuple[str, float]]:
+    q, mem = queue_state(app), _memory()
+    return {
+        "mlxd_ready": ("1 once the model is loaded and warmed up.", 1 if app.ready else 0),
+        "mlxd_requests_running": ("Sequences decoding now.", q["running"]),
+        "mlxd_requests_waiting": ("Requests queued, not started.", q["waiting"]),
+        "mlxd_memory_active_bytes": ("MLX active memory.", mem["active_bytes"]),
+        "mlxd_memory_peak_bytes": ("MLX peak memory since start.", mem["peak_bytes"]),
+        "mlxd_memory_cache_bytes": ("MLX buffer cache.", mem["cache_bytes"]),
+        "mlxd_prompt_cache_bytes": ("Bytes held by the prompt (KV) cache.",
+                                    q.get("prompt_cache_bytes", 0)),
+        "mlxd_uptime_seconds": ("Seconds since start.", time.time() - app.started),
+    }
