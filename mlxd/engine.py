@@ -18,8 +18,8 @@ import time
 from dataclasses import dataclass
 
 import mlx.core as mx
-from mlx_lm.generate import BatchGenerator, generate_step
-from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache, trim_prompt_cache
+from mlx_lm.generate import BatchGenerator
+from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
 from .errors import SERVER_ERROR, UNAVAILABLE, HttpError, bad_request
 from .events import Delta, Event, Failed, Finished, TokenLogprob
@@ -143,16 +143,16 @@ class Engine:
     # ----- the generation thread -----
 
     def _run(self) -> None:
-        try:
-            self._warm_up()
-        except Exception:  # a model that cannot generate must not look ready
-            log.exception("warm-up failed")
-            return
         s = self.settings
         self._gen = BatchGenerator(
             self.model, stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
             completion_batch_size=s.max_batch_size, prefill_batch_size=s.prefill_batch_size,
             prefill_step_size=s.prefill_step_size)
+        try:
+            self._warm_up()
+        except Exception:  # a model that cannot generate must not look ready
+            log.exception("warm-up failed")
+            return
         self.ready.set()
         while self._take_inbox(block=not self._seqs):
             self._expire_waiting()
@@ -163,14 +163,27 @@ class Engine:
         log.debug("generation thread stopped")
 
     def _warm_up(self) -> None:
+        """Run the batch machinery once per path it will take (one sequence; two of different
+        lengths, which pads; greedy and sampled), so no request pays a first-use cost such as a
+        kernel compile, and learn the vocabulary width and the KV bytes a token costs."""
         start = time.perf_counter()
-        tokens = self.tokenizer.encode(WARMUP_TEXT, add_special_tokens=False) or [0]
-        cache = make_prompt_cache(self.model)
-        for _token, logprobs in generate_step(mx.array(tokens), self.model, prompt_cache=cache,
-                                              max_tokens=WARMUP_DECODE_TOKENS):
-            # The output width is the model's real vocabulary (often padded past the tokenizer's).
-            self.vocab_size = logprobs.shape[-1]
-        self.kv_bytes_per_token = _kv_bytes_per_token(cache)
+        base = self.tokenizer.encode(WARMUP_TEXT, add_special_tokens=False) or [0]
+        greedy = SamplingParams(max_tokens=WARMUP_DECODE_TOKENS, temperature=0.0)
+        sampled = SamplingParams(max_tokens=WARMUP_DECODE_TOKENS, temperature=1.0, top_p=0.9)
+        for group in ([base], [base, base[: max(1, len(base) // 2)]]):
+            uids = self._gen.insert(
+                [list(p) for p in group], max_tokens=[WARMUP_DECODE_TOKENS] * len(group),
+                samplers=[make_sampler(p) for p in (greedy, sampled)[: len(group)]],
+                logits_processors=[[] for _ in group])
+            left = set(uids)
+            while left:
+                for r in self._gen.next()[1]:
+                    # The output width is the model's real vocabulary (often padded past the
+                    # tokenizer's); the finished cache holds exactly its tokens.
+                    self.vocab_size = r.logprobs.shape[-1]
+                    if r.finish_reason is not None:
+                        left.discard(r.uid)
+                        self.kv_bytes_per_token = _kv_bytes_per_token(r.prompt_cache)
         mx.clear_cache()
         self.warmup_seconds = time.perf_counter() - start
         log.info("warm-up done in %.2fs (KV cache %d bytes/token)", self.warmup_seconds,
