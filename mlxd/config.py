@@ -28,6 +28,7 @@ DEFAULT_QUEUE_SIZE = 64        # requests waiting for the engine before new ones
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_PREFILL_STEP = 512     # prompt tokens per sequence per engine step: streams keep flowing
 DEFAULT_PROMPT_CACHE_BYTES = 512 * 1024 ** 2
+WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -64,6 +65,7 @@ class Config:
     prefill_step_size: int = DEFAULT_PREFILL_STEP
     prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
     memory_limit: int | None = None            # bytes for model + KV; None: from the device
+    weights: str = "auto"                      # quantized / dense twin / both, per step
     request_timeout: float | None = None
     # Life cycle and logs.
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S
@@ -225,6 +227,10 @@ OPTIONS = (
     Option("memory_limit", "memory-limit", optional(size),
            "memory the model and its KV caches may use; requests beyond wait or get 503 "
            "(default: 90%% of the device's memory)", metavar="BYTES"),
+    Option("weights", "weights", choice(WEIGHT_POLICIES),
+           "for a quantized model: keep the quantized weights, a dense copy, or both and pick "
+           "per step by batch size; auto calibrates at start and keeps the dense copy only "
+           "where it wins (default %(default)s)"),
     Option("request_timeout", "request-timeout", optional(number(0.0, above=True)),
            "seconds a request may take in all (default: no limit)", metavar="S"),
     Option("shutdown_timeout", "shutdown-timeout", number(0.0),

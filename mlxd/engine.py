@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import collections
 import copy
+import gc
 import logging
 import queue
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
@@ -25,6 +26,7 @@ from .errors import SERVER_ERROR, UNAVAILABLE, HttpError, bad_request
 from .events import Delta, Event, Failed, Finished, TokenLogprob
 from .sampling import SamplingParams, make_processors, make_sampler
 from .textstream import StopScanner, TextStream
+from .weights import DualModel, calibrate
 
 log = logging.getLogger("mlxd.engine")
 
@@ -43,6 +45,7 @@ class EngineSettings:
     queue_timeout: float | None = None  # seconds a job may wait to start
     prompt_cache_bytes: int = 512 * 1024 * 1024
     kv_budget_bytes: int | None = None  # KV cache bytes all running sequences may hold
+    weights: str = "auto"              # see weights.py; with a DualModel: keep both or calibrate
 
 
 class Job:
@@ -144,6 +147,11 @@ class Engine:
 
     def _run(self) -> None:
         s = self.settings
+        try:
+            self._route_weights()
+        except Exception:
+            log.exception("weight calibration failed")
+            return
         self._gen = BatchGenerator(
             self.model, stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
             completion_batch_size=s.max_batch_size, prefill_batch_size=s.prefill_batch_size,
@@ -161,6 +169,26 @@ class Engine:
             if self._seqs:
                 self._step()
         log.debug("generation thread stopped")
+
+    def _route_weights(self) -> None:
+        """With a quantized model and its dense twin: calibrate which serves which step; under
+        ``auto`` a twin that never wins is dropped and its memory goes to the KV budget."""
+        if not isinstance(self.model, DualModel):
+            return
+        dual = self.model
+        dual.routing = calibrate(dual, self.settings.max_batch_size)
+        uses_dense = dual.routing.prefill_dense or dual.routing.decode_dense_from is not None
+        if self.settings.weights == "auto" and not uses_dense:
+            before = mx.get_active_memory()
+            self.model = dual.quantized
+            del dual
+            gc.collect()
+            mx.clear_cache()
+            freed = max(before - mx.get_active_memory(), 0)
+            log.info("dense copy dropped: quantized weights win here (%d MiB freed)", freed >> 20)
+            if self.settings.kv_budget_bytes is not None:
+                self.settings = replace(self.settings,
+                                        kv_budget_bytes=self.settings.kv_budget_bytes + freed)
 
     def _warm_up(self) -> None:
         """Run the batch machinery once per path it will take (one sequence; two of different

@@ -15,7 +15,7 @@ import threading
 import time
 from typing import Callable
 
-from . import __version__, daemon, logs, memory, models
+from . import __version__, daemon, logs, memory, models, weights
 from .api import PUBLIC_PATHS, ROUTES, App, Defaults
 from .config import Config
 from .engine import Engine, EngineSettings
@@ -94,7 +94,8 @@ def _engine_settings(config: Config) -> EngineSettings:
     return EngineSettings(max_batch_size=config.max_batch_size, queue_size=config.queue_size,
                           queue_timeout=config.queue_timeout,
                           prefill_step_size=config.prefill_step_size,
-                          prompt_cache_bytes=config.prompt_cache_bytes, kv_budget_bytes=kv_budget)
+                          prompt_cache_bytes=config.prompt_cache_bytes, kv_budget_bytes=kv_budget,
+                          weights=config.weights)
 
 
 async def _serve(config: Config, app: App, server: Server, stop: asyncio.Event,
@@ -131,7 +132,8 @@ async def _load(app: App, config: Config) -> None:
             await asyncio.gather(progress, return_exceptions=True)
     log.info("loaded %s (%s, context %d) in %.2fs", loaded.name, loaded.format,
              loaded.context_length, loaded.load_seconds)
-    engine = Engine(loaded.model, loaded.tokenizer, settings=_engine_settings(config))
+    model = await _in_thread(weights.prepare, loaded.model, config.weights)
+    engine = Engine(model, loaded.tokenizer, settings=_engine_settings(config))
     app.loaded, app.engine = loaded, engine
     engine.start()
     while not await asyncio.to_thread(engine.ready.wait, 0.5):

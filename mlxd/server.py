@@ -443,10 +443,10 @@ class Server:
         prompt, completion = ex.tokens
         error = ex.error.type if ex.error is not None else None
         self.metrics.observe_request(head.method, ex.route, ex.status or 0, seconds, error)
-        access_log.info('%s "%s %s" %s %.3fs prompt=%d completion=%d id=%s%s', conn.peer,
+        # The request id travels as a record attribute: logs.py prints it in both formats.
+        access_log.info('%s "%s %s" %s %.3fs prompt=%d completion=%d%s', conn.peer,
                         head.method, head.target, ex.status or "-", seconds, prompt, completion,
-                        ex.request_id, f" error={error}" if error else "",
-                        extra={"request_id": ex.request_id})
+                        f" error={error}" if error else "", extra={"request_id": ex.request_id})
 
 
 def _content_type_error(head: http.Head) -> HttpError | None:

@@ -1,0 +1,161 @@
+"""Weight-format policy: serve a quantized model, a dense twin of it, or both, chosen per step.
+
+Quantized matmuls read a quarter of the bytes, which wins when a step is bound by memory traffic
+(one sequence decoding); dense matmuls win once the step is bound by arithmetic (many sequences,
+or a prefill), at least on CUDA where measured crossovers sit around batch 2-8. Rather than
+trusting a constant, ``calibrate`` times a decode step at a few batch sizes and a prefill chunk
+with each copy, on this device, at start-up, and the ``DualModel`` routes every forward pass.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import time
+from dataclasses import dataclass
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.utils import dequantize_model
+
+
+log = logging.getLogger("mlxd.weights")
+
+from .config import WEIGHT_POLICIES as POLICIES  # noqa: F401 - the one list of policy names
+DENSE_MARGIN = 0.95        # dense must be at least 5% faster to be chosen (timing noise)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What calibration times: cached context per decode step, prefill chunk, repetitions."""
+    batches: tuple[int, ...]
+    context: int
+    prefill: int
+    reps: int
+
+
+# A GPU step takes milliseconds; a CPU prefill token tens of them, so the CPU plan is small.
+GPU_PLAN = Plan(batches=(1, 2, 4, 8, 16, 32, 64), context=64, prefill=128, reps=3)
+CPU_PLAN = Plan(batches=(1, 2, 4, 8), context=8, prefill=16, reps=1)
+
+
+def is_quantized(model: nn.Module) -> bool:
+    return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
+               for _, m in model.named_modules())
+
+
+def dense_twin(model: nn.Module) -> nn.Module:
+    """A dequantized copy, in the dtype of the quantization scales (so both copies fill the same
+    KV cache with the same dtype)."""
+    twin = dequantize_model(copy.deepcopy(model))
+    mx.eval(twin.parameters())
+    return twin
+
+
+@dataclass
+class Routing:
+    decode_dense_from: int | None = None   # smallest decode batch that runs dense; None: never
+    prefill_dense: bool = False
+    table: tuple = ()                       # (kind, batch, quantized_s, dense_s) rows, for logs
+
+
+class DualModel:
+    """Called like an mlx-lm model; each forward pass goes to the quantized or the dense copy.
+
+    Attribute lookups (``layers``, ``make_cache``, ``args``...) go to the quantized copy: both
+    share architecture and cache layout.
+    """
+
+    def __init__(self, quantized: nn.Module, dense: nn.Module, routing: Routing | None = None):
+        self.quantized = quantized
+        self.dense = dense
+        self.routing = routing or Routing()
+
+    def pick(self, batch: int, length: int) -> nn.Module:
+        r = self.routing
+        if length > 1:
+            return self.dense if r.prefill_dense else self.quantized
+        if r.decode_dense_from is not None and batch >= r.decode_dense_from:
+            return self.dense
+        return self.quantized
+
+    def __call__(self, inputs: mx.array, *args, **kwargs):
+        return self.pick(inputs.shape[0], inputs.shape[1])(inputs, *args, **kwargs)
+
+    def __getattr__(self, name: str):
+        return getattr(self.quantized, name)
+
+
+def prepare(model: nn.Module, policy: str) -> nn.Module:
+    """The model object to serve under ``policy`` (calibration happens later, on the thread
+    that will generate; see ``calibrate``).
+
+    ``auto`` builds no twin on the CPU backend: x86 CPUs emulate float16/bfloat16 matmuls, and
+    calibrating SmolLM2 there took 34 s to find quantized decode ahead at batch 1-4 (114 vs 243
+    ms a step at batch 1). ``--weights both`` calibrates on the CPU anyway."""
+    if policy == "quantized" or not is_quantized(model):
+        return model
+    if policy == "auto" and mx.default_device() != mx.gpu:
+        log.info("weights: quantized (CPU backend; --weights both calibrates a dense copy too)")
+        return model
+    start = time.perf_counter()
+    twin = dense_twin(model)
+    log.info("built a dense copy of the quantized weights in %.1fs", time.perf_counter() - start)
+    if policy == "dense":
+        return twin
+    return DualModel(model, twin)
+
+
+def _time(fn, reps: int) -> float:
+    fn()   # first run pays kernel compiles; not counted
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    return (time.perf_counter() - start) / reps
+
+
+def _decode_step_time(model: nn.Module, batch: int, plan: Plan) -> float:
+    cache = make_prompt_cache(model)
+    context = mx.zeros((batch, plan.context), dtype=mx.int32)
+    mx.eval(model(context, cache=cache))
+    step = mx.zeros((batch, 1), dtype=mx.int32)
+    trim = [c for c in cache if hasattr(c, "trim")]
+
+    def one() -> None:
+        mx.eval(model(step, cache=cache))
+        for c in trim:          # keep the cache length fixed from step to step
+            c.trim(1)
+    return _time(one, plan.reps)
+
+
+def _prefill_time(model: nn.Module, plan: Plan) -> float:
+    chunk = mx.zeros((1, plan.prefill), dtype=mx.int32)
+    return _time(lambda: mx.eval(model(chunk, cache=make_prompt_cache(model))), plan.reps)
+
+
+def calibrate(dual: DualModel, max_batch: int, plan: Plan | None = None) -> Routing:
+    """Time both copies; route decode from the first batch size where dense is clearly and
+    stays faster, and prefill to whichever copy is faster."""
+    plan = plan or (GPU_PLAN if mx.default_device() == mx.gpu else CPU_PLAN)
+    start = time.perf_counter()
+    rows = []
+    pq, pd = _prefill_time(dual.quantized, plan), _prefill_time(dual.dense, plan)
+    rows.append(("prefill", 1, pq, pd))
+    dense_from = None
+    for batch in [b for b in plan.batches if b <= max(max_batch, 1)]:
+        q, d = _decode_step_time(dual.quantized, batch, plan), _decode_step_time(dual.dense, batch, plan)
+        rows.append(("decode", batch, q, d))
+        if d < q * DENSE_MARGIN:
+            dense_from = batch if dense_from is None else dense_from
+        else:
+            dense_from = None   # dense must keep winning from the crossover on
+    mx.clear_cache()
+    routing = Routing(dense_from, pd < pq * DENSE_MARGIN, tuple(rows))
+    for kind, batch, q, d in rows:
+        log.info("calibration %s batch %d: quantized %.2f ms, dense %.2f ms -> %s", kind, batch,
+                 q * 1e3, d * 1e3, "dense" if d < q * DENSE_MARGIN else "quantized")
+    log.info("weights: decode %s, prefill %s (calibrated in %.1fs)",
+             f"dense from batch {dense_from}" if dense_from else "quantized at every batch size",
+             "dense" if routing.prefill_dense else "quantized", time.perf_counter() - start)
+    return routing
