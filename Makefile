@@ -88,3 +88,10 @@ BENCH_ARGS ?=
 .PHONY: bench
 bench: setup model
 	$(PY) bench/bench.py --model $(MODEL) $(BENCH_ARGS)
+
+# ----- Fuzzing the HTTP parser: a million corpus-seeded mutations (make test runs a short one) -----
+FUZZ_COUNT ?= 1000000
+FUZZ_SEED ?= 1
+.PHONY: fuzz
+fuzz: setup
+	$(PY) tests/fuzz_http.py --count $(FUZZ_COUNT) --seed $(FUZZ_SEED)
