@@ -7,6 +7,8 @@ Handlers are ``async def handler(app, ex)``: ``app`` is the long-lived ``App``, 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -18,6 +20,10 @@ from .errors import NOT_FOUND, UNAVAILABLE, HttpError, bad_request
 from .events import Delta, Event, Failed, Finished
 from .logprobs import ChatLogprobs, TextLogprobs
 from .models import LoadedModel
+from .chatplan import ChatPlan, ModelTraits, plan_chat
+from .constrain import TokenVocabulary
+from .enforce import Enforce, processor
+from .reply import Reply, ReplySpec
 from .sampling import SamplingParams
 from .schema import ChatRequest, CompletionRequest, Sampling, context_error
 from .metrics import CONTENT_TYPE as METRICS_TYPE
@@ -36,6 +42,7 @@ class Defaults:
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 1.0
+    reasoning_format: str = "auto"     # "none": leave thinking in content
 
 
 @dataclass
@@ -74,7 +81,24 @@ class App:
             text = self._token_texts[token] = self.loaded.tokenizer.decode([token])
         return text
 
-    def sampling_params(self, s: Sampling, prompt_tokens: int, prompt_param: str) -> SamplingParams:
+    @functools.cached_property
+    def traits(self) -> ModelTraits:
+        return ModelTraits.of(self.loaded.tokenizer)
+
+    async def constrained(self, params: SamplingParams, enforce: Enforce | None) -> SamplingParams:
+        """``params`` with a factory of fresh constraint processors (one per choice, made on the
+        generation thread), when there is something to enforce."""
+        if enforce is None:
+            return params
+        tokenizer = self.loaded.tokenizer
+        # Built once per tokenizer (about 0.1 s at a 49k vocabulary), then cached.
+        vocab = await asyncio.to_thread(TokenVocabulary.for_tokenizer, tokenizer)
+        make = functools.partial(processor, enforce, vocab,
+                                 tuple(sorted(tokenizer.eos_token_ids)), params.max_tokens)
+        return dataclasses.replace(params, constraint=make)
+
+    def sampling_params(self, s: Sampling, prompt_tokens: int, prompt_param: str,
+                        extra_stop: tuple[str, ...] = ()) -> SamplingParams:
         context = self.loaded.context_length
         if prompt_tokens >= context:
             raise context_error(prompt_tokens, s.max_tokens or 1, context, prompt_param)
@@ -86,7 +110,7 @@ class App:
             max_tokens=max_tokens,
             temperature=self.defaults.temperature if s.temperature is None else s.temperature,
             top_p=self.defaults.top_p if s.top_p is None else s.top_p,
-            stop=s.stop, seed=s.seed, n=s.n, presence_penalty=s.presence_penalty,
+            stop=s.stop + extra_stop, seed=s.seed, n=s.n, presence_penalty=s.presence_penalty,
             frequency_penalty=s.frequency_penalty, logit_bias=dict(s.logit_bias),
             logprobs=s.logprobs, top_k=s.top_k, min_p=s.min_p,
             repetition_penalty=s.repetition_penalty)
@@ -97,10 +121,14 @@ class App:
 async def chat_completions(app: App, ex) -> None:
     app.require_ready()
     req = ChatRequest.from_json(ex.request.body)
-    prompt = await asyncio.to_thread(render_chat, app.loaded.tokenizer, req.messages)
-    params = app.sampling_params(req.sampling, len(prompt), "messages")
+    tokenizer = app.loaded.tokenizer
+    plan: ChatPlan = plan_chat(req, app.traits, app.defaults.reasoning_format)
+    prompt = await asyncio.to_thread(render_chat, tokenizer, req.messages, plan.template_tools)
+    plan = plan.after_render(tokenizer, prompt)
+    params = await app.constrained(
+        app.sampling_params(req.sampling, len(prompt), "messages", plan.stop), plan.enforce)
     await _respond(app, ex, prompt, params, ChatShape(app.name, req.include_usage), req.stream,
-                   ChatLogprobs)
+                   ChatLogprobs, plan.reply)
 
 
 async def completions(app: App, ex) -> None:
@@ -114,33 +142,38 @@ async def completions(app: App, ex) -> None:
         app.check_token_ids(prompt, "prompt")
     if not prompt:
         raise bad_request("'prompt' encodes to no tokens", "prompt")
-    params = app.sampling_params(req.sampling, len(prompt), "prompt")
+    enforce = Enforce(req.response_format.grammar) if req.response_format else None
+    params = await app.constrained(app.sampling_params(req.sampling, len(prompt), "prompt"),
+                                   enforce)
     echo = (req.prompt if isinstance(req.prompt, str) else tokenizer.decode(prompt)) if req.echo else ""
     await _respond(app, ex, prompt, params, TextShape(app.name, req.include_usage), req.stream,
-                   TextLogprobs, prefix=echo)
+                   TextLogprobs, ReplySpec(), prefix=echo)
 
 
-def render_chat(tokenizer, messages: tuple[dict, ...]) -> list[int]:
+def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None = None) -> list[int]:
     if not getattr(tokenizer, "has_chat_template", False):
         raise bad_request("this model has no chat template; use /v1/completions", "messages")
+    extra = {"tools": tools} if tools else {}
     try:
-        return list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True))
+        return list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
+                                                  **extra))
     except Exception as exc:  # the template's own raise_exception(), or a jinja error
         raise bad_request(f"the model's chat template rejected these messages: {exc}",
                           "messages") from None
 
 
 async def _respond(app: App, ex, prompt: list[int], params: SamplingParams, shape: Shape,
-                   stream: bool, logprob_kind, prefix: str = "") -> None:
+                   stream: bool, logprob_kind, reply: ReplySpec, prefix: str = "") -> None:
     job, events = start_job(app.engine, prompt, params)   # raises 429/503 before any byte is sent
     formatters = ([logprob_kind(app.token_text, len(prefix)) for _ in range(params.n)]
                   if params.logprobs is not None else None)
+    replies = [reply.new() for _ in range(params.n)]
     try:
         flow = _observed(app, ex, _until_done(events, params.n, _Deadline(app.request_timeout)))
         if stream:
-            await _stream(ex, flow, shape, prefix, params.n, formatters)
+            await _stream(ex, flow, shape, prefix, replies, formatters)
         else:
-            await _collect(ex, flow, shape, prefix, params.n, formatters)
+            await _collect(ex, flow, shape, prefix, replies, formatters)
     finally:
         job.cancel()
 
@@ -211,51 +244,62 @@ def _usage(finished: list[Finished]) -> dict:
                  first.cached_tokens)
 
 
-async def _collect(ex, events: AsyncIterator[Event], shape: Shape, prefix: str, n: int,
-                   formatters) -> None:
-    parts = [[prefix] for _ in range(n)]
+async def _collect(ex, events: AsyncIterator[Event], shape: Shape, prefix: str,
+                   replies: list[Reply], formatters) -> None:
     finished: dict[int, Finished] = {}
     async for ev in events:
         match ev:
             case Delta(index, text, logprobs):
-                parts[index].append(text)
+                replies[index].feed(text)
                 if formatters:
                     formatters[index].add(text, logprobs)
             case Finished():
                 finished[ev.index] = ev
             case Failed(error):
                 raise error
-    done = [finished[i] for i in range(n)]
+    done = [finished[i] for i in range(len(replies))]
     use = _usage(done)
     ex.note_tokens(use["prompt_tokens"], use["completion_tokens"])
-    choices = [Choice("".join(parts[i]), done[i].reason,
-                      formatters[i].whole() if formatters else None) for i in range(n)]
+    choices = []
+    for i, reply in enumerate(replies):
+        _, reason = reply.finish(done[i].reason)
+        message = reply.message_fields()
+        if prefix:
+            message["content"] = prefix + (message["content"] or "")
+        choices.append(Choice(message, reason, formatters[i].whole() if formatters else None))
     await ex.send_json(200, shape.whole(choices, use))
 
 
-async def _stream(ex, events: AsyncIterator[Event], shape: Shape, prefix: str, n: int,
-                  formatters) -> None:
+async def _stream(ex, events: AsyncIterator[Event], shape: Shape, prefix: str,
+                  replies: list[Reply], formatters) -> None:
     await ex.start_stream(sse.CONTENT_TYPE)
-    for index in range(n):
+    for index in range(len(replies)):
         if (first := shape.first_chunk(index)) is not None:
             await ex.send_chunk(sse.event(first))
         if prefix:
-            await ex.send_chunk(sse.event(shape.delta_chunk(index, prefix)))
+            await ex.send_chunk(sse.event(shape.delta_chunk(index, {"content": prefix})))
     finished: list[Finished] = []
     async for ev in events:
         match ev:
             case Delta(index, text, logprobs):
-                if text or logprobs:
-                    lp = formatters[index].piece(text, logprobs) if formatters else None
-                    await ex.send_chunk(sse.event(shape.delta_chunk(index, text, lp)))
+                deltas = replies[index].feed(text)
+                lp = formatters[index].piece(text, logprobs) if formatters and logprobs else None
+                if lp is not None and not deltas:
+                    deltas = [{"content": ""}]
+                for j, delta in enumerate(deltas):   # the logprobs ride on the first piece
+                    await ex.send_chunk(sse.event(shape.delta_chunk(index, delta,
+                                                                    lp if j == 0 else None)))
             case Finished(index, reason):
                 finished.append(ev)
+                deltas, reason = replies[index].finish(reason)
+                for delta in deltas:
+                    await ex.send_chunk(sse.event(shape.delta_chunk(index, delta)))
                 await ex.send_chunk(sse.event(shape.final_chunk(index, reason)))
             case Failed(error):
                 # Headers are gone already: the error travels as a last event (OpenAI's shape).
                 ex.note_error(error)
                 await ex.send_chunk(sse.event(error.to_json()))
-    if len(finished) == n:
+    if len(finished) == len(replies):
         use = _usage(sorted(finished, key=lambda f: f.index))
         ex.note_tokens(use["prompt_tokens"], use["completion_tokens"])
         if shape.include_usage:
@@ -268,6 +312,8 @@ async def _stream(ex, events: AsyncIterator[Event], shape: Shape, prefix: str, n
 
 def model_card(app: App) -> dict:
     card = {"id": app.name, "object": "model", "created": int(app.started), "owned_by": "mlxd"}
+    if app.loaded is not None and app.loaded.adapter is not None:
+        card["adapter"] = app.loaded.adapter
     return card
 
 

@@ -29,6 +29,7 @@ DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_PREFILL_STEP = 512     # prompt tokens per sequence per engine step: streams keep flowing
 DEFAULT_PROMPT_CACHE_BYTES = 512 * 1024 ** 2
 WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
+REASONING_FORMATS = ("auto", "deepseek", "none")   # as mlxd/reasoning.py (stdlib only here)
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -46,11 +47,13 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Config:
     model: str | None = None
+    adapter: str | None = None                 # LoRA adapter directory (mlx-lm's format)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
+    reasoning_format: str = "auto"             # "none": thinking stays in content
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     served_model_name: str | None = None      # the id in /v1/models; default from MODEL's name
     # Access control (enforced in server.py / api.py).
@@ -191,6 +194,9 @@ class Option:
 
 OPTIONS = (
     Option("model", "model", text, "model directory or .gguf file", is_path=True),
+    Option("adapter", "adapter", text, "LoRA adapter directory trained with mlx-lm "
+           "(adapter_config.json, adapters.safetensors), applied at load", metavar="PATH",
+           is_path=True),
     Option("host", "host", text, "address to bind (default %(default)s)"),
     Option("port", "port", integer(0, 65535), "port (default %(default)s; 0 picks a free one)"),
     Option("max_tokens", "max-tokens", integer(1),
@@ -199,6 +205,9 @@ OPTIONS = (
            "sampling temperature when a request names none (default %(default)s)", metavar="T"),
     Option("top_p", "top-p", number(0.0, 1.0),
            "nucleus sampling when a request names none (default %(default)s)", metavar="P"),
+    Option("reasoning_format", "reasoning-format", choice(REASONING_FORMATS),
+           "thinking models: auto/deepseek split the thinking into reasoning_content, none "
+           "leaves it in content (default %(default)s)", metavar="FORMAT"),
     Option("max_body_bytes", "max-body-bytes", integer(1),
            "largest request body accepted (default %(default)s)", metavar="BYTES"),
     Option("served_model_name", "served-model-name", text,

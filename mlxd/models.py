@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import mlx.core as mx
+from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load as load_mlx_dir
 
 from . import gguf
@@ -33,6 +35,7 @@ class LoadedModel:
     format: str                # "mlx" or "gguf"
     context_length: int
     load_seconds: float
+    adapter: str | None = None  # the LoRA adapter directory applied at load (mlx-lm's format)
 
 
 def served_name(path: str | Path) -> str:
@@ -41,7 +44,7 @@ def served_name(path: str | Path) -> str:
     return path.stem if path.suffix.lower() == ".gguf" else path.resolve().name
 
 
-def load(path: str | Path) -> LoadedModel:
+def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
     path = Path(path).expanduser()
     start = time.perf_counter()
     name = served_name(path)
@@ -58,10 +61,13 @@ def load(path: str | Path) -> LoadedModel:
         fmt = "gguf"
     else:
         raise ModelLoadError(f"{path}: expected an MLX model directory or a .gguf file")
+    if adapter is not None:
+        adapter = str(Path(adapter).expanduser())
+        _apply_adapter(model, adapter)
     if not getattr(tokenizer, "has_chat_template", False):
         log.warning("%s has no chat template: /v1/chat/completions will refuse requests", name)
     return LoadedModel(model, tokenizer, config, path, name, fmt,
-                       _context_length(config, tokenizer), time.perf_counter() - start)
+                       _context_length(config, tokenizer), time.perf_counter() - start, adapter)
 
 
 def _load_dir(path: Path):
@@ -71,6 +77,23 @@ def _load_dir(path: Path):
         return load_mlx_dir(str(path), return_config=True)
     except (FileNotFoundError, ValueError) as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
+
+
+def _apply_adapter(model, adapter: str) -> None:
+    """Add the LoRA (or DoRA) layers an ``mlx_lm.lora`` run saved (adapter_config.json and
+    adapters.safetensors) to a loaded model, MLX or GGUF alike."""
+    if not (Path(adapter) / "adapter_config.json").is_file():
+        raise ModelLoadError(f"adapter {adapter}: no adapter_config.json (is this an mlx-lm "
+                             "adapter directory?)")
+    try:
+        load_adapters(model, adapter)
+    # mx.load raises RuntimeError for a missing or broken adapters.safetensors.
+    except (OSError, ValueError, KeyError, AttributeError, RuntimeError) as exc:
+        raise ModelLoadError(f"adapter {adapter}: {exc}") from exc
+    model.eval()
+    # Materialize here: lazy arrays made on this (loader) thread cannot be evaluated on the
+    # generation thread ("no Stream(cpu, n) in current thread").
+    mx.eval(model.parameters())
 
 
 def _context_length(config: dict, tokenizer) -> int:

@@ -33,6 +33,9 @@ class SamplingParams:
     logit_bias: dict[int, float] = field(default_factory=dict)
     logprobs: int | None = None     # None: off; k >= 0: the chosen token plus the top k
     n: int = 1                      # choices sharing one prompt (and one prefill)
+    # Constrained decoding (response_format, forced tool calls): makes one fresh processor per
+    # choice, since a constraint follows the tokens of its own sequence.
+    constraint: Callable[[], LogitsProcessor] | None = None
 
     @property
     def greedy(self) -> bool:
@@ -61,10 +64,12 @@ def make_sampler(p: SamplingParams, index: int = 0) -> Sampler:
 
 
 def make_processors(p: SamplingParams, prompt_tokens: int) -> list[LogitsProcessor]:
-    """Penalties (OpenAI's, on the tokens generated so far) and logit_bias, in that order.
+    """Penalties (OpenAI's, on the tokens generated so far), logit_bias, then the constraint,
+    in that order: the constraint masks last, so no bias can bring back a token it forbids.
 
     mlx-lm hands each processor the whole token context (prompt, then generated); OpenAI's
     presence and frequency penalties count only what the model generated, so we slice.
+    The engine calls this once per choice, so each gets its own constraint.
     """
     processors: list[LogitsProcessor] = []
     if p.presence_penalty or p.frequency_penalty:
@@ -75,6 +80,8 @@ def make_processors(p: SamplingParams, prompt_tokens: int) -> list[LogitsProcess
         ids = mx.array(list(p.logit_bias.keys()))
         bias = mx.array(list(p.logit_bias.values()), dtype=mx.float32)
         processors.append(lambda _tokens, logits: logits.at[:, ids].add(bias.astype(logits.dtype)))
+    if p.constraint is not None:
+        processors.append(p.constraint())
     return processors
 
 

@@ -14,11 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .errors import HttpError, bad_request
+from .jsonschema import SchemaError, compile_schema
+from .messages import NAME_PATTERN, ToolChoice, kind as _kind, messages as _messages
+from .messages import parallel_tool_calls as _parallel_tool_calls
+from .messages import tool_choice as _tool_choice, tools as _tools
+from .reasoning import REASONING_FORMATS
 
 MAX_STOP_SEQUENCES = 4         # OpenAI's limit
 MAX_STOP_CHARS = 256           # a stop string longer than this is surely a mistake
-MAX_MESSAGES = 4096
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant"}
 
 MAX_CHOICES = 16               # n; each choice is a sequence in the batch
 MAX_TOP_LOGPROBS_CHAT = 20     # OpenAI's limits
@@ -28,10 +31,6 @@ MAX_LOGIT_BIAS = 300           # entries; each value in [-100, 100] as OpenAI sa
 # Fields OpenAI defines that mlxd accepts only at the value that changes nothing.
 NEUTRAL_VALUES: dict[str, Callable[[Any], bool]] = {
     "best_of": lambda v: v == 1,
-    "response_format": lambda v: v == {"type": "text"},
-    "tools": lambda v: v == [],
-    "tool_choice": lambda v: v == "none",
-    "parallel_tool_calls": lambda v: isinstance(v, bool),
     "suffix": lambda v: v == "",
     "store": lambda v: v is False,
     "service_tier": lambda v: v in ("auto", "default"),
@@ -60,20 +59,39 @@ class Sampling:
 
 
 @dataclass(frozen=True)
+class ResponseFormat:
+    """``response_format`` other than text: any JSON object, or JSON valid against ``schema``."""
+    type: str                      # "json_object" or "json_schema"
+    schema: dict | None = None     # None: any JSON object
+    name: str | None = None
+    grammar: Any = None            # the compiled schema (jsonschema.Grammar)
+
+
+@dataclass(frozen=True)
 class ChatRequest:
     model: str | None
-    messages: tuple[dict, ...]     # {"role": ..., "content": str}, roles normalised
+    messages: tuple[dict, ...]     # roles normalised; see _message for the keys each role keeps
     sampling: Sampling
     stream: bool
     include_usage: bool
+    response_format: ResponseFormat | None = None
+    tools: tuple[dict, ...] = ()   # {"type": "function", "function": {name, description?, ...}}
+    tool_choice: ToolChoice = ToolChoice("none")
+    parallel_tool_calls: bool = True
+    reasoning_format: str | None = None   # None: the server's --reasoning-format
 
     @classmethod
     def from_json(cls, body: bytes) -> "ChatRequest":
         obj = parse_object(body)
-        fields = Fields(obj, COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs"})
+        fields = Fields(obj, CHAT_FIELDS)
+        tools = _tools(obj)
         return cls(model=fields.model(), messages=_messages(obj),
                    sampling=fields.sampling(fields.chat_logprobs()),
-                   stream=fields.stream(), include_usage=fields.include_usage())
+                   stream=fields.stream(), include_usage=fields.include_usage(),
+                   response_format=_response_format(obj), tools=tools,
+                   tool_choice=_tool_choice(obj, tools),
+                   parallel_tool_calls=_parallel_tool_calls(obj, tools),
+                   reasoning_format=fields.choice("reasoning_format", REASONING_FORMATS))
 
 
 @dataclass(frozen=True)
@@ -84,6 +102,7 @@ class CompletionRequest:
     sampling: Sampling
     stream: bool
     include_usage: bool
+    response_format: ResponseFormat | None = None   # an extension here, as in vLLM
 
     @classmethod
     def from_json(cls, body: bytes) -> "CompletionRequest":
@@ -95,12 +114,15 @@ class CompletionRequest:
         return cls(model=fields.model(), prompt=_prompt(obj), echo=bool(echo),
                    sampling=fields.sampling(fields.integer("logprobs", 0, MAX_LOGPROBS_COMPLETIONS)),
                    stream=fields.stream(),
-                   include_usage=fields.include_usage())
+                   include_usage=fields.include_usage(), response_format=_response_format(obj))
 
 
 COMMON_FIELDS = {"model", "stream", "stream_options", "max_tokens", "temperature", "top_p",
                  "stop", "seed", "n", "presence_penalty", "frequency_penalty", "logit_bias",
-                 "logprobs", "top_k", "min_p", "repetition_penalty"} | set(NEUTRAL_VALUES) | METADATA_FIELDS
+                 "logprobs", "top_k", "min_p", "repetition_penalty", "response_format"} \
+    | set(NEUTRAL_VALUES) | METADATA_FIELDS
+CHAT_FIELDS = COMMON_FIELDS | {"messages", "max_completion_tokens", "top_logprobs", "tools",
+                               "tool_choice", "parallel_tool_calls", "reasoning_format"}
 
 
 def parse_object(body: bytes) -> dict:
@@ -217,6 +239,12 @@ class Fields:
             raise bad_request(f"'{key}' must be in {bracket}{low:g}, {high:g}], got {value}", key)
         return float(value)
 
+    def choice(self, key: str, values: tuple[str, ...]) -> str | None:
+        value = self.optional(key, str, "a string")
+        if value is not None and value not in values:
+            raise bad_request(f"'{key}' must be one of {', '.join(values)}, got {value!r}", key)
+        return value
+
     def integer(self, key: str, low: int, high: int) -> int | None:
         value = self.optional(key, int, "an integer")
         if value is not None and not low <= value <= high:
@@ -247,51 +275,6 @@ class Fields:
         return tuple(stops)
 
 
-def _messages(obj: dict) -> tuple[dict, ...]:
-    messages = obj.get("messages")
-    if messages is None:
-        raise bad_request("'messages' is required", "messages")
-    if not isinstance(messages, list) or not messages:
-        raise bad_request("'messages' must be a non-empty array of message objects", "messages")
-    if len(messages) > MAX_MESSAGES:
-        raise bad_request(f"'messages' holds more than {MAX_MESSAGES} messages", "messages")
-    return tuple(_message(m, f"messages[{i}]") for i, m in enumerate(messages))
-
-
-def _message(msg: Any, where: str) -> dict:
-    if not isinstance(msg, dict):
-        raise bad_request(f"'{where}' must be an object, not {_kind(msg)}", where)
-    role = msg.get("role")
-    if role not in ROLES:
-        hint = " (tool calling is not supported yet)" if role == "tool" else ""
-        raise bad_request(f"'{where}.role' must be one of {', '.join(ROLES)}, got {role!r}{hint}",
-                          f"{where}.role")
-    for key in msg:
-        if key not in ("role", "content"):
-            raise bad_request(f"'{where}.{key}' is not supported by mlxd", f"{where}.{key}",
-                              "unsupported_parameter")
-    return {"role": ROLES[role], "content": _content(msg.get("content"), f"{where}.content")}
-
-
-def _content(content: Any, where: str) -> str:
-    if isinstance(content, str):
-        return content
-    if not isinstance(content, list):
-        raise bad_request(f"'{where}' must be a string or an array of text parts, "
-                          f"not {_kind(content)}", where)
-    texts = []
-    for i, part in enumerate(content):
-        here = f"{where}[{i}]"
-        if not isinstance(part, dict) or part.get("type") != "text":
-            kind = part.get("type") if isinstance(part, dict) else _kind(part)
-            raise bad_request(f"'{here}' must be a text part; {kind!r} parts are not supported",
-                              f"{here}.type")
-        if not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
-            raise bad_request(f"'{here}' must be {{\"type\": \"text\", \"text\": string}}", here)
-        texts.append(part["text"])
-    return "".join(texts)
-
-
 def _prompt(obj: dict) -> str | tuple[int, ...]:
     prompt = obj.get("prompt")
     if isinstance(prompt, list) and len(prompt) == 1 and isinstance(prompt[0], (str, list)):
@@ -309,9 +292,52 @@ def _prompt(obj: dict) -> str | tuple[int, ...]:
     raise bad_request("'prompt' must be a string or a non-empty array of token ids", "prompt")
 
 
-def _kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value), "a value")
+def _response_format(obj: dict) -> ResponseFormat | None:
+    value = obj.get("response_format")
+    if value is None:
+        return None
+    kinds = {"text": {"type"}, "json_object": {"type"}, "json_schema": {"type", "json_schema"}}
+    if not isinstance(value, dict) or value.get("type") not in kinds:
+        raise bad_request("'response_format' must be {\"type\": \"text\"}, {\"type\": "
+                          "\"json_object\"} or {\"type\": \"json_schema\", \"json_schema\": "
+                          "{...}}", "response_format")
+    for key in set(value) - kinds[value["type"]]:
+        raise bad_request(f"Unrecognized response_format field: {key}", f"response_format.{key}",
+                          "unknown_parameter")
+    if value["type"] == "text":
+        return None
+    if value["type"] == "json_object":
+        return ResponseFormat("json_object", grammar=compile_grammar(None, "response_format"))
+    return _json_schema(value.get("json_schema"), "response_format.json_schema")
+
+
+def _json_schema(spec: Any, where: str) -> ResponseFormat:
+    if not isinstance(spec, dict):
+        raise bad_request(f"'{where}' must be an object with a 'name' and a 'schema'", where)
+    for key in spec:
+        if key not in ("name", "description", "schema", "strict"):
+            raise bad_request(f"Unrecognized json_schema field: {key}", f"{where}.{key}",
+                              "unknown_parameter")
+    name = spec.get("name")
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
+        raise bad_request("'name' must be 1 to 64 of a-z, A-Z, 0-9, _ and -", f"{where}.name")
+    for key, kind, what in (("description", str, "a string"), ("schema", dict, "an object"),
+                            ("strict", bool, "a boolean")):
+        if spec.get(key) is not None and not isinstance(spec[key], kind):
+            raise bad_request(f"'{where}.{key}' must be {what}", f"{where}.{key}")
+    # Enforced whether or not "strict" is set: a guarantee stronger than asked changes no
+    # valid output.
+    schema = spec.get("schema")
+    return ResponseFormat("json_schema", schema, name, compile_grammar(schema, f"{where}.schema"))
+
+
+def compile_grammar(schema: dict | None, param: str):
+    """The schema's grammar for the constrained decoder, or a 400 naming what it refuses (the
+    keywords outside OpenAI's strict-mode subset, and where they sit)."""
+    try:
+        return compile_schema(schema)
+    except SchemaError as exc:
+        raise bad_request(f"{param}: {exc}", param, "unsupported_schema") from None
 
 
 def context_error(prompt_tokens: int, max_tokens: int, context: int, param: str) -> HttpError:

@@ -80,7 +80,8 @@ async def serve(config: Config, *, on_listening=None, on_ready=None,
 
 def _build(config: Config) -> tuple[App, Server]:
     app = App(name=config.served_model_name or models.served_name(config.model),
-              defaults=Defaults(config.max_tokens, config.temperature, config.top_p),
+              defaults=Defaults(config.max_tokens, config.temperature, config.top_p,
+                                config.reasoning_format),
               request_timeout=config.request_timeout)
     settings = ServerSettings(max_body_bytes=config.max_body_bytes, api_keys=config.api_keys,
                               auth_health=config.auth_health, cors_origins=config.cors_origins)
@@ -125,7 +126,7 @@ async def _load(app: App, config: Config) -> None:
     if config.log_file is None and not config.daemon and sys.stderr.isatty():
         progress = asyncio.create_task(logs.show_progress(f"loading {config.model}", sys.stderr))
     try:
-        loaded = await _in_thread(models.load, config.model)
+        loaded = await _in_thread(models.load, config.model, config.adapter)
     finally:
         if progress is not None:
             progress.cancel()

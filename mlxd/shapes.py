@@ -19,8 +19,9 @@ def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) ->
 
 @dataclass
 class Choice:
-    """One finished choice of a non-streamed response."""
-    text: str
+    """One finished choice of a non-streamed response. ``message`` holds the reply's fields:
+    ``content`` and, for chat, ``reasoning_content`` and ``tool_calls`` where they apply."""
+    message: dict
     reason: str
     logprobs: dict | None = None
 
@@ -52,8 +53,9 @@ class ChatShape(Shape):
     def first_chunk(self, index: int) -> dict | None:
         return self._chunk(index, {"role": "assistant", "content": ""})
 
-    def delta_chunk(self, index: int, text: str, logprobs: dict | None = None) -> dict:
-        return self._chunk(index, {"content": text}, logprobs=logprobs)
+    def delta_chunk(self, index: int, delta: dict, logprobs: dict | None = None) -> dict:
+        """``delta``: ``{"content"}``, ``{"reasoning_content"}`` or ``{"tool_calls"}``."""
+        return self._chunk(index, delta, logprobs=logprobs)
 
     def final_chunk(self, index: int, reason: str) -> dict:
         return self._chunk(index, {}, reason)
@@ -63,7 +65,7 @@ class ChatShape(Shape):
 
     def whole(self, choices: list[Choice], use: dict) -> dict:
         return self._envelope("chat.completion", [
-            {"index": i, "message": {"role": "assistant", "content": c.text, "refusal": None},
+            {"index": i, "message": {"role": "assistant", **c.message, "refusal": None},
              "logprobs": c.logprobs, "finish_reason": c.reason}
             for i, c in enumerate(choices)], usage=use)
 
@@ -80,8 +82,8 @@ class TextShape(Shape):
     def first_chunk(self, index: int) -> dict | None:
         return None   # text completions have no role chunk
 
-    def delta_chunk(self, index: int, text: str, logprobs: dict | None = None) -> dict:
-        return self._chunk(index, text, logprobs=logprobs)
+    def delta_chunk(self, index: int, delta: dict, logprobs: dict | None = None) -> dict:
+        return self._chunk(index, delta.get("content", ""), logprobs=logprobs)
 
     def final_chunk(self, index: int, reason: str) -> dict:
         return self._chunk(index, "", reason)
@@ -91,5 +93,6 @@ class TextShape(Shape):
 
     def whole(self, choices: list[Choice], use: dict) -> dict:
         return self._envelope("text_completion", [
-            {"index": i, "text": c.text, "logprobs": c.logprobs, "finish_reason": c.reason}
+            {"index": i, "text": c.message["content"], "logprobs": c.logprobs,
+             "finish_reason": c.reason}
             for i, c in enumerate(choices)], usage=use)

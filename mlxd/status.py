@@ -43,6 +43,7 @@ def _model_info(app) -> dict:
         app.parameter_count = int(get_total_parameters(loaded.model))
     config = loaded.config
     return {**info, "path": str(loaded.path), "format": loaded.format,
+            "adapter": loaded.adapter,
             "type": config.get("model_type"), "quantization": config.get("quantization"),
             "parameters": app.parameter_count, "context_length": loaded.context_length,
             "load_seconds": round(loaded.load_seconds, 3),

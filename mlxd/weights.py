@@ -96,6 +96,10 @@ def prepare(model: nn.Module, policy: str) -> nn.Module:
     ms a step at batch 1). ``--weights both`` calibrates on the CPU anyway."""
     if policy == "quantized" or not is_quantized(model):
         return model
+    if any("LoRA" in type(m).__name__ or "DoRA" in type(m).__name__ for _, m in model.named_modules()):
+        # An adapter wraps the quantized layers; a dense twin of the base alone would drop it.
+        log.info("weights: quantized (a LoRA adapter is loaded; no dense copy)")
+        return model
     if policy == "auto" and mx.default_device() != mx.gpu:
         log.info("weights: quantized (CPU backend; --weights both calibrates a dense copy too)")
         return model

@@ -14,6 +14,57 @@ CHATML_TEMPLATE = (
 )
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 
+# Qwen 2.5's template, abridged: tools in the system turn, calls as JSON in <tool_call> blocks
+# (mlx-lm infers its "json_tools" parser from "<tool_call>" and "tool_call.name"), results as
+# <tool_response> blocks in a user turn.
+_QWEN_HEAD = (
+    "{%- if tools %}{{- '<|im_start|>system\n' }}"
+    "{%- if messages[0]['role'] == 'system' %}{{- messages[0]['content'] }}"
+    "{%- else %}{{- 'You are a helpful assistant.' }}{%- endif %}"
+    "{{- '\n\n# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+    "You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}"
+    "{%- for tool in tools %}{{- '\n' }}{{- tool | tojson }}{%- endfor %}"
+    "{{- '\n</tools>\n\nFor each function call, return a json object with function name and "
+    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
+    "<function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n' }}"
+    "{%- elif messages[0]['role'] == 'system' %}"
+    "{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}{%- endif %}"
+    "{%- for message in messages %}"
+    "{%- if (message.role == 'user') or (message.role == 'system' and not loop.first) or "
+    "(message.role == 'assistant' and not message.tool_calls) %}"
+    "{{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}"
+    "{%- elif message.role == 'assistant' %}{{- '<|im_start|>' + message.role }}"
+    "{%- if message.content %}{{- '\n' + message.content }}{%- endif %}"
+    "{%- for tool_call in message.tool_calls %}"
+    "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
+    "{{- '\n<tool_call>\n{\"name\": \"' }}{{- tool_call.name }}"
+    "{{- '\", \"arguments\": ' }}{{- tool_call.arguments | tojson }}{{- '}\n</tool_call>' }}"
+    "{%- endfor %}{{- '<|im_end|>\n' }}"
+    "{%- elif message.role == 'tool' %}"
+    "{%- if (loop.index0 == 0) or (messages[loop.index0 - 1].role != 'tool') %}"
+    "{{- '<|im_start|>user' }}{%- endif %}"
+    "{{- '\n<tool_response>\n' }}{{- message.content }}{{- '\n</tool_response>' }}"
+    "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\n' }}"
+    "{%- endif %}{%- endif %}{%- endfor %}"
+)
+QWEN_TOOLS_TEMPLATE = _QWEN_HEAD + "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+# A thinking model whose generation prompt opens the block (DeepSeek-R1, Qwen3 thinking): the
+# reply starts inside it. enable_thinking=false closes it at once, as Qwen 3 does.
+QWEN_THINK_TEMPLATE = _QWEN_HEAD + (
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\n\n</think>\n\n' }}{%- else %}{{- '<think>\n' }}{%- endif %}{%- endif %}"
+)
+TOOL_TOKENS = ["<tool_call>", "</tool_call>"]
+THINK_TOKENS = ["<think>", "</think>"]
+# template name -> (chat template, added tokens). As in Qwen's tokenizers, the tool and thinking
+# markers are added tokens that are not "special": they stay in decoded text.
+TEMPLATES = {
+    "chatml": ("CHATML", []),
+    "tools": ("QWEN_TOOLS", TOOL_TOKENS),
+    "think": ("QWEN_THINK", TOOL_TOKENS + THINK_TOKENS),
+}
+
 # Enough varied text (ASCII, accents, CJK, emoji) for merges and multi-byte tokens to appear.
 CORPUS = [
     "The quick brown fox jumps over the lazy dog.",
@@ -41,9 +92,9 @@ TINY_CONFIG = {
 }
 
 
-def train_tokenizer(vocab_size: int = 400):
+def train_tokenizer(vocab_size: int = 400, added: list[str] | None = None):
     """A byte-level BPE tokenizer (the GPT-2 family that SmolLM2 and llama 3 use)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -55,10 +106,12 @@ def train_tokenizer(vocab_size: int = 400):
         show_progress=False,
     )
     tok.train_from_iterator(CORPUS * 20, trainer=trainer)
+    if added:
+        tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in added])
     return tok
 
 
-def write_tokenizer(path: Path, tok) -> None:
+def write_tokenizer(path: Path, tok, chat_template: str = CHATML_TEMPLATE) -> None:
     tok.save(str(path / "tokenizer.json"))
     (path / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "PreTrainedTokenizerFast",
@@ -68,7 +121,7 @@ def write_tokenizer(path: Path, tok) -> None:
         "unk_token": None,
         "add_bos_token": False,
         "model_max_length": TINY_CONFIG["max_position_embeddings"],
-        "chat_template": CHATML_TEMPLATE,
+        "chat_template": chat_template,
     }, indent=2))
     (path / "special_tokens_map.json").write_text(json.dumps({
         "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
@@ -76,15 +129,19 @@ def write_tokenizer(path: Path, tok) -> None:
 
 
 def build_tiny_model(path: Path, *, seed: int = 0, quantize_bits: int | None = None,
-                     tie_word_embeddings: bool = False, **overrides) -> Path:
-    """Write a random-weight llama model directory that ``mlx_lm.load`` accepts."""
+                     tie_word_embeddings: bool = False, template: str = "chatml",
+                     **overrides) -> Path:
+    """Write a random-weight llama model directory that ``mlx_lm.load`` accepts. ``template``:
+    "chatml" (no tools), "tools" (Qwen 2.5 style tool calling) or "think" (tools, and a
+    generation prompt that opens a <think> block)."""
     import mlx.core as mx
     from mlx.utils import tree_flatten
     from mlx_lm.models import llama
 
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    tok = train_tokenizer()
+    template_name, added = TEMPLATES[template]
+    tok = train_tokenizer(added=added)
     config = dict(TINY_CONFIG, vocab_size=tok.get_vocab_size(),
                   tie_word_embeddings=tie_word_embeddings, eos_token_id=SPECIAL_TOKENS.index("<|im_end|>"),
                   bos_token_id=None, **overrides)
@@ -100,5 +157,5 @@ def build_tiny_model(path: Path, *, seed: int = 0, quantize_bits: int | None = N
     weights = dict(tree_flatten(model.parameters()))
     mx.save_safetensors(str(path / "model.safetensors"), weights, metadata={"format": "mlx"})
     (path / "config.json").write_text(json.dumps(config, indent=2))
-    write_tokenizer(path, tok)
+    write_tokenizer(path, tok, globals()[template_name + "_TEMPLATE"])
     return path
