@@ -103,12 +103,33 @@ def prepare(model: nn.Module, policy: str) -> nn.Module:
     if policy == "auto" and mx.default_device() != mx.gpu:
         log.info("weights: quantized (CPU backend; --weights both calibrates a dense copy too)")
         return model
+    if policy == "auto" and not _dense_fits(model):
+        return model
     start = time.perf_counter()
     twin = dense_twin(model)
     log.info("built a dense copy of the quantized weights in %.1fs", time.perf_counter() - start)
     if policy == "dense":
         return twin
     return DualModel(model, twin)
+
+
+def _dense_fits(model: nn.Module) -> bool:
+    """Whether a dense copy leaves half the device's free memory for KV caches and the rest."""
+    from .memory import device_memory
+    dense = 0
+    for _path, m in model.named_modules():
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
+            out_dim, packed = m.weight.shape
+            dense += out_dim * packed * 32 // m.bits * m.scales.dtype.size
+    device = device_memory()
+    if device is None:
+        return False
+    free = device - mx.get_active_memory()
+    if dense > free // 2:
+        log.info("weights: quantized (a dense copy needs %d MiB; %d MiB free)", dense >> 20,
+                 free >> 20)
+        return False
+    return True
 
 
 def _time(fn, reps: int) -> float:
