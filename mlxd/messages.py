@@ -15,6 +15,14 @@ from typing import Any
 
 from .errors import bad_request
 
+
+def refuse_unknown(obj: dict, allowed: tuple[str, ...], what: str, where: str) -> None:
+    """A key the API does not define is a 400 naming it (README: no silent ignoring)."""
+    for key in obj:
+        if key not in allowed:
+            raise bad_request(f"Unrecognized {what} field: {key}", f"{where}.{key}",
+                              "unknown_parameter")
+
 MAX_MESSAGES = 4096
 MAX_TOOLS = 128                # OpenAI's limit
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")   # OpenAI's rule for function and schema names
@@ -151,10 +159,8 @@ def _tool(tool: Any, where: str) -> dict:
     function = tool.get("function")
     if not isinstance(function, dict):
         raise bad_request(f"'{where}.function' must be an object", f"{where}.function")
-    for key in function:
-        if key not in ("name", "description", "parameters", "strict"):
-            raise bad_request(f"Unrecognized tool field: {key}", f"{where}.function.{key}",
-                              "unknown_parameter")
+    refuse_unknown(function, ("name", "description", "parameters", "strict"), "tool",
+                   f"{where}.function")
     name = function.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise bad_request("a function name must be 1 to 64 of a-z, A-Z, 0-9, _ and -",

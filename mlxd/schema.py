@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 from .errors import HttpError, bad_request
 from .jsonschema import SchemaError, compile_schema
-from .messages import NAME_PATTERN, ToolChoice, kind as _kind, messages as _messages
+from .messages import NAME_PATTERN, ToolChoice, kind as _kind, messages as _messages, refuse_unknown
 from .messages import parallel_tool_calls as _parallel_tool_calls
 from .messages import tool_choice as _tool_choice, tools as _tools
 from .reasoning import REASONING_FORMATS
@@ -314,10 +314,7 @@ def _response_format(obj: dict) -> ResponseFormat | None:
 def _json_schema(spec: Any, where: str) -> ResponseFormat:
     if not isinstance(spec, dict):
         raise bad_request(f"'{where}' must be an object with a 'name' and a 'schema'", where)
-    for key in spec:
-        if key not in ("name", "description", "schema", "strict"):
-            raise bad_request(f"Unrecognized json_schema field: {key}", f"{where}.{key}",
-                              "unknown_parameter")
+    refuse_unknown(spec, ("name", "description", "schema", "strict"), "json_schema", where)
     name = spec.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
         raise bad_request("'name' must be 1 to 64 of a-z, A-Z, 0-9, _ and -", f"{where}.name")
