@@ -32,6 +32,7 @@ log = logging.getLogger("mlxd.engine")
 
 WARMUP_TEXT = "Hello! Say something short."   # runs the prefill and decode kernels once
 WARMUP_DECODE_TOKENS = 4
+WARMUP_LONG_PROMPT = 512   # tokens; a full prefill chunk at the default --prefill-step-size
 IDLE_POLL_S = 0.05        # how often a blocked admission loop re-checks timeouts
 CLEAR_CACHE_EVERY = 256   # decode steps between returns of MLX's buffer cache
 
@@ -198,7 +199,14 @@ class Engine:
         base = self.tokenizer.encode(WARMUP_TEXT, add_special_tokens=False) or [0]
         greedy = SamplingParams(max_tokens=WARMUP_DECODE_TOKENS, temperature=0.0)
         sampled = SamplingParams(max_tokens=WARMUP_DECODE_TOKENS, temperature=1.0, top_p=0.9)
-        for group in ([base], [base, base[: max(1, len(base) // 2)]]):
+        groups = [[base], [base, base[: max(1, len(base) // 2)]]]
+        if mx.default_device() == mx.gpu:
+            # GPU kernels differ by prefill length class: compile a long chunk now, not on the
+            # first real request (a 36 s stall was measured on an H200 without this). On the CPU
+            # nothing compiles and a long prefill only costs seconds of start-up.
+            long = (base * (WARMUP_LONG_PROMPT // len(base) + 1))[:WARMUP_LONG_PROMPT]
+            groups.append([long])
+        for group in groups:
             uids = self._gen.insert(
                 [list(p) for p in group], max_tokens=[WARMUP_DECODE_TOKENS] * len(group),
                 samplers=[make_sampler(p) for p in (greedy, sampled)[: len(group)]],

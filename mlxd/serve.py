@@ -95,6 +95,7 @@ def _engine_settings(config: Config) -> EngineSettings:
     return EngineSettings(max_batch_size=config.max_batch_size, queue_size=config.queue_size,
                           queue_timeout=config.queue_timeout,
                           prefill_step_size=config.prefill_step_size,
+                          prefill_batch_size=config.prefill_batch_size,
                           prompt_cache_bytes=config.prompt_cache_bytes, kv_budget_bytes=kv_budget,
                           weights=config.weights)
 
