@@ -249,7 +249,8 @@ def test_shutdown_with_streams_in_flight_ends_each_cleanly(tiny_model_dir):
     def stream(max_tokens):
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=30)
         conn.request("POST", "/v1/completions", json.dumps(
-            {"prompt": "Hi", "max_tokens": max_tokens, "stream": True}))
+            {"prompt": "Hi", "max_tokens": max_tokens, "stream": True,   # no eos: runs its length
+             "logit_bias": {"150": 100}}))
         raw = conn.getresponse().read().decode()
         raws.append(raw)
         outcomes.append("error" if '"error"' in raw else "done")

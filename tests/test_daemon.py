@@ -267,7 +267,9 @@ def test_start_status_refuse_second_stop(tiny_model_dir, tmp_path, env, spawn):
 def stream(port: int, max_tokens: int):
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request("POST", "/v1/completions", json.dumps(
-        {"prompt": "Hi", "max_tokens": max_tokens, "stream": True, "temperature": 1.0}),
+        # logit_bias: never eos, so the stream runs its length; logprobs: a chunk per token.
+        {"prompt": "Hi", "max_tokens": max_tokens, "stream": True, "temperature": 1.0,
+         "logit_bias": {"150": 100}, "logprobs": 0}),
         {"Content-Type": "application/json"})
     resp = conn.getresponse()
     assert resp.status == 200
