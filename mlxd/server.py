@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import email.utils
-import hmac
 import json
 import logging
 import re
@@ -18,8 +17,8 @@ import uuid
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from . import __version__, http, sse
-from .errors import AUTHENTICATION, NOT_FOUND, SERVER_ERROR, UNAVAILABLE, HttpError
+from . import __version__, access, http, sse
+from .errors import NOT_FOUND, SERVER_ERROR, UNAVAILABLE, HttpError
 from .metrics import Metrics
 
 log = logging.getLogger("mlxd.server")
@@ -29,8 +28,6 @@ READ_CHUNK_BYTES = 64 * 1024
 JSON_TYPE = "application/json; charset=utf-8"
 SERVER_HEADER = ("Server", f"mlxd/{__version__}")
 REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:\-]{1,128}")   # what we echo back unchanged
-CORS_MAX_AGE_S = "600"
-CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id, OpenAI-Organization, OpenAI-Project"
 FINAL_WRITE_S = 1.0            # a last error to a client during shutdown may take this long
 
 
@@ -316,49 +313,23 @@ class Server:
     def refusal_before_body(self, head: http.Head) -> HttpError | None:
         """What we would refuse a request for from its head alone (for 100-continue)."""
         _handler, _param, _label, err = self.route(head.method, head.path)
-        return err or self._auth_error(head) or _content_type_error(head)
+        return err or self._auth_error(head) or access.content_type_error(head)
 
     def _auth_error(self, head: http.Head) -> HttpError | None:
-        keys = self.settings.api_keys
-        if not keys or head.method == "OPTIONS" or (
-                head.path in self.public_paths and not self.settings.auth_health):
-            return None
-        given = head.header("authorization") or ""
-        scheme, _, token = given.partition(" ")
-        token = token.strip().encode()
-        # Compare against every key, always: the time taken says nothing about which matched.
-        ok = scheme.lower() == "bearer" and sum(
-            hmac.compare_digest(token, key.encode()) for key in keys) > 0
-        if ok:
-            return None
-        return HttpError(401, AUTHENTICATION, "a valid API key is required: send "
-                         "'Authorization: Bearer <key>'" if not given else
-                         "Incorrect API key provided", code="invalid_api_key",
-                         headers=(("WWW-Authenticate", 'Bearer realm="mlxd"'),))
+        st = self.settings
+        open_path = head.path in self.public_paths and not st.auth_health
+        return None if open_path else access.auth_error(head, st.api_keys)
 
     def _cors_headers(self, ex: Exchange) -> None:
-        origin = ex.request.head.header("origin")
-        allowed = self.settings.cors_origins
-        if not origin or not allowed:
-            return
-        if "*" in allowed:
-            # Never with credentials: "*" stays "*", it is not the caller's Origin reflected.
-            ex.extra_headers.append(("Access-Control-Allow-Origin", "*"))
-        elif origin in allowed:
-            ex.extra_headers += [("Access-Control-Allow-Origin", origin), ("Vary", "Origin")]
-        ex.extra_headers.append(("Access-Control-Expose-Headers", "X-Request-Id"))
+        ex.extra_headers += access.cors_headers(ex.request.head, self.settings.cors_origins)
 
     async def _preflight(self, _app, ex: Exchange) -> None:
         """CORS preflight (Fetch standard): which methods and headers a page may use here."""
+        path = ex.request.head.path
         methods = sorted({m for (m, p), _h in self.routes.items()
-                          if p == ex.request.head.path or (p.endswith("/") and
-                                                           ex.request.head.path.startswith(p))})
-        headers = []
-        if any(h[0] == "Access-Control-Allow-Origin" for h in ex.extra_headers):
-            headers = [("Access-Control-Allow-Methods", ", ".join(methods)),
-                       ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
-                       ("Access-Control-Max-Age", CORS_MAX_AGE_S)]
-        await ex.send(204, b"", None, headers)
+                          if p == path or (p.endswith("/") and path.startswith(p))})
+        allowed = any(h[0] == "Access-Control-Allow-Origin" for h in ex.extra_headers)
+        await ex.send(204, b"", None, access.preflight_headers(methods) if allowed else [])
 
     async def run_handler(self, handler: Handler | None, err: HttpError | None, ex: Exchange) -> None:
         self._cors_headers(ex)
@@ -366,7 +337,7 @@ class Server:
             if err is not None:
                 raise err
             head = ex.request.head
-            if (refusal := self._auth_error(head) or _content_type_error(head)) is not None:
+            if (refusal := self._auth_error(head) or access.content_type_error(head)) is not None:
                 raise refusal
             if self.closing:
                 raise HttpError(503, UNAVAILABLE, "the server is shutting down", close=True)
@@ -447,20 +418,3 @@ class Server:
         access_log.info('%s "%s %s" %s %.3fs prompt=%d completion=%d%s', conn.peer,
                         head.method, head.target, ex.status or "-", seconds, prompt, completion,
                         f" error={error}" if error else "", extra={"request_id": ex.request_id})
-
-
-def _content_type_error(head: http.Head) -> HttpError | None:
-    """Bodies are JSON; an absent Content-Type is taken as JSON, another type is refused."""
-    if head.method not in ("POST", "PUT", "PATCH"):
-        return None
-    given = head.header("content-type")
-    if given is None:
-        return None
-    media, _, params = given.partition(";")
-    charset = next((v.strip().strip('"').lower() for k, _, v in
-                    (p.partition("=") for p in params.split(";")) if k.strip().lower() == "charset"),
-                   "utf-8")
-    if media.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
-        return HttpError(415, "invalid_request_error", f"Content-Type must be application/json "
-                         f"(UTF-8), not {given!r}", code="unsupported_media_type")
-    return None
