@@ -26,6 +26,7 @@ from .errors import SERVER_ERROR, UNAVAILABLE, HttpError, bad_request
 from .events import Delta, Event, Failed, Finished, TokenLogprob
 from .sampling import SamplingParams, make_processors, make_sampler
 from .textstream import StopScanner, TextStream
+from .solo import SOLO_UID, SoloRun
 from .weights import DualModel, calibrate
 
 log = logging.getLogger("mlxd.engine")
@@ -47,6 +48,7 @@ class EngineSettings:
     prompt_cache_bytes: int = 512 * 1024 * 1024
     kv_budget_bytes: int | None = None  # KV cache bytes all running sequences may hold
     weights: str = "auto"              # see weights.py; with a DualModel: keep both or calibrate
+    solo: bool = True                  # a lone sequence decodes outside the batch (solo.py)
 
 
 class Job:
@@ -97,6 +99,7 @@ class Engine:
         self._followers: dict[Job, list[int]] = {}    # n > 1: choices waiting for the prefill
         self._reserved = 0
         self._gen: BatchGenerator | None = None
+        self._solo: SoloRun | None = None     # the lone sequence, while nothing else runs
         self._prompt_cache = LRUPromptCache(max_bytes=self.settings.prompt_cache_bytes)
         self._steps = 0
         # Learnt at warm-up.
@@ -166,6 +169,8 @@ class Engine:
         while self._take_inbox(block=not self._seqs):
             self._expire_waiting()
             self._drop_cancelled()
+            if self._solo is not None and self._waiting:
+                self._hand_solo_to_batch()
             self._start_waiting()
             if self._seqs:
                 self._step()
@@ -258,10 +263,12 @@ class Engine:
 
     def _drop_cancelled(self) -> None:
         gone = [uid for uid, seq in self._seqs.items() if seq.job.cancelled]
-        if gone:
-            self._gen.remove(gone)
-            for uid in gone:
-                self._release(uid)
+        if SOLO_UID in gone:
+            self._solo = None
+        if any(uid != SOLO_UID for uid in gone):
+            self._gen.remove([uid for uid in gone if uid != SOLO_UID])
+        for uid in gone:
+            self._release(uid)
         for job in [j for j in self._followers if j.cancelled]:
             del self._followers[job]
 
@@ -291,6 +298,9 @@ class Engine:
             trim_prompt_cache(cache, 1)
             rest = job.prompt[-1:]
         cached = len(job.prompt) - len(rest)
+        if self.settings.solo and job.params.n == 1 and not self._seqs and not self._waiting:
+            self._start_solo(job, rest, cache, job.prompt[:cached], need)
+            return
         uid = self._insert_choice(job, 0, rest, cache, job.prompt[:cached], need)
         self._seqs[uid].cached_tokens = cached
         if job.params.n > 1:
@@ -306,6 +316,49 @@ class Engine:
         self._seqs[uid] = _Seq(job, index, text, need)
         self._reserved += need
         return uid
+
+    def _start_solo(self, job: Job, rest, cache, cached_tokens, need: int) -> None:
+        p = job.params
+        self._solo = SoloRun(self.model, list(rest), cache, list(cached_tokens), make_sampler(p),
+                             make_processors(p, len(job.prompt)), p.max_tokens,
+                             self.settings.prefill_step_size, set(self.tokenizer.eos_token_ids))
+        text = TextStream(self.tokenizer.detokenizer, StopScanner(p.stop))
+        self._seqs[SOLO_UID] = _Seq(job, 0, text, need, cached_tokens=len(cached_tokens))
+        self._reserved += need
+
+    def _solo_step(self) -> None:
+        seq = self._seqs[SOLO_UID]
+        try:
+            out = self._solo.step()
+        except Exception as exc:
+            log.exception("generation step failed")
+            seq.job.emit(Failed(HttpError(500, SERVER_ERROR, f"generation failed: {exc}")))
+            self._solo = None
+            self._release(SOLO_UID)
+            return
+        if out is not None and self._on_token(seq, out):
+            self._end_solo()
+
+    def _end_solo(self) -> None:
+        solo, self._solo = self._solo, None
+        if self.settings.prompt_cache_bytes > 0 and solo.fed:
+            self._prompt_cache.insert_cache(id(self.model), list(solo.fed), solo.cache)
+        self._release(SOLO_UID)
+
+    def _hand_solo_to_batch(self) -> None:
+        """Another request arrived: the lone sequence continues inside the batch."""
+        solo, seq = self._solo, self._seqs[SOLO_UID]
+        last = solo.read_pending()
+        if last is not None and self._on_token(seq, last):
+            self._end_solo()
+            return
+        args = solo.handoff(last)
+        self._solo = None
+        [uid] = self._gen.insert(
+            [args["prompt"]], max_tokens=[args["max_tokens"]], caches=[args["cache"]],
+            all_tokens=[args["all_tokens"]], samplers=[solo.sampler],
+            logits_processors=[solo.processors])
+        self._seqs[uid] = self._seqs.pop(SOLO_UID)
 
     def _start_followers(self, job: Job, leader) -> None:
         """n > 1: once the first choice has prefilled the prompt, the others copy its cache."""
@@ -323,6 +376,9 @@ class Engine:
             self._seqs[uid].cached_tokens = shared
 
     def _step(self) -> None:
+        if self._solo is not None:
+            self._solo_step()
+            return
         try:
             _prompt_progress, responses = self._gen.next()
         except Exception as exc:

@@ -200,3 +200,46 @@ def test_concurrent_submitters(engine):
     for t in threads:
         t.join(60)
     assert len(results) == 12 and all(r["failed"] is None for r in results.values())
+
+
+def tokens_of(res) -> list[int]:
+    return [lp.token for lp in res["logprobs"][0]]
+
+
+@pytest.mark.parametrize("params", [dict(temperature=0.0),
+                                    dict(temperature=1.0, seed=77, top_p=0.9),
+                                    dict(temperature=0.0, frequency_penalty=1.5)])
+def test_lone_stream_handed_to_the_batch_keeps_its_tokens(loaded, params):
+    """A lone request decodes outside the batch; when a second arrives it moves into the batch
+    mid-stream. Its tokens must be exactly those of an undisturbed run (same sampler draws)."""
+    eng = make_engine(loaded, delay=0.005, max_batch_size=4)
+    try:
+        alone = tokens_of(Run(eng, [5, 6, 7], max_tokens=40, logprobs=0, **params).result())
+        first = Run(eng, [5, 6, 7], max_tokens=40, logprobs=0, **params)
+        early = []
+        while len(early) < 10:                            # ten tokens in, running alone
+            ev = first.events.get(timeout=30)
+            assert isinstance(ev, Delta)
+            early += [lp.token for lp in ev.logprobs]
+        assert eng.running == 1
+        second = Run(eng, [40, 41, 42], max_tokens=20, logprobs=0)
+        res = first.result()
+        assert early + [lp.token for lp in res["logprobs"].get(0, [])] == alone
+        assert res["finished"][0].completion_tokens == len(alone) == 40
+        assert second.result()["failed"] is None
+    finally:
+        eng.shutdown(5)
+
+
+def test_solo_and_batch_paths_agree(loaded):
+    solo = make_engine(loaded, solo=True)
+    batch = make_engine(loaded, solo=False)
+    try:
+        for prompt in PROMPTS[:3]:
+            a = Run(solo, prompt, max_tokens=12, logprobs=2).result()
+            b = Run(batch, prompt, max_tokens=12, logprobs=2).result()
+            assert tokens_of(a) == tokens_of(b)
+            assert a["text"] == b["text"]
+    finally:
+        solo.shutdown(5)
+        batch.shutdown(5)
