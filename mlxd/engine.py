@@ -302,7 +302,6 @@ class Engine:
             self._start_solo(job, rest, cache, job.prompt[:cached], need)
             return
         uid = self._insert_choice(job, 0, rest, cache, job.prompt[:cached], need)
-        self._seqs[uid].cached_tokens = cached
         if job.params.n > 1:
             self._followers[job] = [uid]
 
@@ -312,19 +311,21 @@ class Engine:
             [list(rest)], max_tokens=[p.max_tokens], caches=[cache] if cache else None,
             all_tokens=[list(cached_tokens)], samplers=[make_sampler(p, index)],
             logits_processors=[make_processors(p, len(job.prompt))])
-        text = TextStream(self.tokenizer.detokenizer, StopScanner(p.stop))
-        self._seqs[uid] = _Seq(job, index, text, need)
-        self._reserved += need
+        self._track(uid, job, index, need, cached_tokens=len(cached_tokens))
         return uid
+
+    def _track(self, uid: int, job: Job, index: int, need: int, cached_tokens: int = 0) -> None:
+        """Register a running choice: its text stream, and its KV bytes against the budget."""
+        text = TextStream(self.tokenizer.detokenizer, StopScanner(job.params.stop))
+        self._seqs[uid] = _Seq(job, index, text, need, cached_tokens=cached_tokens)
+        self._reserved += need
 
     def _start_solo(self, job: Job, rest, cache, cached_tokens, need: int) -> None:
         p = job.params
         self._solo = SoloRun(self.model, list(rest), cache, list(cached_tokens), make_sampler(p),
                              make_processors(p, len(job.prompt)), p.max_tokens,
                              self.settings.prefill_step_size, set(self.tokenizer.eos_token_ids))
-        text = TextStream(self.tokenizer.detokenizer, StopScanner(p.stop))
-        self._seqs[SOLO_UID] = _Seq(job, 0, text, need, cached_tokens=len(cached_tokens))
-        self._reserved += need
+        self._track(SOLO_UID, job, 0, need, cached_tokens=len(cached_tokens))
 
     def _solo_step(self) -> None:
         seq = self._seqs[SOLO_UID]
@@ -341,8 +342,7 @@ class Engine:
 
     def _end_solo(self) -> None:
         solo, self._solo = self._solo, None
-        if self.settings.prompt_cache_bytes > 0 and solo.fed:
-            self._prompt_cache.insert_cache(id(self.model), list(solo.fed), solo.cache)
+        self._keep_cache(solo.fed, solo.cache)
         self._release(SOLO_UID)
 
     def _hand_solo_to_batch(self) -> None:
@@ -371,9 +371,8 @@ class Engine:
         trim_prompt_cache(cache, len(tokens) - shared)
         reserved = self._seqs[leader.uid].reserved
         for index in range(1, job.params.n):
-            uid = self._insert_choice(job, index, job.prompt[shared:], copy.deepcopy(cache),
-                                      job.prompt[:shared], reserved)
-            self._seqs[uid].cached_tokens = shared
+            self._insert_choice(job, index, job.prompt[shared:], copy.deepcopy(cache),
+                                job.prompt[:shared], reserved)
 
     def _step(self) -> None:
         if self._solo is not None:
@@ -443,9 +442,13 @@ class Engine:
             cache, tokens = r.prompt_cache, r.all_tokens
         else:   # ended by a stop string: still decoding inside the batch, take it out
             (cache, tokens), = self._gen.remove([r.uid], return_prompt_caches=True).values()
+        self._keep_cache(tokens, cache)
+        self._release(r.uid)
+
+    def _keep_cache(self, tokens, cache) -> None:
+        """Offer a finished sequence's KV cache to prompts that share its prefix."""
         if self.settings.prompt_cache_bytes > 0 and tokens:
             self._prompt_cache.insert_cache(id(self.model), list(tokens), cache)
-        self._release(r.uid)
 
     def _release(self, uid: int) -> None:
         seq = self._seqs.pop(uid)
