@@ -23,7 +23,7 @@ from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
 from .errors import SERVER_ERROR, UNAVAILABLE, HttpError, bad_request
-from .events import Delta, Event, Failed, Finished, TokenLogprob
+from .events import Delta, Failed, Finished, TokenLogprob
 from .sampling import SamplingParams, make_processors, make_sampler
 from .textstream import StopScanner, TextStream
 from .solo import SOLO_UID, SoloRun

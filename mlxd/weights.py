@@ -22,7 +22,6 @@ from mlx_lm.utils import dequantize_model
 
 log = logging.getLogger("mlxd.weights")
 
-from .config import WEIGHT_POLICIES as POLICIES  # noqa: F401 - the one list of policy names
 DENSE_MARGIN = 0.95        # dense must be at least 5% faster to be chosen (timing noise)
 
 
