@@ -100,7 +100,17 @@ def raw(model_dir: str, messages: list, warmup_messages: list, max_tokens: int, 
         "decode_tok_s": statistics.median(decodes) if decodes else None,
         "ttft_s": statistics.median(r["ttft_s"] for r in runs),
         "tokens": runs[0]["tokens"],
+        "memory": {"mlx_peak_bytes": mx.get_peak_memory(), "rss_peak_bytes": _rss_peak_bytes()},
     }
+
+
+def _rss_peak_bytes() -> int | None:
+    try:
+        import resource
+    except ImportError:   # Windows
+        return None
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak if sys.platform == "darwin" else peak * 1024   # bytes on macOS, KiB on Linux
 
 
 def main(argv=None) -> int:
