@@ -11,13 +11,14 @@ import dataclasses
 import functools
 import logging
 import time
+import weakref
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
 from . import __version__, sse
 from .engine import Engine, Job
 from .errors import NOT_FOUND, UNAVAILABLE, HttpError, bad_request
-from .events import Delta, Event, Failed, Finished
+from .events import Courier, Delta, Event, Failed, Finished
 from .logprobs import ChatLogprobs, TextLogprobs
 from .models import LoadedModel
 from .chatplan import ChatPlan, ModelTraits, plan_chat
@@ -168,53 +169,50 @@ async def _respond(app: App, ex, prompt: list[int], params: SamplingParams, shap
     formatters = ([logprob_kind(app.token_text, len(prefix)) for _ in range(params.n)]
                   if params.logprobs is not None else None)
     replies = [reply.new() for _ in range(params.n)]
+    timer = _arm_timeout(events, app.request_timeout)
     try:
-        flow = _observed(app, ex, _until_done(events, params.n, _Deadline(app.request_timeout)))
+        flow = _observed(app, ex, _until_done(events, params.n))
         if stream:
             await _stream(ex, flow, shape, prefix, replies, formatters)
         else:
             await _collect(ex, flow, shape, prefix, replies, formatters)
     finally:
         job.cancel()
+        if timer is not None:
+            timer.cancel()
+
+
+_couriers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Courier]" = \
+    weakref.WeakKeyDictionary()
 
 
 def start_job(engine: Engine, prompt: list[int], params: SamplingParams):
     """Submit a job; its events arrive on the returned asyncio queue."""
     loop = asyncio.get_running_loop()
+    courier = _couriers.get(loop)
+    if courier is None:
+        courier = _couriers[loop] = Courier(loop)
     events: asyncio.Queue[Event] = asyncio.Queue()
-
-    def emit(ev: Event) -> None:
-        try:
-            loop.call_soon_threadsafe(events.put_nowait, ev)
-        except RuntimeError:  # the loop is closed: nobody is listening any more
-            pass
-
-    job = Job(prompt, params, emit)
+    job = Job(prompt, params, functools.partial(courier.send, events.put_nowait))
     engine.submit(job)
     return job, events
 
 
-class _Deadline:
-    """--request-timeout: the whole request, queueing included, must end by then."""
+def _arm_timeout(events: asyncio.Queue, seconds: float | None) -> asyncio.TimerHandle | None:
+    """--request-timeout: the whole request, queueing included, must end by then. One timer per
+    request puts the failure in line with the job's events (no per-event wait_for)."""
+    if seconds is None:
+        return None
+    failure = Failed(HttpError(504, "timeout", f"the request took longer than {seconds:g}s",
+                               code="request_timeout"))
+    return asyncio.get_running_loop().call_later(seconds, events.put_nowait, failure)
 
-    def __init__(self, seconds: float | None) -> None:
-        self.at = None if seconds is None else time.monotonic() + seconds
-        self.seconds = seconds
 
-    def left(self) -> float | None:
-        return None if self.at is None else max(self.at - time.monotonic(), 0.0)
-
-
-async def _until_done(events: asyncio.Queue, n: int, deadline: _Deadline) -> AsyncIterator[Event]:
+async def _until_done(events: asyncio.Queue, n: int) -> AsyncIterator[Event]:
     """A job's events up to its last ``Finished`` (one per choice) or its ``Failed``."""
     open_choices = n
     while open_choices:
-        try:
-            ev = await asyncio.wait_for(events.get(), deadline.left())
-        except asyncio.TimeoutError:
-            yield Failed(HttpError(504, "timeout", f"the request took longer than "
-                                   f"{deadline.seconds:g}s", code="request_timeout"))
-            return
+        ev = events.get_nowait() if not events.empty() else await events.get()
         yield ev
         if isinstance(ev, Failed):
             return

@@ -6,8 +6,10 @@ choice; a ``Failed`` ends the whole job.
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from dataclasses import dataclass
-from typing import Union
+from typing import Callable, Union
 
 from .errors import HttpError
 
@@ -43,3 +45,35 @@ class Failed:
 
 
 Event = Union[Delta, Finished, Failed]
+
+
+class Courier:
+    """Carries events from the generation thread to one event loop, many per wake-up.
+
+    A decode step emits one event per running stream; waking the loop for each (a self-pipe write
+    per ``call_soon_threadsafe``) costs the generation thread a syscall per token and the loop a
+    wake-up per token. Here the first event of a burst schedules one delivery and the rest ride
+    along; each job's events keep their order.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._lock = threading.Lock()
+        self._parcels: list[tuple[Callable[[Event], None], Event]] = []
+
+    def send(self, deliver: Callable[[Event], None], event: Event) -> None:
+        """From any thread: ``deliver(event)`` will run on the loop."""
+        with self._lock:
+            self._parcels.append((deliver, event))
+            if len(self._parcels) > 1:
+                return   # a delivery is already scheduled and will take this one too
+        try:
+            self._loop.call_soon_threadsafe(self._deliver)
+        except RuntimeError:   # the loop is closed: nobody is listening any more
+            pass
+
+    def _deliver(self) -> None:
+        with self._lock:
+            parcels, self._parcels = self._parcels, []
+        for deliver, event in parcels:
+            deliver(event)

@@ -166,6 +166,8 @@ class Connection:
         if self.writer.is_closing():
             raise ClientGone()
         self.writer.write(data)
+        if not self.writer.transport.get_write_buffer_size():
+            return   # all handed to the kernel: nothing to wait for (and no task to make)
         try:
             # Backpressure: a slow reader waits here, alone; other connections keep going.
             await asyncio.wait_for(self.writer.drain(), self.settings.send_timeout)
