@@ -27,7 +27,6 @@ DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024   # a long chat history is well under t
 DEFAULT_QUEUE_SIZE = 64        # requests waiting for the engine before new ones are refused
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_PREFILL_STEP = 512     # prompt tokens per sequence per engine step: streams keep flowing
-DEFAULT_PREFILL_BATCH = 4     # prompts prefilled together in one step
 DEFAULT_PROMPT_CACHE_BYTES = 512 * 1024 ** 2
 WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
 REASONING_FORMATS = ("auto", "deepseek", "none")   # as mlxd/reasoning.py (stdlib only here)
@@ -67,7 +66,7 @@ class Config:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     queue_timeout: float | None = None
     prefill_step_size: int = DEFAULT_PREFILL_STEP
-    prefill_batch_size: int = DEFAULT_PREFILL_BATCH
+    prefill_batch_size: int | None = None      # None: auto (see engine.py)
     prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
     memory_limit: int | None = None            # bytes for model + KV; None: from the device
     weights: str = "auto"                      # quantized / dense twin / both, per step
@@ -142,6 +141,15 @@ def optional(parse: Callable[[object], object]) -> Callable[[object], object]:
             return None
         return parse(raw)
     return parse_optional
+
+
+def auto(parse: Callable[[object], object]) -> Callable[[object], object]:
+    """JSON null or "auto" means: let the server decide."""
+    def parse_auto(raw: object) -> object:
+        if raw is None or (isinstance(raw, str) and raw.lower() == "auto"):
+            return None
+        return parse(raw)
+    return parse_auto
 
 
 def choice(values: tuple[str, ...]) -> Callable[[object], str]:
@@ -232,9 +240,10 @@ OPTIONS = (
     Option("prefill_step_size", "prefill-step-size", integer(1),
            "prompt tokens prefilled per sequence between decode steps (default %(default)s)",
            metavar="N"),
-    Option("prefill_batch_size", "prefill-batch-size", integer(1),
-           "new prompts prefilled together in one step; more lowers time-to-first-token under "
-           "load, fewer keeps running streams smoother (default %(default)s)", metavar="N"),
+    Option("prefill_batch_size", "prefill-batch-size", auto(integer(1)),
+           "new prompts prefilled together in one step; 'auto' (the default) takes as many as "
+           "keep one prefill step within 8 x --prefill-step-size tokens, up to --max-batch-size",
+           metavar="N|auto"),
     Option("prompt_cache_bytes", "prompt-cache-bytes", size,
            "KV cache kept for reuse by later prompts with the same prefix; 0 turns it off "
            "(default 512M)", metavar="BYTES"),

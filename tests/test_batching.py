@@ -243,3 +243,63 @@ def test_solo_and_batch_paths_agree(loaded):
     finally:
         solo.shutdown(5)
         batch.shutdown(5)
+
+
+class ShapeLog(SlowModel):
+    """Records the (batch, length) of every forward pass that prefills (length > 1)."""
+
+    def __init__(self, model, delay: float) -> None:
+        super().__init__(model, delay)
+        self.prefills: list[tuple[int, int]] = []
+
+    def __call__(self, inputs, *args, **kwargs):
+        if inputs.ndim == 2 and inputs.shape[1] > 1:
+            self.prefills.append(tuple(inputs.shape))
+        return super().__call__(inputs, *args, **kwargs)
+
+
+@pytest.mark.parametrize("setting", [None, 2])
+def test_a_burst_of_prompts_joins_in_one_prefill_group_by_default(loaded, setting):
+    """Auto prefill batch: six short prompts arriving while a stream runs are prefilled in one
+    step (each separate group would stall every running stream for a step); with a fixed
+    --prefill-batch-size 2 they take at least three (mlx-lm admits new prompts before the last
+    group leaves the prompt batch, so in practice it is one at a time)."""
+    model, tokenizer = loaded
+    logged = ShapeLog(model, 0.02)
+    eng = Engine(logged, tokenizer, EngineSettings(max_batch_size=8, prefill_batch_size=setting))
+    eng.start()
+    try:
+        assert eng.ready.wait(60)
+        first = Run(eng, [5, 6, 7], max_tokens=40)
+        while not first.events.qsize():      # it runs (solo) before the burst arrives
+            time.sleep(0.005)
+        logged.prefills.clear()
+        burst = [Run(eng, [10 + i, 11, 12, 13, 14, 15, 16, 17], max_tokens=4) for i in range(6)]
+        for run in [first] + burst:
+            assert run.result()["failed"] is None
+        sizes = [b for b, _ in logged.prefills]
+        if setting is None:
+            assert sizes == [6], logged.prefills
+        else:
+            assert len(sizes) >= 3 and max(sizes) <= 2 and sum(sizes) == 6, logged.prefills
+    finally:
+        eng.shutdown(5)
+
+
+def test_auto_prefill_batch_shrinks_for_long_prompts(loaded):
+    """The auto size keeps one prefill step within 8 chunks of --prefill-step-size tokens."""
+    model, tokenizer = loaded
+    eng = Engine(model, tokenizer, EngineSettings(max_batch_size=64, prefill_step_size=16))
+    eng._gen = type("Gen", (), {"prefill_batch_size": 0})()
+    job = Job([1] * 100, SamplingParams(max_tokens=4), lambda ev: None)
+    for uid, to_prefill in enumerate([3, 5, 2]):
+        eng._track(uid, job, 0, 0)
+        eng._seqs[uid].to_prefill = to_prefill
+    eng._size_prefill_batch()
+    assert eng._gen.prefill_batch_size == 8 * 16 // 5
+    eng._seqs[1].to_prefill = 100           # chunks of 16: one long prompt caps the step
+    eng._size_prefill_batch()
+    assert eng._gen.prefill_batch_size == 8
+    eng._seqs[1].produced = 1               # prefilled already: no longer counted
+    eng._size_prefill_batch()
+    assert eng._gen.prefill_batch_size == 8 * 16 // 3
