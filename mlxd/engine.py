@@ -22,6 +22,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
+from . import attention
 from .errors import SERVER_ERROR, UNAVAILABLE, HttpError, bad_request
 from .events import Delta, Failed, Finished, TokenLogprob
 from .sampling import SamplingParams, make_processors, make_sampler
@@ -158,6 +159,11 @@ class Engine:
 
     def _run(self) -> None:
         s = self.settings
+        if attention.wanted():
+            base = self.model.quantized if isinstance(self.model, DualModel) else self.model
+            if attention.install(base):
+                log.info("prefill attention: plain matmul + softmax up to %d MiB of scores "
+                         "(no per-shape cuDNN set-up)", attention.MAX_SCORE_BYTES >> 20)
         try:
             self._route_weights()
         except Exception:
