@@ -150,8 +150,23 @@ def serve(config: Config) -> int:
     logs.setup(config.log_level, config.log_file, config.log_format)
     if reporter is None:
         from .serve import run   # the heavy imports (mlx, mlx_lm) start here
-        return run(config)
-    return _serve_detached(config, reporter)
+        return _leave(run(config))
+    return _leave(_serve_detached(config, reporter))
+
+
+def _leave(code: int) -> int:
+    """After a clean shutdown on MLX's CUDA backend, exit without running C++ static
+    destructors: there they abort the process ("terminate called without an active exception",
+    seen on H100 and H200 with MLX 0.32.4), which a service manager would report as a crash.
+    Everything of ours is closed, flushed and removed by now."""
+    core = sys.modules.get("mlx.core")
+    cuda = getattr(core, "cuda", None)
+    if cuda is None or not cuda.is_available():
+        return code
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _serve_detached(config: Config, reporter: daemon.Reporter) -> int:
