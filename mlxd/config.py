@@ -134,22 +134,19 @@ def size(raw: object) -> int:
     return int(digits) * SIZE_UNITS[unit]
 
 
-def optional(parse: Callable[[object], object]) -> Callable[[object], object]:
-    """JSON null or "none" means unset."""
-    def parse_optional(raw: object) -> object:
-        if raw is None or (isinstance(raw, str) and raw.lower() == "none"):
-            return None
-        return parse(raw)
-    return parse_optional
+def _unset_by(word: str):
+    """A parser wrapper: JSON null or ``word`` gives None, anything else goes to ``parse``."""
+    def wrap(parse: Callable[[object], object]) -> Callable[[object], object]:
+        def parse_or_none(raw: object) -> object:
+            if raw is None or (isinstance(raw, str) and raw.lower() == word):
+                return None
+            return parse(raw)
+        return parse_or_none
+    return wrap
 
 
-def auto(parse: Callable[[object], object]) -> Callable[[object], object]:
-    """JSON null or "auto" means: let the server decide."""
-    def parse_auto(raw: object) -> object:
-        if raw is None or (isinstance(raw, str) and raw.lower() == "auto"):
-            return None
-        return parse(raw)
-    return parse_auto
+optional = _unset_by("none")   # unset
+auto = _unset_by("auto")       # the server decides
 
 
 def choice(values: tuple[str, ...]) -> Callable[[object], str]:

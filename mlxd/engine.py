@@ -22,7 +22,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
-from . import attention
+from . import attention, warmup
 from .errors import SERVER_ERROR, UNAVAILABLE, HttpError, bad_request
 from .events import Delta, Failed, Finished, TokenLogprob
 from .sampling import SamplingParams, make_processors, make_sampler
@@ -32,9 +32,6 @@ from .weights import DualModel, calibrate
 
 log = logging.getLogger("mlxd.engine")
 
-WARMUP_TEXT = "Hello! Say something short."   # runs the prefill and decode kernels once
-WARMUP_DECODE_TOKENS = 4
-WARMUP_LONG_PROMPT = 512   # tokens; a full prefill chunk at the default --prefill-step-size
 IDLE_POLL_S = 0.05        # how often a blocked admission loop re-checks timeouts
 CLEAR_CACHE_EVERY = 256   # decode steps between returns of MLX's buffer cache
 # Auto prefill batch: one prefill step takes as many new prompts as keep it within this many
@@ -211,38 +208,11 @@ class Engine:
                                         kv_budget_bytes=self.settings.kv_budget_bytes + freed)
 
     def _warm_up(self) -> None:
-        """Run the batch machinery once per path it will take (one sequence; two of different
-        lengths, which pads; greedy and sampled), so no request pays a first-use cost such as a
-        kernel compile, and learn the vocabulary width and the KV bytes a token costs."""
-        start = time.perf_counter()
-        base = self.tokenizer.encode(WARMUP_TEXT, add_special_tokens=False) or [0]
-        greedy = SamplingParams(max_tokens=WARMUP_DECODE_TOKENS, temperature=0.0)
-        sampled = SamplingParams(max_tokens=WARMUP_DECODE_TOKENS, temperature=1.0, top_p=0.9)
-        groups = [[base], [base, base[: max(1, len(base) // 2)]]]
-        if mx.default_device() == mx.gpu:
-            # GPU kernels differ by prefill length class: compile a long chunk now, not on the
-            # first real request (a 36 s stall was measured on an H200 without this). On the CPU
-            # nothing compiles and a long prefill only costs seconds of start-up.
-            long = (base * (WARMUP_LONG_PROMPT // len(base) + 1))[:WARMUP_LONG_PROMPT]
-            groups.append([long])
-        for group in groups:
-            uids = self._gen.insert(
-                [list(p) for p in group], max_tokens=[WARMUP_DECODE_TOKENS] * len(group),
-                samplers=[make_sampler(p) for p in (greedy, sampled)[: len(group)]],
-                logits_processors=[[] for _ in group])
-            left = set(uids)
-            while left:
-                for r in self._gen.next()[1]:
-                    # The output width is the model's real vocabulary (often padded past the
-                    # tokenizer's); the finished cache holds exactly its tokens.
-                    self.vocab_size = r.logprobs.shape[-1]
-                    if r.finish_reason is not None:
-                        left.discard(r.uid)
-                        self.kv_bytes_per_token = _kv_bytes_per_token(r.prompt_cache)
-        mx.clear_cache()
-        self.warmup_seconds = time.perf_counter() - start
-        log.info("warm-up done in %.2fs (KV cache %d bytes/token)", self.warmup_seconds,
-                 self.kv_bytes_per_token)
+        done = warmup.run(self._gen, self.tokenizer)
+        self.vocab_size, self.kv_bytes_per_token = done.vocab_size, done.kv_bytes_per_token
+        self.warmup_seconds = done.seconds
+        log.info("warm-up done in %.2fs (KV cache %d bytes/token)", done.seconds,
+                 done.kv_bytes_per_token)
 
     def _take_inbox(self, block: bool) -> bool:
         """Move submitted jobs into the waiting line; False once shutdown is asked for."""
@@ -495,14 +465,3 @@ class Engine:
     def prompt_cache_nbytes(self) -> int:
         return self._prompt_cache.nbytes
 
-
-def _kv_bytes_per_token(cache) -> int:
-    """KV bytes one token costs, read off a filled cache (keys and values, every layer)."""
-    total = 0
-    for layer in cache:
-        keys, values = getattr(layer, "keys", None), getattr(layer, "values", None)
-        if keys is None or values is None:
-            continue
-        # KVCache allocates in steps; shape (batch, heads, allocated_tokens, head_dim).
-        total += (keys.nbytes + values.nbytes) // max(keys.shape[2], 1)
-    return total
