@@ -151,3 +151,21 @@ def test_light_actions_answer_fast(tmp_path, argv):
     subprocess.run([sys.executable, "-m", "mlxd", *argv], cwd=ROOT, env=env,
                    capture_output=True, timeout=30)
     assert time.monotonic() - started < 1.0
+
+
+def test_leave_exits_hard_only_on_cuda(monkeypatch):
+    """On MLX's CUDA backend a clean stop leaves with os._exit (C++ static destructors abort
+    there); elsewhere the exit code is returned for a normal interpreter exit."""
+    import types
+
+    from mlxd import cli
+
+    exits = []
+    monkeypatch.setattr(cli.os, "_exit", exits.append)
+    monkeypatch.setattr(cli.logging, "shutdown", lambda: None)   # keep pytest's handlers open
+    fake = types.SimpleNamespace(cuda=types.SimpleNamespace(is_available=lambda: False))
+    monkeypatch.setitem(sys.modules, "mlx.core", fake)
+    assert cli._leave(3) == 3 and exits == []
+    fake.cuda.is_available = lambda: True
+    cli._leave(4)
+    assert exits == [4]
