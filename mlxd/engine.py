@@ -17,6 +17,7 @@ import queue
 import threading
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
@@ -28,7 +29,7 @@ from .events import Delta, Failed, Finished, TokenLogprob
 from .sampling import SamplingParams, make_processors, make_sampler
 from .textstream import StopScanner, TextStream
 from .solo import SOLO_UID, SoloRun
-from .weights import DualModel, calibrate
+from .weights import DualModel, RoutingStore, calibrate, log_routing
 
 log = logging.getLogger("mlxd.engine")
 
@@ -53,6 +54,7 @@ class EngineSettings:
     kv_budget_bytes: int | None = None  # KV cache bytes all running sequences may hold
     weights: str = "auto"              # see weights.py; with a DualModel: keep both or calibrate
     solo: bool = True                  # a lone sequence decodes outside the batch (solo.py)
+    calibration_file: str | None = None   # where a weight-routing calibration is kept/reused
 
 
 class Job:
@@ -193,7 +195,14 @@ class Engine:
         if not isinstance(self.model, DualModel):
             return
         dual = self.model
-        dual.routing = calibrate(dual, self.settings.max_batch_size)
+        kept = self.settings.calibration_file and Path(self.settings.calibration_file)
+        dual.routing = RoutingStore.load(kept) if kept else None
+        if dual.routing is not None:
+            log_routing(dual.routing, f"calibration reused from {kept}; delete it to measure again")
+        else:
+            dual.routing = calibrate(dual, self.settings.max_batch_size)
+            if kept:
+                RoutingStore.save(kept, dual.routing)
         uses_dense = dual.routing.prefill_dense or dual.routing.decode_dense_from is not None
         if self.settings.weights == "auto" and not uses_dense:
             before = mx.get_active_memory()

@@ -88,8 +88,15 @@ def _build(config: Config) -> tuple[App, Server]:
     return app, Server(app, ROUTES, settings, public_paths=PUBLIC_PATHS, metrics=app.metrics)
 
 
-def _engine_settings(config: Config) -> EngineSettings:
+def _engine_settings(config: Config, model) -> EngineSettings:
     kv_budget = memory.kv_budget(config.memory_limit, config.prompt_cache_bytes)
+    calibration_file = None
+    if isinstance(model, weights.DualModel):
+        try:
+            calibration_file = str(weights.RoutingStore.default().path(config.model,
+                                                                       config.max_batch_size))
+        except OSError as exc:
+            log.warning("calibration will not be kept: %s", exc)
     log.info("memory: %s for KV caches of running requests (prompt cache up to %s)",
              memory.human(kv_budget), memory.human(config.prompt_cache_bytes))
     return EngineSettings(max_batch_size=config.max_batch_size, queue_size=config.queue_size,
@@ -97,7 +104,7 @@ def _engine_settings(config: Config) -> EngineSettings:
                           prefill_step_size=config.prefill_step_size,
                           prefill_batch_size=config.prefill_batch_size,
                           prompt_cache_bytes=config.prompt_cache_bytes, kv_budget_bytes=kv_budget,
-                          weights=config.weights)
+                          weights=config.weights, calibration_file=calibration_file)
 
 
 async def _serve(config: Config, app: App, server: Server, stop: asyncio.Event,
@@ -135,7 +142,7 @@ async def _load(app: App, config: Config) -> None:
     log.info("loaded %s (%s, context %d) in %.2fs", loaded.name, loaded.format,
              loaded.context_length, loaded.load_seconds)
     model = await _in_thread(weights.prepare, loaded.model, config.weights)
-    engine = Engine(model, loaded.tokenizer, settings=_engine_settings(config))
+    engine = Engine(model, loaded.tokenizer, settings=_engine_settings(config, model))
     app.loaded, app.engine = loaded, engine
     engine.start()
     while not await asyncio.to_thread(engine.ready.wait, 0.5):

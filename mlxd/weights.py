@@ -10,9 +10,14 @@ with each copy, on this device, at start-up, and the ``DualModel`` routes every 
 from __future__ import annotations
 
 import copy
+import hashlib
+import json
 import logging
+import os
+import platform
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -90,17 +95,15 @@ def prepare(model: nn.Module, policy: str) -> nn.Module:
     """The model object to serve under ``policy`` (calibration happens later, on the thread
     that will generate; see ``calibrate``).
 
-    ``auto`` builds no twin on the CPU backend: x86 CPUs emulate float16/bfloat16 matmuls, and
-    calibrating SmolLM2 there took 34 s to find quantized decode ahead at batch 1-4 (114 vs 243
-    ms a step at batch 1). ``--weights both`` calibrates on the CPU anyway."""
+    ``auto`` builds the twin wherever it fits in half the free memory (GPU, Apple silicon, CPU)
+    and lets calibration decide; on this project's x86 CPU calibrating SmolLM2 took 35 s and chose
+    quantized decode at batch 1-4 but dense prefill (1.32 vs 1.59 s) and dense decode at batch 8
+    (776 vs 852 ms), so the result is kept on disk (``RoutingStore``) and later starts reuse it."""
     if policy == "quantized" or not is_quantized(model):
         return model
     if any("LoRA" in type(m).__name__ or "DoRA" in type(m).__name__ for _, m in model.named_modules()):
         # An adapter wraps the quantized layers; a dense twin of the base alone would drop it.
         log.info("weights: quantized (a LoRA adapter is loaded; no dense copy)")
-        return model
-    if policy == "auto" and mx.default_device() != mx.gpu:
-        log.info("weights: quantized (CPU backend; --weights both calibrates a dense copy too)")
         return model
     if policy == "auto" and not _dense_fits(model):
         return model
@@ -176,10 +179,74 @@ def calibrate(dual: DualModel, max_batch: int, plan: Plan | None = None) -> Rout
             dense_from = None   # dense must keep winning from the crossover on
     mx.clear_cache()
     routing = Routing(dense_from, pd < pq * DENSE_MARGIN, tuple(rows))
-    for kind, batch, q, d in rows:
+    log_routing(routing, f"calibrated in {time.perf_counter() - start:.1f}s")
+    return routing
+
+
+def log_routing(routing: Routing, how: str) -> None:
+    for kind, batch, q, d in routing.table:
         log.info("calibration %s batch %d: quantized %.2f ms, dense %.2f ms -> %s", kind, batch,
                  q * 1e3, d * 1e3, "dense" if d < q * DENSE_MARGIN else "quantized")
-    log.info("weights: decode %s, prefill %s (calibrated in %.1fs)",
+    dense_from = routing.decode_dense_from
+    log.info("weights: decode %s, prefill %s (%s)",
              f"dense from batch {dense_from}" if dense_from else "quantized at every batch size",
-             "dense" if routing.prefill_dense else "quantized", time.perf_counter() - start)
-    return routing
+             "dense" if routing.prefill_dense else "quantized", how)
+
+
+class RoutingStore:
+    """Calibrations kept on disk, one JSON file per (model files, MLX, device, batch limit), so
+    only the first start of a model on a machine pays for timing both copies. Delete the file
+    (its path is logged) to measure again."""
+
+    VERSION = 1
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @classmethod
+    def default(cls) -> "RoutingStore":
+        base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        return cls(Path(base) / "mlxd" / "calibration")
+
+    def path(self, model_path: str, max_batch: int) -> Path:
+        where = Path(model_path).resolve()
+        files = [where] if where.is_file() else sorted(
+            f for f in where.iterdir() if f.suffix in (".safetensors", ".gguf", ".json"))
+        parts = [str(self.VERSION), mx.__version__, str(mx.default_device()), _device_name(),
+                 str(os.cpu_count()), str(max_batch), str(where)]
+        parts += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+        key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
+        return self.directory / f"{where.name}-{key}.json"
+
+    @staticmethod
+    def load(path: Path) -> Routing | None:
+        try:
+            raw = json.loads(path.read_text())
+            return Routing(raw["decode_dense_from"], bool(raw["prefill_dense"]),
+                           tuple((str(k), int(b), float(q), float(d)) for k, b, q, d in raw["table"]))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("ignoring calibration file %s: %s", path, exc)
+            return None
+
+    @staticmethod
+    def save(path: Path, routing: Routing) -> None:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"decode_dense_from": routing.decode_dense_from,
+                                       "prefill_dense": routing.prefill_dense,
+                                       "table": [list(row) for row in routing.table]}))
+            os.replace(tmp, path)
+        except OSError as exc:   # a read-only home is no reason not to serve
+            log.warning("could not keep the calibration in %s: %s", path, exc)
+
+
+def _device_name() -> str:
+    try:
+        info = mx.device_info()
+    except Exception:
+        info = {}
+    return str(info.get("device_name") or info.get("architecture") or platform.processor()
+               or platform.machine())

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
 import json
+import os
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -14,6 +18,11 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
+
+# Weight-routing calibrations are kept under $XDG_CACHE_HOME/mlxd: one cache for the whole
+# session (servers started in subprocesses inherit it), never the user's own.
+os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mlxd-test-cache-")
+atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
 from tinymodel import build_tiny_model  # noqa: E402
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import mlx.core as mx
 import pytest
 
@@ -51,7 +53,8 @@ def test_prepare_policies(quantized):
     assert not is_quantized(prepare(quantized, "dense"))
     both = prepare(quantized, "both")
     assert isinstance(both, DualModel) and both.quantized is quantized
-    assert prepare(quantized, "auto") is quantized       # the CPU backend: no twin
+    auto = prepare(quantized, "auto")                     # fits: calibration will decide
+    assert isinstance(auto, DualModel) and auto.quantized is quantized
 
 
 def test_calibration_routes_and_generation_agrees(quantized):
@@ -91,3 +94,32 @@ def test_engine_serves_through_a_dual_model(quantized, tiny_model_dir):
         assert ev.completion_tokens <= 4
     finally:
         engine.shutdown(5)
+
+
+def test_a_calibration_is_kept_and_reused(quantized, tiny_model_dir, tmp_path, caplog):
+    """The first start times both copies and keeps the routing on disk; the next start with the
+    same model, device and batch limit reuses it (logged, with the file to delete)."""
+    from mlx_lm import load
+
+    from mlxd.engine import Engine, EngineSettings
+    from mlxd.weights import RoutingStore
+    caplog.set_level(logging.INFO, logger="mlxd.weights")
+    _model, tokenizer = load(str(tiny_model_dir))
+    store = RoutingStore(tmp_path)
+    path = store.path(str(tiny_model_dir), 8)
+    assert path == store.path(str(tiny_model_dir), 8) != store.path(str(tiny_model_dir), 16)
+    routings = []
+    for _ in range(2):
+        engine = Engine(prepare(quantized, "both"), tokenizer,
+                        EngineSettings(weights="both", calibration_file=str(path)))
+        engine.start()
+        try:
+            assert engine.ready.wait(60)
+            routings.append(engine.model.routing)
+        finally:
+            engine.shutdown(5)
+        assert path.exists()
+    assert routings[0] == routings[1] and routings[0].table
+    assert "calibration reused from" in caplog.text
+    path.write_text("{not json")
+    assert RoutingStore.load(path) is None                # a damaged file is measured again
