@@ -17,12 +17,17 @@ DEVICE_SHARE = 0.9          # of the device's memory, when no --memory-limit is 
 ACTIVATION_MARGIN = 0.1     # of what is left after the weights: logits, attention scratch
 
 
+def device_info() -> dict:
+    """MLX's description of the default device; empty where the backend has none."""
+    try:
+        return dict(mx.device_info())
+    except Exception:   # best effort on some backends and versions
+        return {}
+
+
 def device_memory() -> int | None:
     """Bytes the device can give MLX: Metal's recommended working set, else physical RAM."""
-    try:
-        info = mx.device_info()
-    except Exception:
-        info = {}
+    info = device_info()
     for key in ("max_recommended_working_set_size", "memory_size", "total_memory"):
         if isinstance(info.get(key), int) and info[key] > 0:
             return info[key]

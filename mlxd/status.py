@@ -8,6 +8,7 @@ import mlx.core as mx
 from mlx_lm.utils import get_total_parameters
 
 from . import __version__
+from .memory import device_info
 
 
 def _memory() -> dict:
@@ -17,10 +18,7 @@ def _memory() -> dict:
 
 def _device() -> dict:
     info = {"name": str(mx.default_device())}
-    try:
-        info.update({k: v for k, v in mx.device_info().items() if isinstance(v, (str, int, float))})
-    except Exception:   # device_info is best effort on some backends
-        pass
+    info.update({k: v for k, v in device_info().items() if isinstance(v, (str, int, float))})
     return info
 
 

@@ -24,6 +24,8 @@ import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import dequantize_model
 
+from .memory import device_info, device_memory
+
 
 log = logging.getLogger("mlxd.weights")
 
@@ -117,7 +119,6 @@ def prepare(model: nn.Module, policy: str) -> nn.Module:
 
 def _dense_fits(model: nn.Module) -> bool:
     """Whether a dense copy leaves half the device's free memory for KV caches and the rest."""
-    from .memory import device_memory
     dense = 0
     for _path, m in model.named_modules():
         if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
@@ -244,9 +245,6 @@ class RoutingStore:
 
 
 def _device_name() -> str:
-    try:
-        info = mx.device_info()
-    except Exception:
-        info = {}
+    info = device_info()
     return str(info.get("device_name") or info.get("architecture") or platform.processor()
                or platform.machine())
