@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import logging
 import time
-import weakref
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
@@ -81,6 +80,11 @@ class App:
         if text is None:
             text = self._token_texts[token] = self.loaded.tokenizer.decode([token])
         return text
+
+    @functools.cached_property
+    def courier(self) -> Courier:
+        """Carries engine events to the loop serving this app (made on first use, on it)."""
+        return Courier(asyncio.get_running_loop())
 
     @functools.cached_property
     def traits(self) -> ModelTraits:
@@ -165,7 +169,7 @@ def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None = None
 
 async def _respond(app: App, ex, prompt: list[int], params: SamplingParams, shape: Shape,
                    stream: bool, logprob_kind, reply: ReplySpec, prefix: str = "") -> None:
-    job, events = start_job(app.engine, prompt, params)   # raises 429/503 before any byte is sent
+    job, events = start_job(app, prompt, params)   # raises 429/503 before any byte is sent
     formatters = ([logprob_kind(app.token_text, len(prefix)) for _ in range(params.n)]
                   if params.logprobs is not None else None)
     replies = [reply.new() for _ in range(params.n)]
@@ -182,19 +186,11 @@ async def _respond(app: App, ex, prompt: list[int], params: SamplingParams, shap
             timer.cancel()
 
 
-_couriers: "weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Courier]" = \
-    weakref.WeakKeyDictionary()
-
-
-def start_job(engine: Engine, prompt: list[int], params: SamplingParams):
+def start_job(app: App, prompt: list[int], params: SamplingParams):
     """Submit a job; its events arrive on the returned asyncio queue."""
-    loop = asyncio.get_running_loop()
-    courier = _couriers.get(loop)
-    if courier is None:
-        courier = _couriers[loop] = Courier(loop)
     events: asyncio.Queue[Event] = asyncio.Queue()
-    job = Job(prompt, params, functools.partial(courier.send, events.put_nowait))
-    engine.submit(job)
+    job = Job(prompt, params, functools.partial(app.courier.send, events.put_nowait))
+    app.engine.submit(job)
     return job, events
 
 
@@ -212,7 +208,7 @@ async def _until_done(events: asyncio.Queue, n: int) -> AsyncIterator[Event]:
     """A job's events up to its last ``Finished`` (one per choice) or its ``Failed``."""
     open_choices = n
     while open_choices:
-        ev = events.get_nowait() if not events.empty() else await events.get()
+        ev = await events.get()   # no suspension while events are already queued
         yield ev
         if isinstance(ev, Failed):
             return
