@@ -42,6 +42,12 @@ def smollm_path() -> Path:
     return SMOLLM
 
 
+def sdk(url: str):
+    """The OpenAI SDK pointed at an mlxd base URL (no key checked, no retries hiding errors)."""
+    import openai
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
 class SlowModel:
     """Wraps a model so each forward pass takes at least ``delay`` seconds: lets tests hold a
     generation open long enough to observe queueing, cancellation and concurrency."""

@@ -6,8 +6,9 @@ from __future__ import annotations
 
 import json
 
-import openai
 import pytest
+
+from conftest import sdk
 
 from mlxd.reasoning import ThinkMarkers, opens_thinking
 from mlxd.reply import ReplySpec
@@ -89,7 +90,7 @@ def think_server(tmp_path_factory):
 
 @pytest.fixture()
 def client(think_server):
-    return openai.OpenAI(base_url=think_server.url + "/v1", api_key="unused", max_retries=0)
+    return sdk(think_server.url)
 
 
 def test_prompt_opens_thinking(think_server):
@@ -124,7 +125,7 @@ def test_request_turns_the_split_off(think_server, client):
 def test_server_flag_turns_the_split_off(tmp_path_factory):
     with scripted_server(tmp_path_factory, "think", reasoning_format="none") as server:
         server.say("Hmm.</think>Paris.")
-        client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+        client = sdk(server.url)
         resp = client.chat.completions.create(model="m", messages=ASK, max_tokens=50)
         assert resp.choices[0].message.content == "Hmm.</think>Paris."
         resp = client.chat.completions.create(model="m", messages=ASK, max_tokens=50,

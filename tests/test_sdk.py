@@ -5,10 +5,12 @@ from __future__ import annotations
 import openai
 import pytest
 
+from conftest import sdk
+
 
 @pytest.fixture(scope="module")
 def client(tiny_server):
-    return openai.OpenAI(base_url=tiny_server.url + "/v1", api_key="unused", max_retries=0)
+    return sdk(tiny_server.url)
 
 
 def test_sdk_chat(client):

@@ -12,10 +12,9 @@ import subprocess
 import sys
 import time
 
-import openai
 import pytest
 
-from conftest import ROOT, get_json
+from conftest import ROOT, get_json, sdk
 
 pytestmark = pytest.mark.smollm
 
@@ -45,7 +44,7 @@ def smollm_server(smollm_path):
 
 def test_smollm_knows_paris(smollm_server):
     _, url = smollm_server
-    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    client = sdk(url)
     reply = client.chat.completions.create(
         model="SmolLM2-135M-Instruct.Q4_1",
         messages=[{"role": "user", "content": "What is the capital of France?"}],
@@ -56,7 +55,7 @@ def test_smollm_knows_paris(smollm_server):
 
 def test_smollm_streams_then_stops_on_sigterm(smollm_server):
     proc, url = smollm_server
-    client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    client = sdk(url)
     stream = client.chat.completions.create(
         model="SmolLM2-135M-Instruct.Q4_1",
         messages=[{"role": "user", "content": "Say hello in French."}],

@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import openai
 import pytest
 
-from conftest import ServerThread, get_json
+from conftest import ServerThread, get_json, sdk
 from mlxd.errors import HttpError
 from mlxd.jsonschema import validate
 from mlxd.schema import ChatRequest, CompletionRequest
@@ -126,7 +126,7 @@ def test_mixed_batch_every_constrained_choice_validates(server):
 
 
 def test_streamed_structured_output_through_the_sdk(server):
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    client = sdk(server.url)
     stream = client.chat.completions.create(
         model="m", messages=ASK, response_format=json_schema(PERSON), max_tokens=80, n=2,
         temperature=1.0, seed=5, stream=True)
@@ -155,7 +155,7 @@ def test_completions_take_a_response_format(server):
 
 
 def test_required_and_named_tool_calls_are_enforced(server):
-    client = openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+    client = sdk(server.url)
     schemas = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER, TIME)}
     for choice_field in ("required", {"type": "function", "function": {"name": "get_time"}}):
         resp = client.chat.completions.create(
@@ -205,7 +205,7 @@ def test_smollm_extracts_valid_json(smollm_path):
     from mlxd.config import Config
     srv = ServerThread(Config(model=str(smollm_path), port=0)).start(timeout=120)
     try:
-        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0)
+        client = sdk(srv.url)
         schema = {"type": "object", "properties": {"name": {"type": "string"},
                                                    "age": {"type": "integer"}},
                   "required": ["name", "age"], "additionalProperties": False}
@@ -244,7 +244,7 @@ def test_sdk_parse_with_pydantic_models(scripted):
         kind: Literal["a", "b"]
         homes: list[Address]
 
-    client = openai.OpenAI(base_url=scripted.url + "/v1", api_key="unused", max_retries=0)
+    client = sdk(scripted.url)
     person = Person(name="Ann", age=7, kind="b", homes=[Address(city="Oslo", zip=None)])
     scripted.say(person.model_dump_json())
     reply = client.chat.completions.parse(model="m", messages=ASK, response_format=Person,

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 
-import openai
 import pytest
 
-from conftest import get_json
+from conftest import get_json, sdk
 from mlxd.errors import HttpError
 from mlxd.markers import NORMAL, TOOL, MarkerMachine, Run, Switch
 from mlxd.reply import ReplySpec
@@ -267,7 +266,7 @@ def tools_server(tmp_path_factory):
 
 @pytest.fixture()
 def client(tools_server):
-    return openai.OpenAI(base_url=tools_server.url + "/v1", api_key="unused", max_retries=0)
+    return sdk(tools_server.url)
 
 
 def test_sdk_tool_call_round_trip(tools_server: Scripted, client):
