@@ -60,7 +60,7 @@ class StepClock:
 
 def run_batch(engine, tokenizer, batch: int, params, constrained_factory) -> list[str]:
     """Runs ``batch`` jobs at once; their texts."""
-    from mlxd.engine import Job
+    from mlxd.engine.loop import Job
     done = threading.Semaphore(0)
     texts = [[] for _ in range(batch)]
 
@@ -90,12 +90,12 @@ def main() -> int:
     ap.add_argument("--batches", default="1,8", help="batch sizes, comma-separated")
     args = ap.parse_args()
 
-    from mlxd import models
-    from mlxd.constrain import TokenVocabulary
-    from mlxd.engine import Engine, EngineSettings
-    from mlxd.enforce import Enforce, processor
-    from mlxd.jsonschema import compile_schema, validate
-    from mlxd.sampling import SamplingParams
+    from mlxd.models import loader as models
+    from mlxd.constrain.index import TokenVocabulary
+    from mlxd.engine.loop import Engine, EngineSettings
+    from mlxd.constrain.enforce import Enforce, processor
+    from mlxd.constrain.json_schema import compile_schema, validate
+    from mlxd.engine.sampling import SamplingParams
 
     path = args.model
     if path is None:
@@ -141,8 +141,8 @@ def main() -> int:
 def replay_us(texts: list[str], tok, vocab) -> float:
     """Python-side cost of one sequence's constraint per token, its masks already cached."""
     import mlx.core as mx
-    from mlxd.constrain import Constraint
-    from mlxd.jsonschema import compile_schema
+    from mlxd.constrain.index import Constraint
+    from mlxd.constrain.json_schema import compile_schema
     grammar, eos = compile_schema(SCHEMA), sorted(tok.eos_token_ids)
     runs = [tok.encode(t, add_special_tokens=False) for t in texts]
     width = len(tok)

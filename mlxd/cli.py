@@ -10,8 +10,10 @@ import logging
 import os
 import sys
 
-from . import __version__, daemon, logs
-from .config import OPTIONS, Config, ConfigError, absolute_paths, env_warnings, resolve
+from mlxd import __version__
+from mlxd.service import daemon
+from mlxd.service import logs
+from mlxd.service.config import OPTIONS, Config, ConfigError, absolute_paths, env_warnings, resolve
 
 EXIT_USAGE = 2                 # argparse's code for a bad command line; also a bad config
 ACTIONS = ("config", "stop", "status", "print_config", "timeout", "export_mlx")
@@ -121,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def export_mlx(config: Config, out_dir: str) -> int:
     logs.setup(config.log_level, config.log_file, config.log_format)
-    from .gguf import UnsupportedModelError, export_mlx as export
+    from mlxd.models.gguf import UnsupportedModelError, export_mlx as export
     try:
         out = export(config.model, out_dir)
     except (UnsupportedModelError, OSError) as exc:
@@ -149,7 +151,7 @@ def serve(config: Config) -> int:
         reporter = daemon.detach(config.log_file)
     logs.setup(config.log_level, config.log_file, config.log_format)
     if reporter is None:
-        from .serve import run   # the heavy imports (mlx, mlx_lm) start here
+        from mlxd.service.run import run   # the heavy imports (mlx, mlx_lm) start here
         return _leave(run(config))
     return _leave(_serve_detached(config, reporter))
 
@@ -182,5 +184,5 @@ def _serve_detached(config: Config, reporter: daemon.Reporter) -> int:
         reporter.send("READY", f"serving {config.model}")
         reporter.close()
 
-    from .serve import run
+    from mlxd.service.run import run
     return run(config, on_listening=listening, on_ready=ready)

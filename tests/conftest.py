@@ -78,7 +78,7 @@ class ServerThread:
         asyncio.run(self._serve())
 
     async def _serve(self) -> None:
-        from mlxd import serve as serve_mod
+        from mlxd.service import run as serve_mod
         self.loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()
         if self.model_wrapper is not None:
@@ -136,7 +136,7 @@ def get_json(url: str, body: dict | None = None, timeout: float = 30):
 
 @pytest.fixture(scope="module")
 def tiny_server(tiny_model_dir):
-    from mlxd.config import Config
+    from mlxd.service.config import Config
     srv = ServerThread(Config(model=str(tiny_model_dir), port=0, max_tokens=32)).start()
     yield srv
     srv.close()

@@ -27,8 +27,8 @@ from pathlib import Path
 if __name__ == "__main__":  # standalone: import mlxd from this checkout, and test_http's corpus
     sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parent)]
 
-from mlxd.errors import HttpError  # noqa: E402
-from mlxd.http import (  # noqa: E402
+from mlxd.transport.errors import HttpError  # noqa: E402
+from mlxd.transport.h1 import (  # noqa: E402
     MAX_CHUNK_LINE_BYTES, MAX_HEAD_BYTES, MAX_TRAILER_BYTES, Request, RequestParser)
 
 FUZZ_MAX_BODY_BYTES = 1024  # small, so mutations reach the 413 paths

@@ -78,8 +78,8 @@ def _engine(model, tokenizer, **kwargs):
 
 @contextlib.contextmanager
 def scripted_server(tmp_path_factory, template: str, **config):
-    from mlxd import serve
-    from mlxd.config import Config
+    from mlxd.service import run as serve
+    from mlxd.service.config import Config
     model_dir = build_tiny_model(tmp_path_factory.mktemp(template) / f"tiny-{template}",
                                  template=template)
     script = Scripted(model_dir)

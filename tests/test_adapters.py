@@ -41,7 +41,7 @@ def adapter_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 def test_adapter_is_served_and_shown(tiny_model_dir, adapter_dir, tiny_server):
-    from mlxd.config import Config
+    from mlxd.service.config import Config
     srv = ServerThread(Config(model=str(tiny_model_dir), adapter=str(adapter_dir), port=0,
                               max_tokens=8)).start()
     try:
@@ -60,7 +60,7 @@ def test_adapter_is_served_and_shown(tiny_model_dir, adapter_dir, tiny_server):
 
 
 def test_a_bad_adapter_stops_the_load(tiny_model_dir, tmp_path):
-    from mlxd import models
+    from mlxd.models import loader as models
     with pytest.raises(models.ModelLoadError, match="adapter_config.json"):
         models.load(tiny_model_dir, adapter=tmp_path)
     (tmp_path / "adapter_config.json").write_text(json.dumps(

@@ -173,7 +173,7 @@ def test_context_overflow_names_code(tiny_server):
 @pytest.fixture(scope="module")
 def slow_server(tiny_model_dir):
     """Each forward pass takes >= 20 ms, so a 100-token generation takes >= 2 s."""
-    from mlxd.config import Config
+    from mlxd.service.config import Config
     srv = ServerThread(Config(model=str(tiny_model_dir), port=0, max_tokens=100),
                        model_wrapper=lambda m: SlowModel(m, 0.02)).start()
     yield srv
@@ -219,7 +219,7 @@ def test_client_disconnect_cancels_generation(slow_server):
 
 
 def test_not_ready_answers_503_with_retry_after(tiny_model_dir):
-    from mlxd.config import Config
+    from mlxd.service.config import Config
     # Warm-up runs a handful of forward passes; at 1 s each the server stays "loading" a while.
     srv = ServerThread(Config(model=str(tiny_model_dir), port=0),
                        model_wrapper=lambda m: SlowModel(m, 1.0)).start(wait_ready=False)
@@ -241,7 +241,7 @@ def test_not_ready_answers_503_with_retry_after(tiny_model_dir):
 def test_shutdown_with_streams_in_flight_ends_each_cleanly(tiny_model_dir):
     """SIGTERM while 4 streams run: each finishes or ends with a final SSE error, nothing hangs,
     and new requests meanwhile get 503."""
-    from mlxd.config import Config
+    from mlxd.service.config import Config
     srv = ServerThread(Config(model=str(tiny_model_dir), port=0, shutdown_timeout=0.5),
                        model_wrapper=lambda m: SlowModel(m, 0.02)).start()
     outcomes, raws = [], []

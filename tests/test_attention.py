@@ -5,7 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import pytest
 
-from mlxd import attention
+from mlxd.engine import attention
 
 
 def _qkv(B, H, Hkv, L, S, D=16, seed=0):

@@ -10,10 +10,10 @@ import time
 import pytest
 
 from conftest import SlowModel
-from mlxd.engine import Engine, EngineSettings, Job
-from mlxd.errors import HttpError
-from mlxd.events import Delta, Failed, Finished
-from mlxd.sampling import SamplingParams
+from mlxd.engine.loop import Engine, EngineSettings, Job
+from mlxd.transport.errors import HttpError
+from mlxd.engine.events import Delta, Failed, Finished
+from mlxd.engine.sampling import SamplingParams
 
 
 @pytest.fixture(scope="module")

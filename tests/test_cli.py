@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from mlxd import cli
-from mlxd.config import MASK
+from mlxd.service.config import MASK
 
 ROOT = Path(__file__).resolve().parent.parent
 HEAVY = ("mlx", "mlx_lm", "transformers", "numpy")

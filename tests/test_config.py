@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from mlxd.config import (MASK, OPTIONS, Config, ConfigError, absolute_paths, env_warnings,
+from mlxd.service.config import (MASK, OPTIONS, Config, ConfigError, absolute_paths, env_warnings,
                          from_env, from_file, integer, number, resolve, text_list)
 
 

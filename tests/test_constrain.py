@@ -11,9 +11,9 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxd.constrain import Constraint, TokenVocabulary, prepare_vocabulary
-from mlxd.jsonschema import compile_schema, validate
-from mlxd.tokenvocab import token_pieces
+from mlxd.constrain.index import Constraint, TokenVocabulary, prepare_vocabulary
+from mlxd.constrain.json_schema import compile_schema, validate
+from mlxd.constrain.vocab import token_pieces
 from test_jsonschema import PERSON, RICH, TREE
 
 ENUMS = {"type": "object", "additionalProperties": False, "required": ["colour", "size"],
@@ -283,7 +283,7 @@ def test_batch_generator_mixes_constrained_and_free_sequences(tiny):
 @pytest.mark.smollm
 def test_smollm_extracts_name_and_age(smollm_path):
     from mlx_lm.generate import generate_step
-    from mlxd.gguf import load_gguf
+    from mlxd.models.gguf import load_gguf
     model, tokenizer, _ = load_gguf(smollm_path)
     vocab = TokenVocabulary.for_tokenizer(tokenizer)
     schema = {"type": "object", "additionalProperties": False, "required": ["name", "age"],

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 
-from mlxd.events import Courier, Delta
+from mlxd.engine.events import Courier, Delta
 
 
 def test_a_burst_takes_one_wake_up_and_keeps_each_jobs_order():

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from mlxd import daemon
+from mlxd.service import daemon
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SLOW_SERVER = """
 import sys, time
 import mlx.core as mx
-from mlxd import serve
+from mlxd.service import run as serve
 from mlxd.cli import main
 
 DELAY = 0.05
@@ -351,8 +351,8 @@ def test_daemon_reports_a_busy_port(tiny_model_dir, tmp_path, env):
 def test_unwritable_pid_file_stops_the_start(tiny_model_dir, tmp_path, caplog):
     import asyncio
 
-    from mlxd import serve
-    from mlxd.config import Config
+    from mlxd.service import run as serve
+    from mlxd.service.config import Config
     (tmp_path / "file").write_text("")
     config = Config(model=str(tiny_model_dir), port=0, pid_file=str(tmp_path / "file" / "x.pid"))
     assert asyncio.run(serve.serve(config)) == 1
@@ -364,8 +364,8 @@ def test_unwritable_pid_file_stops_the_start(tiny_model_dir, tmp_path, caplog):
     ("0.0.0.0", (), True), ("::", (), True), ("192.168.1.5", (), True), ("0.0.0.0", ("k",), False),
 ])
 def test_open_host_without_key_warns(host, keys, warns, caplog):
-    from mlxd import serve
-    from mlxd.config import Config
+    from mlxd.service import run as serve
+    from mlxd.service.config import Config
     serve._warn_if_open(Config(model="m", host=host, api_keys=keys))
     assert ("without an API key" in caplog.text) is warns
 
@@ -373,7 +373,7 @@ def test_open_host_without_key_warns(host, keys, warns, caplog):
 def test_served_model_name(tiny_model_dir):
     from conftest import ServerThread, get_json
 
-    from mlxd.config import Config
+    from mlxd.service.config import Config
     srv = ServerThread(Config(model=str(tiny_model_dir), port=0, served_model_name="my-model"))
     try:
         srv.start(wait_ready=False)

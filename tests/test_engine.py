@@ -6,8 +6,8 @@ import queue
 
 import pytest
 
-from mlxd.engine import Delta, Engine, Failed, Finished, Job, SamplingParams
-from mlxd.textstream import StopScanner
+from mlxd.engine.loop import Delta, Engine, Failed, Finished, Job, SamplingParams
+from mlxd.engine.textstream import StopScanner
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +114,7 @@ def test_stop_scanner(stops, pieces, expected, hit):
 
 
 def test_multibyte_characters_come_out_whole(engine):
-    from mlxd.textstream import TextStream
+    from mlxd.engine.textstream import TextStream
     tokenizer = engine.tokenizer
     original = "Café 🙂 日本語 and ∑ √"
     ids = tokenizer.encode(original, add_special_tokens=False)

@@ -19,7 +19,7 @@ from mlx_lm import generate, load
 from mlx_lm.tokenizer_utils import load as load_tokenizer
 from tokenizers import Regex, Tokenizer, pre_tokenizers
 
-from mlxd.gguf import (UnsupportedModelError, export_mlx, hf_tokenizer, load_gguf, tokenizer_spec,
+from mlxd.models.gguf import (UnsupportedModelError, export_mlx, hf_tokenizer, load_gguf, tokenizer_spec,
                        write_tokenizer)
 from tinymodel import SPECIAL_TOKENS, build_tiny_model, train_tokenizer
 

@@ -14,8 +14,8 @@ import h11
 import pytest
 
 from fuzz_http import fuzz
-from mlxd.errors import HttpError
-from mlxd.http import (
+from mlxd.transport.errors import HttpError
+from mlxd.transport.h1 import (
     CONTINUE_100, LAST_CHUNK, MAX_CHUNK_LINE_BYTES, MAX_HEAD_BYTES, MAX_HEADER_COUNT,
     MAX_LEADING_EMPTY_LINES, MAX_REQUEST_LINE_BYTES, MAX_TRAILER_BYTES, REASONS, Request,
     RequestParser, render_chunk, render_head, render_response, render_stream_head)

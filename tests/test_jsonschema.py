@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from mlxd.grammar import STATE_MASK
-from mlxd.jsonschema import SchemaError, ValidationError, compile_schema, validate
+from mlxd.constrain.grammar import STATE_MASK
+from mlxd.constrain.json_schema import SchemaError, ValidationError, compile_schema, validate
 
 PERSON = {"type": "object", "additionalProperties": False, "required": ["name", "age"],
           "properties": {"name": {"type": "string"}, "age": {"type": "integer"}}}

@@ -9,7 +9,7 @@ import logging
 
 import pytest
 
-from mlxd import logs
+from mlxd.service import logs
 
 
 @pytest.fixture

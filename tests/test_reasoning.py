@@ -10,10 +10,10 @@ import pytest
 
 from conftest import sdk
 
-from mlxd.reasoning import ThinkMarkers, opens_thinking
-from mlxd.reply import ReplySpec
-from mlxd.schema import ChatRequest
-from mlxd.errors import HttpError
+from mlxd.api.reasoning import ThinkMarkers, opens_thinking
+from mlxd.api.reply import ReplySpec
+from mlxd.api.schema import ChatRequest
+from mlxd.transport.errors import HttpError
 from test_tools import CALL, WEATHER, fmt
 from scripted import scripted_server
 

@@ -6,8 +6,8 @@ import json
 
 import pytest
 
-from mlxd.errors import HttpError
-from mlxd.schema import ChatRequest, CompletionRequest
+from mlxd.transport.errors import HttpError
+from mlxd.api.schema import ChatRequest, CompletionRequest
 
 USER = [{"role": "user", "content": "hi"}]
 

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from mlxd import sse
-from mlxd.server import Server, ServerSettings
+from mlxd.transport import sse
+from mlxd.transport.server import Server, ServerSettings
 
 
 async def echo(_app, ex):

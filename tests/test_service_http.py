@@ -17,7 +17,7 @@ CHAT = json.dumps({"messages": [{"role": "user", "content": "Hi"}], "max_tokens"
 
 @pytest.fixture(scope="module")
 def secured(tiny_model_dir):
-    from mlxd.config import Config
+    from mlxd.service.config import Config
     srv = ServerThread(Config(model=str(tiny_model_dir), port=0, api_keys=(KEY, "other-key"),
                               cors_origins=(ORIGIN,))).start()
     yield srv
@@ -55,7 +55,7 @@ def test_health_and_metrics_open_by_default(secured):
 
 
 def test_health_needs_key_with_auth_health(tiny_model_dir):
-    from mlxd.config import Config
+    from mlxd.service.config import Config
     srv = ServerThread(Config(model=str(tiny_model_dir), port=0, api_keys=(KEY,),
                               auth_health=True)).start(wait_ready=False)
     try:

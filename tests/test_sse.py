@@ -1,4 +1,4 @@
-from mlxd import sse
+from mlxd.transport import sse
 
 
 def test_event_is_one_data_line_of_compact_json():

@@ -11,9 +11,9 @@ import openai
 import pytest
 
 from conftest import ServerThread, get_json, sdk
-from mlxd.errors import HttpError
-from mlxd.jsonschema import validate
-from mlxd.schema import ChatRequest, CompletionRequest
+from mlxd.transport.errors import HttpError
+from mlxd.constrain.json_schema import validate
+from mlxd.api.schema import ChatRequest, CompletionRequest
 from test_tools import TIME, WEATHER
 from tinymodel import build_tiny_model
 
@@ -83,7 +83,7 @@ def test_unsupported_schemas_are_refused_by_name(response_format, param, word):
 def server(tmp_path_factory):
     model = build_tiny_model(tmp_path_factory.mktemp("structured") / "tiny-tools",
                              template="tools")
-    from mlxd.config import Config
+    from mlxd.service.config import Config
     srv = ServerThread(Config(model=str(model), port=0, max_tokens=64, max_batch_size=8)).start()
     yield srv
     srv.close()
@@ -202,7 +202,7 @@ def test_what_cannot_be_combined_or_enforced(server, tiny_server):
 
 @pytest.mark.smollm
 def test_smollm_extracts_valid_json(smollm_path):
-    from mlxd.config import Config
+    from mlxd.service.config import Config
     srv = ServerThread(Config(model=str(smollm_path), port=0)).start(timeout=120)
     try:
         client = sdk(srv.url)

@@ -9,11 +9,11 @@ import json
 import pytest
 
 from conftest import get_json, sdk
-from mlxd.errors import HttpError
-from mlxd.markers import NORMAL, TOOL, MarkerMachine, Run, Switch
-from mlxd.reply import ReplySpec
-from mlxd.schema import ChatRequest
-from mlxd.toolcalls import PARSERS, ToolFormat, template_takes_tools, tool_format
+from mlxd.transport.errors import HttpError
+from mlxd.api.markers import NORMAL, TOOL, MarkerMachine, Run, Switch
+from mlxd.api.reply import ReplySpec
+from mlxd.api.schema import ChatRequest
+from mlxd.api.toolcalls import PARSERS, ToolFormat, template_takes_tools, tool_format
 from tinymodel import CHATML_TEMPLATE, QWEN_TOOLS_TEMPLATE
 from scripted import Scripted, scripted_server
 
@@ -317,7 +317,7 @@ def test_tool_choice_none_leaves_the_text_alone(tools_server: Scripted, client):
 
 
 def test_strict_tools_are_enforced_under_auto(tools_server: Scripted, client):
-    from mlxd.jsonschema import validate
+    from mlxd.constrain.json_schema import validate
     wrong = CALL.replace('"city"', '"town"')
     strict = {"type": "function", "function": {**WEATHER["function"], "strict": True}}
     tools_server.say("Let me look." + wrong)

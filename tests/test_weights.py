@@ -7,7 +7,7 @@ import logging
 import mlx.core as mx
 import pytest
 
-from mlxd.weights import CPU_PLAN, DualModel, Plan, Routing, calibrate, dense_twin, is_quantized, prepare
+from mlxd.models.weights import CPU_PLAN, DualModel, Plan, Routing, calibrate, dense_twin, is_quantized, prepare
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +78,9 @@ def test_engine_serves_through_a_dual_model(quantized, tiny_model_dir):
 
     from mlx_lm import load
 
-    from mlxd.engine import Engine, EngineSettings, Job
-    from mlxd.events import Finished
-    from mlxd.sampling import SamplingParams
+    from mlxd.engine.loop import Engine, EngineSettings, Job
+    from mlxd.engine.events import Finished
+    from mlxd.engine.sampling import SamplingParams
     _model, tokenizer = load(str(tiny_model_dir))
     engine = Engine(prepare(quantized, "both"), tokenizer, EngineSettings(weights="both"))
     engine.start()
@@ -101,8 +101,8 @@ def test_a_calibration_is_kept_and_reused(quantized, tiny_model_dir, tmp_path, c
     same model, device and batch limit reuses it (logged, with the file to delete)."""
     from mlx_lm import load
 
-    from mlxd.engine import Engine, EngineSettings
-    from mlxd.weights import RoutingStore
+    from mlxd.engine.loop import Engine, EngineSettings
+    from mlxd.models.weights import RoutingStore
     caplog.set_level(logging.INFO, logger="mlxd.weights")
     _model, tokenizer = load(str(tiny_model_dir))
     store = RoutingStore(tmp_path)

@@ -7,8 +7,8 @@ import time
 import mlx.core as mx
 from mlx_lm.utils import get_total_parameters
 
-from . import __version__
-from .memory import device_info
+from mlxd import __version__
+from mlxd.models.device import device_info
 
 
 def _memory() -> dict:

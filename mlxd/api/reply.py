@@ -13,9 +13,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .markers import NORMAL, REASONING, TOOL, MarkerMachine, Run, Switch, Transitions
-from .reasoning import ThinkMarkers
-from .toolcalls import ToolCall, ToolFormat, parse_block
+from mlxd.api.markers import NORMAL, REASONING, TOOL, MarkerMachine, Run, Switch, Transitions
+from mlxd.api.reasoning import ThinkMarkers
+from mlxd.api.toolcalls import ToolCall, ToolFormat, parse_block
 
 
 @dataclass(frozen=True)

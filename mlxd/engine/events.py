@@ -11,7 +11,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Union
 
-from .errors import HttpError
+from mlxd.transport.errors import HttpError
 
 
 @dataclass(frozen=True)

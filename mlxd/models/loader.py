@@ -14,7 +14,7 @@ import mlx.core as mx
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load as load_mlx_dir
 
-from . import gguf
+from mlxd.models import gguf
 
 log = logging.getLogger("mlxd.models")
 

@@ -14,22 +14,23 @@ import time
 from dataclasses import dataclass, field
 from typing import AsyncIterator
 
-from . import __version__, sse
-from .engine import Engine, Job
-from .errors import NOT_FOUND, UNAVAILABLE, HttpError, bad_request
-from .events import Courier, Delta, Event, Failed, Finished
-from .logprobs import ChatLogprobs, TextLogprobs
-from .models import LoadedModel
-from .chatplan import ChatPlan, ModelTraits, plan_chat
-from .constrain import TokenVocabulary
-from .enforce import Enforce, processor
-from .reply import Reply, ReplySpec
-from .sampling import SamplingParams
-from .schema import ChatRequest, CompletionRequest, Sampling, context_error
-from .metrics import CONTENT_TYPE as METRICS_TYPE
-from .metrics import Metrics
-from .shapes import ChatShape, Choice, Shape, TextShape, usage
-from .status import gauges, queue_state, status_report
+from mlxd import __version__
+from mlxd.transport import sse
+from mlxd.engine.loop import Engine, Job
+from mlxd.transport.errors import NOT_FOUND, UNAVAILABLE, HttpError, bad_request
+from mlxd.engine.events import Courier, Delta, Event, Failed, Finished
+from mlxd.api.logprobs import ChatLogprobs, TextLogprobs
+from mlxd.models.loader import LoadedModel
+from mlxd.api.chatplan import ChatPlan, ModelTraits, plan_chat
+from mlxd.constrain.index import TokenVocabulary
+from mlxd.constrain.enforce import Enforce, processor
+from mlxd.api.reply import Reply, ReplySpec
+from mlxd.engine.sampling import SamplingParams
+from mlxd.api.schema import ChatRequest, CompletionRequest, Sampling, context_error
+from mlxd.transport.metrics import CONTENT_TYPE as METRICS_TYPE
+from mlxd.transport.metrics import Metrics
+from mlxd.api.shapes import ChatShape, Choice, Shape, TextShape, usage
+from mlxd.api.status import gauges, queue_state, status_report
 
 log = logging.getLogger("mlxd.api")
 

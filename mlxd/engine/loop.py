@@ -23,13 +23,14 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
-from . import attention, warmup
-from .errors import SERVER_ERROR, UNAVAILABLE, HttpError, bad_request
-from .events import Delta, Failed, Finished, TokenLogprob
-from .sampling import SamplingParams, make_processors, make_sampler
-from .textstream import StopScanner, TextStream
-from .solo import SOLO_UID, SoloRun
-from .weights import DualModel, RoutingStore, calibrate, log_routing
+from mlxd.engine import attention
+from mlxd.engine import warmup
+from mlxd.transport.errors import SERVER_ERROR, UNAVAILABLE, HttpError, bad_request
+from mlxd.engine.events import Delta, Failed, Finished, TokenLogprob
+from mlxd.engine.sampling import SamplingParams, make_processors, make_sampler
+from mlxd.engine.textstream import StopScanner, TextStream
+from mlxd.engine.solo import SOLO_UID, SoloRun
+from mlxd.models.weights import DualModel, RoutingStore, calibrate, log_routing
 
 log = logging.getLogger("mlxd.engine")
 

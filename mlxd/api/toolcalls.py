@@ -19,7 +19,7 @@ from mlx_lm.tool_parsers import (function_gemma, gemma4, glm47, json_tools, kimi
                                  laguna, longcat, minicpm5, minimax_m2, mistral, muse_spark,
                                  pythonic, qwen3_coder)
 
-from .errors import bad_request
+from mlxd.transport.errors import bad_request
 
 PARSERS = {m.__name__.rsplit(".", 1)[-1]: m for m in (
     function_gemma, gemma4, glm47, json_tools, kimi_k2, kimi_k3, laguna, longcat, minicpm5,

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .grammar import Machine
+from mlxd.constrain.grammar import Machine
 
 log = logging.getLogger("mlxd.constrain")
 

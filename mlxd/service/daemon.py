@@ -18,7 +18,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import __version__
+from mlxd import __version__
 
 STOP_POLL_S = 0.05
 STOP_MARGIN_S = 10.0     # --stop waits the server's own shutdown timeout plus this

@@ -13,12 +13,12 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from .errors import HttpError, bad_request
-from .jsonschema import SchemaError, compile_schema
-from .messages import NAME_PATTERN, ToolChoice, kind as _kind, messages as _messages, refuse_unknown
-from .messages import parallel_tool_calls as _parallel_tool_calls
-from .messages import tool_choice as _tool_choice, tools as _tools
-from .reasoning import REASONING_FORMATS
+from mlxd.transport.errors import HttpError, bad_request
+from mlxd.constrain.json_schema import SchemaError, compile_schema
+from mlxd.api.messages import NAME_PATTERN, ToolChoice, kind as _kind, messages as _messages, refuse_unknown
+from mlxd.api.messages import parallel_tool_calls as _parallel_tool_calls
+from mlxd.api.messages import tool_choice as _tool_choice, tools as _tools
+from mlxd.api.reasoning import REASONING_FORMATS
 
 MAX_STOP_SEQUENCES = 4         # OpenAI's limit
 MAX_STOP_CHARS = 256           # a stop string longer than this is surely a mistake

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
-from .sampling import SamplingParams, make_sampler
+from mlxd.engine.sampling import SamplingParams, make_sampler
 
 TEXT = "Hello! Say something short."   # runs the prefill and decode kernels once
 DECODE_TOKENS = 4

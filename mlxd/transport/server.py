@@ -1,6 +1,6 @@
-"""The asyncio shell: accept, read, parse (http.py), route (api.ROUTES), write, drain, time out.
+"""The asyncio shell: accept, read, parse (h1.py), route (api.ROUTES), write, drain, time out.
 
-Everything protocol-shaped lives in http.py and sse.py, everything OpenAI-shaped in api.py; this
+Everything protocol-shaped lives in h1.py and sse.py, everything OpenAI-shaped in api.py; this
 module only moves bytes and decides when a connection lives or dies.
 """
 
@@ -17,9 +17,12 @@ import uuid
 from dataclasses import dataclass
 from typing import Awaitable, Callable
 
-from . import __version__, access, http, sse
-from .errors import NOT_FOUND, SERVER_ERROR, UNAVAILABLE, HttpError
-from .metrics import Metrics
+from mlxd import __version__
+from mlxd.transport import access
+from mlxd.transport import h1
+from mlxd.transport import sse
+from mlxd.transport.errors import NOT_FOUND, SERVER_ERROR, UNAVAILABLE, HttpError
+from mlxd.transport.metrics import Metrics
 
 log = logging.getLogger("mlxd.server")
 access_log = logging.getLogger("mlxd.access")
@@ -33,7 +36,7 @@ FINAL_WRITE_S = 1.0            # a last error to a client during shutdown may ta
 
 @dataclass(frozen=True)
 class ServerSettings:
-    max_body_bytes: int = http.DEFAULT_MAX_BODY_BYTES
+    max_body_bytes: int = h1.DEFAULT_MAX_BODY_BYTES
     max_connections: int = 1024      # past this, new connections get a 503 and are closed
     keep_alive_timeout: float = 5.0  # idle time between requests on one connection (uvicorn's)
     head_timeout: float = 10.0       # a whole request head must arrive within this (slowloris)
@@ -62,13 +65,13 @@ def error_body(err: HttpError) -> bytes:
     return json.dumps(err.to_json(), ensure_ascii=False).encode("utf-8")
 
 
-_NO_REQUEST = http.Request(http.Head("-", "-", "-", "", "HTTP/1.1", (), False, False), b"")
+_NO_REQUEST = h1.Request(h1.Head("-", "-", "-", "", "HTTP/1.1", (), False, False), b"")
 
 
 class Exchange:
     """One request and the means to answer it, once (a JSON body or a chunked stream)."""
 
-    def __init__(self, conn: "Connection", request: http.Request, path_param: str = "",
+    def __init__(self, conn: "Connection", request: h1.Request, path_param: str = "",
                  route: str = "other") -> None:
         self.conn = conn
         self.request = request
@@ -103,7 +106,7 @@ class Exchange:
 
     async def send(self, status: int, body: bytes, content_type: str | None, headers=()) -> None:
         self.status = status
-        await self.conn.write(http.render_response(status, self._headers(content_type, headers),
+        await self.conn.write(h1.render_response(status, self._headers(content_type, headers),
                                                    body, head_only=self.head_only))
 
     async def send_json(self, status: int, obj: object, headers=()) -> None:
@@ -122,23 +125,23 @@ class Exchange:
         if self.request.head.version == "HTTP/1.0":
             # No chunked coding in 1.0: the stream ends when the connection does.
             self.keep_alive = False
-            head = http.render_head(200, self._headers(content_type, extra))
+            head = h1.render_head(200, self._headers(content_type, extra))
         else:
-            head = http.render_stream_head(200, self._headers(content_type, extra))
+            head = h1.render_stream_head(200, self._headers(content_type, extra))
         await self.conn.write(head)
 
     async def send_chunk(self, data: bytes) -> None:
         if self.head_only:
             return
         chunked = self.request.head.version != "HTTP/1.0"
-        await self.conn.write(http.render_chunk(data) if chunked else data)
+        await self.conn.write(h1.render_chunk(data) if chunked else data)
 
     async def end_stream(self) -> None:
         if self.request.head.version != "HTTP/1.0" and not self.head_only:
-            await self.conn.write(http.LAST_CHUNK)
+            await self.conn.write(h1.LAST_CHUNK)
 
 
-def _request_id(request: http.Request) -> str:
+def _request_id(request: h1.Request) -> str:
     given = request.head.header("x-request-id")
     return given if given and REQUEST_ID_RE.fullmatch(given) else uuid.uuid4().hex
 
@@ -155,7 +158,7 @@ class Connection:
         peer = writer.get_extra_info("peername")
         self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
         # Per-connection state.
-        self.parser = http.RequestParser(max_body_bytes=self.settings.max_body_bytes)
+        self.parser = h1.RequestParser(max_body_bytes=self.settings.max_body_bytes)
         self.data_arrived = asyncio.Event()
         self.eof = False
         self.in_flight: asyncio.Task | None = None
@@ -205,7 +208,7 @@ class Connection:
             with contextlib.suppress(Exception):
                 await self.writer.wait_closed()
 
-    async def _next_request(self) -> http.Request | None:
+    async def _next_request(self) -> h1.Request | None:
         """The next complete request, or None when the connection should close."""
         started = time.monotonic()
         while not self.server.closing:
@@ -242,7 +245,7 @@ class Connection:
             return s.head_timeout - elapsed
         return s.keep_alive_timeout - elapsed
 
-    async def _maybe_continue(self, head: http.Head) -> bool:
+    async def _maybe_continue(self, head: h1.Head) -> bool:
         """RFC 9110 10.1.1: send 100 only when we will read the body; else refuse now."""
         self.continue_sent = True
         err = self.server.refusal_before_body(head)
@@ -250,7 +253,7 @@ class Connection:
             await self.refuse(HttpError(err.status, err.type, err.message, err.param, err.code,
                                         err.headers, close=True))
             return False
-        await self.write(http.CONTINUE_100)
+        await self.write(h1.CONTINUE_100)
         return True
 
     async def refuse(self, err: HttpError) -> None:
@@ -261,7 +264,7 @@ class Connection:
             await ex.send_error(err)
         self.server.log_access(self, ex, 0.0)
 
-    async def _handle(self, request: http.Request) -> Exchange:
+    async def _handle(self, request: h1.Request) -> Exchange:
         self.continue_sent = False
         handler, param, route, err = self.server.route(request.head.method, request.head.path)
         ex = Exchange(self, request, param, route)
@@ -312,12 +315,12 @@ class Server:
             405, "invalid_request_error", f"{method} is not allowed on {path}",
             code="method_not_allowed", headers=(("Allow", ", ".join(sorted(allowed))),))
 
-    def refusal_before_body(self, head: http.Head) -> HttpError | None:
+    def refusal_before_body(self, head: h1.Head) -> HttpError | None:
         """What we would refuse a request for from its head alone (for 100-continue)."""
         _handler, _param, _label, err = self.route(head.method, head.path)
         return err or self._auth_error(head) or access.content_type_error(head)
 
-    def _auth_error(self, head: http.Head) -> HttpError | None:
+    def _auth_error(self, head: h1.Head) -> HttpError | None:
         st = self.settings
         open_path = head.path in self.public_paths and not st.auth_health
         return None if open_path else access.auth_error(head, st.api_keys)

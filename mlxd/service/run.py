@@ -15,11 +15,16 @@ import threading
 import time
 from typing import Callable
 
-from . import __version__, daemon, logs, memory, models, weights
-from .api import PUBLIC_PATHS, ROUTES, App, Defaults
-from .config import Config
-from .engine import Engine, EngineSettings
-from .server import Server, ServerSettings
+from mlxd import __version__
+from mlxd.service import daemon
+from mlxd.service import logs
+from mlxd.models import device
+from mlxd.models import loader
+from mlxd.models import weights
+from mlxd.api.app import PUBLIC_PATHS, ROUTES, App, Defaults
+from mlxd.service.config import Config
+from mlxd.engine.loop import Engine, EngineSettings
+from mlxd.transport.server import Server, ServerSettings
 
 log = logging.getLogger("mlxd")
 
@@ -79,7 +84,7 @@ async def serve(config: Config, *, on_listening=None, on_ready=None,
 
 
 def _build(config: Config) -> tuple[App, Server]:
-    app = App(name=config.served_model_name or models.served_name(config.model),
+    app = App(name=config.served_model_name or loader.served_name(config.model),
               defaults=Defaults(config.max_tokens, config.temperature, config.top_p,
                                 config.reasoning_format),
               request_timeout=config.request_timeout)
@@ -89,7 +94,7 @@ def _build(config: Config) -> tuple[App, Server]:
 
 
 def _engine_settings(config: Config, model) -> EngineSettings:
-    kv_budget = memory.kv_budget(config.memory_limit, config.prompt_cache_bytes)
+    kv_budget = device.kv_budget(config.memory_limit, config.prompt_cache_bytes)
     calibration_file = None
     if isinstance(model, weights.DualModel):
         try:
@@ -98,7 +103,7 @@ def _engine_settings(config: Config, model) -> EngineSettings:
         except OSError as exc:
             log.warning("calibration will not be kept: %s", exc)
     log.info("memory: %s for KV caches of running requests (prompt cache up to %s)",
-             memory.human(kv_budget), memory.human(config.prompt_cache_bytes))
+             device.human(kv_budget), device.human(config.prompt_cache_bytes))
     return EngineSettings(max_batch_size=config.max_batch_size, queue_size=config.queue_size,
                           queue_timeout=config.queue_timeout,
                           prefill_step_size=config.prefill_step_size,

@@ -23,8 +23,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from mlxd.errors import INVALID_REQUEST, HttpError
-from mlxd.http_write import (  # re-exported: the server imports all of HTTP from here
+from mlxd.transport.errors import INVALID_REQUEST, HttpError
+from mlxd.transport.h1_write import (  # re-exported: the server imports all of HTTP from here
     CONTINUE_100, LAST_CHUNK, REASONS, render_chunk, render_head, render_response,
     render_stream_head)
 

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import mlx.core as mx
 
-from .constrain import Constraint
+from mlxd.constrain.index import Constraint
 
 Processor = Callable[[mx.array, mx.array], mx.array]
 

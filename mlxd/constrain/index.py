@@ -33,10 +33,10 @@ from typing import Callable
 import mlx.core as mx
 import numpy as np
 
-from .grammar import FRAME_BITS, STATE_MASK, Grammar, State
-from .jsongrammar import LEAVES
-from .jsonschema import SchemaError, compile_schema
-from .tokenvocab import PieceIndex, TokenVocabulary, log
+from mlxd.constrain.grammar import FRAME_BITS, STATE_MASK, Grammar, State
+from mlxd.constrain.jsongrammar import LEAVES
+from mlxd.constrain.json_schema import SchemaError, compile_schema
+from mlxd.constrain.vocab import PieceIndex, TokenVocabulary, log
 
 __all__ = ["Constraint", "GrammarIndex", "TokenVocabulary", "SchemaError", "compile_schema",
            "prepare_vocabulary"]

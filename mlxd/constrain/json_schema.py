@@ -20,8 +20,8 @@ import math
 from collections import OrderedDict
 from urllib.parse import unquote
 
-from .grammar import Grammar, GrammarError
-from .jsongrammar import Builder, literal_bytes
+from mlxd.constrain.grammar import Grammar, GrammarError
+from mlxd.constrain.jsongrammar import Builder, literal_bytes
 
 __all__ = ["SchemaError", "Grammar", "compile_schema", "validate", "ValidationError"]
 

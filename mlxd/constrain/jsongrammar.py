@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 
-from .grammar import Machine
+from mlxd.constrain.grammar import Machine
 
 MAX_INT_DIGITS = 15         # 15 significant digits round-trip through a double
 MAX_FRAC_DIGITS = 15

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from .events import TokenLogprob
+from mlxd.engine.events import TokenLogprob
 
 TokenText = Callable[[int], str]
 

@@ -24,7 +24,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import dequantize_model
 
-from .memory import device_info, device_memory
+from mlxd.models.device import device_info, device_memory
 
 
 log = logging.getLogger("mlxd.weights")

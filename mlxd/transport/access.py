@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import hmac
 
-from . import http
-from .errors import AUTHENTICATION, HttpError
+from mlxd.transport import h1
+from mlxd.transport.errors import AUTHENTICATION, HttpError
 
 CORS_MAX_AGE_S = "600"
 CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id, OpenAI-Organization, OpenAI-Project"
 
 
-def auth_error(head: http.Head, api_keys: tuple[str, ...]) -> HttpError | None:
+def auth_error(head: h1.Head, api_keys: tuple[str, ...]) -> HttpError | None:
     """The 401 for a request without a valid ``Authorization: Bearer`` key, or None."""
     if not api_keys or head.method == "OPTIONS":   # preflights carry no credentials (Fetch)
         return None
@@ -33,7 +33,7 @@ def auth_error(head: http.Head, api_keys: tuple[str, ...]) -> HttpError | None:
                      headers=(("WWW-Authenticate", 'Bearer realm="mlxd"'),))
 
 
-def cors_headers(head: http.Head, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
+def cors_headers(head: h1.Head, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
     """Response headers for a request from a web page; none unless its Origin is allowed."""
     origin = head.header("origin")
     if not origin or not allowed:
@@ -54,7 +54,7 @@ def preflight_headers(methods: list[str]) -> list[tuple[str, str]]:
             ("Access-Control-Max-Age", CORS_MAX_AGE_S)]
 
 
-def content_type_error(head: http.Head) -> HttpError | None:
+def content_type_error(head: h1.Head) -> HttpError | None:
     """Bodies are JSON; an absent Content-Type is taken as JSON, another type is refused."""
     if head.method not in ("POST", "PUT", "PATCH"):
         return None

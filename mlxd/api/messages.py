@@ -13,7 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import bad_request
+from mlxd.transport.errors import bad_request
 
 
 def refuse_unknown(obj: dict, allowed: tuple[str, ...], what: str, where: str) -> None:

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from .enforce import Enforce
-from .errors import bad_request
-from .jsonschema import SchemaError, compile_schema
-from .reasoning import ThinkMarkers, opens_thinking, splits, think_markers
-from .reply import ReplySpec
-from .schema import ChatRequest, compile_grammar
-from .toolcalls import (EMPTY_PARAMETERS, ToolFormat, check_support, forced_call,
+from mlxd.constrain.enforce import Enforce
+from mlxd.transport.errors import bad_request
+from mlxd.constrain.json_schema import SchemaError, compile_schema
+from mlxd.api.reasoning import ThinkMarkers, opens_thinking, splits, think_markers
+from mlxd.api.reply import ReplySpec
+from mlxd.api.schema import ChatRequest, compile_grammar
+from mlxd.api.toolcalls import (EMPTY_PARAMETERS, ToolFormat, check_support, forced_call,
                         template_takes_tools, tool_format)
 
 ANY_OBJECT = {"type": "object"}   # the arguments of a non-strict tool outside the subset
