@@ -8,7 +8,7 @@ SMOLLM := models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL ?= $(SMOLLM)
 ARGS ?=
 
-.PHONY: setup model run test test-fast clean
+.PHONY: setup model run test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,12 @@ test: setup model
 # The suite without the real-model tests (seconds, not minutes).
 test-fast: setup
 	$(PY) -m pytest -q -m "not smollm"
+
+# ruff (lint + format check) and mypy on the package; .ci/run calls it.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 clean:
 	rm -rf $(VENV) dist build *.egg-info
@@ -94,4 +100,4 @@ FUZZ_COUNT ?= 1000000
 FUZZ_SEED ?= 1
 .PHONY: fuzz
 fuzz: setup
-	$(PY) tests/fuzz_http.py --count $(FUZZ_COUNT) --seed $(FUZZ_SEED)
+	$(PY) tools/fuzz_http.py --count $(FUZZ_COUNT) --seed $(FUZZ_SEED)

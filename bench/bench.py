@@ -31,14 +31,15 @@ import math
 import os
 import platform
 import shlex
+import shutil
 import signal
 import socket
-import shutil
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+from itertools import pairwise
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -53,17 +54,48 @@ MLXD_BATCH = 16
 CPU_DEFAULTS = {"max_tokens": 48, "rounds": 1, "warmup_rounds": 0, "raw_reps": 2}
 GPU_DEFAULTS = {"max_tokens": 128, "rounds": 3, "warmup_rounds": 1, "raw_reps": 3}
 
-TARGETS_NOTE = ("targets (informational: issue 5's on the CPU, issues 5 and 8's on a GPU; the exit "
-                "status does not depend on them)")
+TARGETS_NOTE = (
+    "targets (informational: issue 5's on the CPU, issues 5 and 8's on a GPU; the exit "
+    "status does not depend on them)"
+)
 MEMORY_POLL_S = 0.5
 
-_ADJ = ["brave", "tiny", "ancient", "clumsy", "curious", "gentle", "lonely", "restless", "silver",
-        "wise"]
-_NOUN = ["dragon", "robot", "fox", "lighthouse keeper", "baker", "astronaut", "whale", "gardener",
-         "clockmaker", "owl"]
-_PLACE = ["in a mountain village", "on a distant moon", "under the sea", "in a busy city",
-          "in a haunted forest", "on a pirate ship", "in a desert oasis", "at a winter fair",
-          "in a floating castle", "beside a quiet river"]
+_ADJ = [
+    "brave",
+    "tiny",
+    "ancient",
+    "clumsy",
+    "curious",
+    "gentle",
+    "lonely",
+    "restless",
+    "silver",
+    "wise",
+]
+_NOUN = [
+    "dragon",
+    "robot",
+    "fox",
+    "lighthouse keeper",
+    "baker",
+    "astronaut",
+    "whale",
+    "gardener",
+    "clockmaker",
+    "owl",
+]
+_PLACE = [
+    "in a mountain village",
+    "on a distant moon",
+    "under the sea",
+    "in a busy city",
+    "in a haunted forest",
+    "on a pirate ship",
+    "in a desert oasis",
+    "at a winter fair",
+    "in a floating castle",
+    "beside a quiet river",
+]
 
 
 def messages_for(i: int) -> list[dict]:
@@ -81,7 +113,7 @@ TINY_MESSAGES = [{"role": "user", "content": "Hi"}]
 
 # ----------------------------------------------------------------------------- processes
 
-_CHILDREN: list["ServerProcess"] = []
+_CHILDREN: list[ServerProcess] = []
 
 
 def _stop_all() -> None:
@@ -90,7 +122,7 @@ def _stop_all() -> None:
 
 
 def _on_signal(signum, _frame):
-    raise SystemExit(128 + signum)   # unwinds through the finally blocks that stop the servers
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks that stop the servers
 
 
 atexit.register(_stop_all)
@@ -105,8 +137,9 @@ def free_port() -> int:
 class ServerProcess:
     """A server in its own process group, killed (group and all) on stop()."""
 
-    def __init__(self, name: str, cmd: list[str], port: int, log_path: Path, env: dict,
-                 cwd: Path = ROOT) -> None:
+    def __init__(
+        self, name: str, cmd: list[str], port: int, log_path: Path, env: dict, cwd: Path = ROOT
+    ) -> None:
         self.name, self.cmd, self.port, self.log_path, self.env = name, cmd, port, log_path, env
         self.cwd = cwd
         self.proc: subprocess.Popen | None = None
@@ -116,9 +149,15 @@ class ServerProcess:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")
         self.started_at = time.perf_counter()
-        self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=self.env,
+            cwd=self.cwd,
+            start_new_session=True,
+        )
         log.close()
         _CHILDREN.append(self)
 
@@ -200,14 +239,19 @@ def vm_hwm_bytes(pid: int) -> int | None:
 def gpu_used_bytes() -> int | None:
     """Device memory in use on GPU 0 (nvidia-smi), or None where that cannot be read."""
     try:
-        p = subprocess.run(["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,"
-                            "nounits", "-i", "0"], capture_output=True, text=True, timeout=10)
+        p = subprocess.run(
+            ["nvidia-smi", "--query-gpu=memory.used", "--format=csv,noheader,nounits", "-i", "0"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
         return int(p.stdout.split()[0]) * 1024 * 1024 if p.returncode == 0 else None
     except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
         return None
 
 
 # ----------------------------------------------------------------------------- HTTP client
+
 
 class _Dechunker:
     """Incremental Transfer-Encoding: chunked decoder."""
@@ -226,15 +270,15 @@ class _Dechunker:
                 if i < 0:
                     break
                 size = int(self.buf[:i].split(b";")[0].strip() or b"0", 16)
-                self.buf = self.buf[i + 2:]
+                self.buf = self.buf[i + 2 :]
                 if size == 0:
                     self.done = True
                     break
                 self.need = size
             if len(self.buf) < self.need + 2:
                 break
-            out.append(self.buf[:self.need])
-            self.buf = self.buf[self.need + 2:]
+            out.append(self.buf[: self.need])
+            self.buf = self.buf[self.need + 2 :]
             self.need = None
         return b"".join(out)
 
@@ -257,9 +301,11 @@ def _request_bytes(method: str, path: str, port: int, body: bytes | None) -> byt
     return (head + "\r\n").encode() + (body or b"")
 
 
-async def http_request(port: int, method: str, path: str, obj=None,
-                       timeout: float = 30.0) -> tuple[int, bytes]:
+async def http_request(
+    port: int, method: str, path: str, obj=None, timeout: float = 30.0
+) -> tuple[int, bytes]:
     """One plain request; returns (status, body)."""
+
     async def go():
         reader, writer = await asyncio.open_connection(HOST, port)
         try:
@@ -277,21 +323,35 @@ async def http_request(port: int, method: str, path: str, obj=None,
             return status, data
         finally:
             writer.close()
+
     return await asyncio.wait_for(go(), timeout)
 
 
 def chat_payload(messages: list[dict], max_tokens: int) -> dict:
     # No "model": mlxd serves any name, and mlx_lm.server would try to load a model so named.
-    return {"messages": messages, "max_tokens": max_tokens, "temperature": 0, "stream": True,
-            "stream_options": {"include_usage": True}}
+    return {
+        "messages": messages,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
 
 async def stream_chat(port: int, payload: dict, timeout: float) -> dict:
     """One streaming chat completion; content-chunk arrival times are perf_counter() values."""
     body = json.dumps(payload).encode()
-    res = {"ok": False, "error": None, "t_send": time.perf_counter(), "t_end": None,
-           "content_times": [], "completion_tokens": None, "prompt_tokens": None,
-           "cached_tokens": None, "finish_reason": None}
+    res = {
+        "ok": False,
+        "error": None,
+        "t_send": time.perf_counter(),
+        "t_end": None,
+        "content_times": [],
+        "completion_tokens": None,
+        "prompt_tokens": None,
+        "cached_tokens": None,
+        "finish_reason": None,
+    }
 
     async def go():
         reader, writer = await asyncio.open_connection(HOST, port)
@@ -302,8 +362,9 @@ async def stream_chat(port: int, payload: dict, timeout: float) -> dict:
             if status != 200:
                 rest = await reader.read()
                 raise RuntimeError(f"HTTP {status}: {rest[:300]!r}")
-            dechunk = (_Dechunker() if "chunked" in headers.get("transfer-encoding", "").lower()
-                       else None)
+            dechunk = (
+                _Dechunker() if "chunked" in headers.get("transfer-encoding", "").lower() else None
+            )
             buf = b""
             times = res["content_times"]
             done = False
@@ -319,10 +380,10 @@ async def stream_chat(port: int, payload: dict, timeout: float) -> dict:
                     i = buf.find(b"\n\n")
                     if i < 0:
                         break
-                    event, buf = buf[:i], buf[i + 2:]
+                    event, buf = buf[:i], buf[i + 2 :]
                     for line in event.split(b"\n"):
                         if not line.startswith(b"data:"):
-                            continue        # comments (": keepalive ...") and other fields
+                            continue  # comments (": keepalive ...") and other fields
                         d = line[5:].strip()
                         if d == b"[DONE]":
                             done = True
@@ -339,8 +400,9 @@ async def stream_chat(port: int, payload: dict, timeout: float) -> dict:
                         if usage:
                             res["completion_tokens"] = usage.get("completion_tokens")
                             res["prompt_tokens"] = usage.get("prompt_tokens")
-                            res["cached_tokens"] = (usage.get("prompt_tokens_details")
-                                                    or {}).get("cached_tokens")
+                            res["cached_tokens"] = (usage.get("prompt_tokens_details") or {}).get(
+                                "cached_tokens"
+                            )
                 if dechunk is not None and dechunk.done:
                     break
             res["t_end"] = time.perf_counter()
@@ -354,7 +416,7 @@ async def stream_chat(port: int, payload: dict, timeout: float) -> dict:
 
     try:
         await asyncio.wait_for(go(), timeout)
-    except Exception as e:   # recorded per stream; the round reports it
+    except Exception as e:  # recorded per stream; the round reports it
         res["error"] = f"{type(e).__name__}: {e}"
         res["t_end"] = res["t_end"] or time.perf_counter()
     return res
@@ -364,14 +426,22 @@ def stream_stats(r: dict) -> dict:
     """Per-stream numbers: tokens (usage, else content chunks), TTFT, decode rate, chunk gaps."""
     times = r["content_times"]
     tokens = r["completion_tokens"] if r["completion_tokens"] is not None else len(times)
-    out = {"ok": r["ok"], "error": r["error"], "tokens": tokens if r["ok"] else 0,
-           "chunks": len(times), "prompt_tokens": r["prompt_tokens"],
-           "cached_tokens": r["cached_tokens"], "finish_reason": r["finish_reason"],
-           "ttft_s": None, "decode_tok_s": None, "total_s": r["t_end"] - r["t_send"],
-           "gaps_s": []}
+    out = {
+        "ok": r["ok"],
+        "error": r["error"],
+        "tokens": tokens if r["ok"] else 0,
+        "chunks": len(times),
+        "prompt_tokens": r["prompt_tokens"],
+        "cached_tokens": r["cached_tokens"],
+        "finish_reason": r["finish_reason"],
+        "ttft_s": None,
+        "decode_tok_s": None,
+        "total_s": r["t_end"] - r["t_send"],
+        "gaps_s": [],
+    }
     if times:
         out["ttft_s"] = times[0] - r["t_send"]
-        out["gaps_s"] = [b - a for a, b in zip(times, times[1:])]
+        out["gaps_s"] = [b - a for a, b in pairwise(times)]
         if tokens > 1 and times[-1] > times[0]:
             out["decode_tok_s"] = (tokens - 1) / (times[-1] - times[0])
     return out
@@ -395,9 +465,11 @@ def summarize(rounds: list[dict]) -> dict:
     tokens = sum(s["tokens"] for s in ok)
     gaps = [g for s in ok for g in s["gaps_s"]]
     return {
-        "streams": len(streams), "failed": len(streams) - len(ok),
+        "streams": len(streams),
+        "failed": len(streams) - len(ok),
         "errors": sorted({s["error"] for s in streams if s["error"]})[:5],
-        "completion_tokens": tokens, "wall_s": wall,
+        "completion_tokens": tokens,
+        "wall_s": wall,
         "tokens_per_stream": tokens / len(ok) if ok else None,
         "aggregate_tok_s": tokens / wall if wall > 0 and ok else None,
         "decode_tok_s_p50": pct([s["decode_tok_s"] for s in ok], 50),
@@ -411,6 +483,7 @@ def summarize(rounds: list[dict]) -> dict:
 
 # ----------------------------------------------------------------------------- one server
 
+
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
 
@@ -421,14 +494,17 @@ async def wait_ready(srv: ServerProcess, tiny_request: bool, timeout: float) -> 
     deadline = time.perf_counter() + timeout
     while True:
         if not srv.alive():
-            raise RuntimeError(f"{srv.name} exited (rc {srv.proc.returncode}) before it was ready;"
-                               f" log {srv.log_path}:\n{srv.log_tail()}")
+            raise RuntimeError(
+                f"{srv.name} exited (rc {srv.proc.returncode}) before it was ready;"
+                f" log {srv.log_path}:\n{srv.log_tail()}"
+            )
         if time.perf_counter() > deadline:
-            raise RuntimeError(f"{srv.name} not ready after {timeout:.0f}s; log {srv.log_path}:\n"
-                               f"{srv.log_tail()}")
+            raise RuntimeError(
+                f"{srv.name} not ready after {timeout:.0f}s; log {srv.log_path}:\n{srv.log_tail()}"
+            )
         try:
             status, _ = await http_request(srv.port, "GET", "/health", timeout=5)
-        except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+        except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
             status = None
         if status == 200:
             break
@@ -437,8 +513,9 @@ async def wait_ready(srv: ServerProcess, tiny_request: bool, timeout: float) -> 
     if tiny_request:
         t = time.perf_counter()
         payload = {"messages": TINY_MESSAGES, "max_tokens": 1, "temperature": 0}
-        status, body = await http_request(srv.port, "POST", "/v1/chat/completions", payload,
-                                          timeout=max(deadline - t, 1))
+        status, body = await http_request(
+            srv.port, "POST", "/v1/chat/completions", payload, timeout=max(deadline - t, 1)
+        )
         if status != 200:
             raise RuntimeError(f"{srv.name}: tiny request got HTTP {status}: {body[:300]!r}")
         out["tiny_request_s"] = time.perf_counter() - t
@@ -448,28 +525,34 @@ async def wait_ready(srv: ServerProcess, tiny_request: bool, timeout: float) -> 
 
 async def run_round(port: int, indices: list[int], max_tokens: int, timeout: float) -> dict:
     t0 = time.perf_counter()
-    raw = await asyncio.gather(*(stream_chat(port, chat_payload(messages_for(i), max_tokens),
-                                             timeout) for i in indices))
+    raw = await asyncio.gather(
+        *(stream_chat(port, chat_payload(messages_for(i), max_tokens), timeout) for i in indices)
+    )
     wall = max(r["t_end"] for r in raw) - t0
-    return {"concurrency": len(indices), "wall_s": wall,
-            "streams": [stream_stats(r) for r in raw]}
+    return {"concurrency": len(indices), "wall_s": wall, "streams": [stream_stats(r) for r in raw]}
 
 
-async def bench_server(srv: ServerProcess, tiny_ready: bool, plan: dict, max_tokens: int,
-                       args) -> dict:
+async def bench_server(
+    srv: ServerProcess, tiny_ready: bool, plan: dict, max_tokens: int, args
+) -> dict:
     result = {"name": srv.name, "cmd": srv.cmd, "log": str(srv.log_path), "levels": {}}
     result["startup"] = await wait_ready(srv, tiny_ready, args.startup_timeout)
     log(f"{srv.name}: ready after {result['startup']['ready_s']:.1f}s")
 
     for key, idx in (("first_request", plan["first"]), ("warmup_request", plan["warmup"])):
-        r = stream_stats(await stream_chat(srv.port, chat_payload(messages_for(idx), max_tokens),
-                                           args.request_timeout))
+        r = stream_stats(
+            await stream_chat(
+                srv.port, chat_payload(messages_for(idx), max_tokens), args.request_timeout
+            )
+        )
         r.pop("gaps_s")
         result[key] = r
         if not r["ok"]:
             raise RuntimeError(f"{srv.name}: {key} failed: {r['error']}")
-        log(f"{srv.name}: {key}: TTFT {r['ttft_s'] * 1e3:.0f} ms, {r['tokens']} tokens in "
-            f"{r['total_s']:.2f}s")
+        log(
+            f"{srv.name}: {key}: TTFT {r['ttft_s'] * 1e3:.0f} ms, {r['tokens']} tokens in "
+            f"{r['total_s']:.2f}s"
+        )
 
     for level in plan["levels"]:
         c = level["concurrency"]
@@ -480,28 +563,45 @@ async def bench_server(srv: ServerProcess, tiny_ready: bool, plan: dict, max_tok
             rnd = await run_round(srv.port, indices, max_tokens, args.request_timeout)
             rounds.append(rnd)
             if not srv.alive():
-                raise RuntimeError(f"{srv.name} died during the c={c} round; log "
-                                   f"{srv.log_path}:\n{srv.log_tail()}")
+                raise RuntimeError(
+                    f"{srv.name} died during the c={c} round; log {srv.log_path}:\n{srv.log_tail()}"
+                )
         s = summarize(rounds)
-        s["rounds"] = [{"wall_s": r["wall_s"],
-                        "streams": [{k: v for k, v in st.items() if k != "gaps_s"}
-                                    for st in r["streams"]]} for r in rounds]
+        s["rounds"] = [
+            {
+                "wall_s": r["wall_s"],
+                "streams": [{k: v for k, v in st.items() if k != "gaps_s"} for st in r["streams"]],
+            }
+            for r in rounds
+        ]
         result["levels"][str(c)] = s
-        log(f"{srv.name}: c={c}: {s['aggregate_tok_s'] or 0:.2f} tok/s aggregate, "
-            f"TTFT p50 {(s['ttft_s_p50'] or 0) * 1e3:.0f} ms, {s['failed']} failed")
+        log(
+            f"{srv.name}: c={c}: {s['aggregate_tok_s'] or 0:.2f} tok/s aggregate, "
+            f"TTFT p50 {(s['ttft_s_p50'] or 0) * 1e3:.0f} ms, {s['failed']} failed"
+        )
     # MLX's own peak, where the server reports it (mlxd's status endpoint; mlx_lm.server has none).
     try:
         status, body = await http_request(srv.port, "GET", "/v1/mlx/status", timeout=10)
         if status == 200:
             mem = json.loads(body).get("memory") or {}
             result["memory"] = {"mlx_peak_bytes": mem.get("peak_bytes")}
-    except (OSError, asyncio.TimeoutError, asyncio.IncompleteReadError, ValueError):
+    except (TimeoutError, OSError, asyncio.IncompleteReadError, ValueError):
         pass
     return result
 
 
-def run_server(name: str, cmd: list[str], port: int, log_path: Path, env: dict, tiny_ready: bool,
-               plan: dict, max_tokens: int, args, cwd: Path = ROOT) -> dict:
+def run_server(
+    name: str,
+    cmd: list[str],
+    port: int,
+    log_path: Path,
+    env: dict,
+    tiny_ready: bool,
+    plan: dict,
+    max_tokens: int,
+    args,
+    cwd: Path = ROOT,
+) -> dict:
     srv = ServerProcess(name, cmd, port, log_path, env, cwd)
     log(f"starting {name}: {shlex.join(cmd)}")
     srv.start()
@@ -519,6 +619,7 @@ def run_server(name: str, cmd: list[str], port: int, log_path: Path, env: dict, 
 
 
 # ----------------------------------------------------------------------------- setup
+
 
 def with_kernel_cache(env: dict, cache_root: str | None, name: str) -> dict:
     """On CUDA, give one process its own empty kernel caches (MLX's PTX cache and the driver's),
@@ -551,15 +652,22 @@ def prepare_model(args, env: dict) -> tuple[Path, str | None]:
         return model, None
     if model.suffix != ".gguf" or not model.is_file():
         raise SystemExit(f"bench: --model must be an MLX directory or a .gguf file: {model}")
-    out = Path(args.export_dir).resolve() if args.export_dir else model.with_name(model.stem + "-mlx")
+    out = (
+        Path(args.export_dir).resolve() if args.export_dir else model.with_name(model.stem + "-mlx")
+    )
     cfg = out / "config.json"
     if cfg.is_file() and cfg.stat().st_mtime >= model.stat().st_mtime:
         return out, str(model)
     part = out.with_name(out.name + ".part")
     subprocess.run(["rm", "-rf", str(part)], check=True)
     log(f"exporting {model.name} to {out} (mlxd --export-mlx)")
-    p = subprocess.run([sys.executable, "-m", "mlxd", str(model), "--export-mlx", str(part)],
-                       capture_output=True, text=True, env=env, cwd=mlxd_cwd(args))
+    p = subprocess.run(
+        [sys.executable, "-m", "mlxd", str(model), "--export-mlx", str(part)],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=mlxd_cwd(args),
+    )
     if p.returncode != 0:
         raise SystemExit(f"bench: export failed:\n{p.stdout}{p.stderr}")
     subprocess.run(["rm", "-rf", str(out)], check=True)
@@ -568,26 +676,35 @@ def prepare_model(args, env: dict) -> tuple[Path, str | None]:
 
 
 def mlxd_flags(env: dict, cwd: Path) -> str:
-    p = subprocess.run([sys.executable, "-m", "mlxd", "--help"], capture_output=True, text=True,
-                       env=env, cwd=cwd, timeout=120)
+    p = subprocess.run(
+        [sys.executable, "-m", "mlxd", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd,
+        timeout=120,
+    )
     if p.returncode != 0:
         raise RuntimeError(f"python -m mlxd --help failed:\n{p.stderr[-2000:]}")
     return p.stdout
 
 
 def make_plan(concurrency: list[int], rounds: int, warmup_rounds: int) -> dict:
-    counter = iter(range(10 ** 6))
+    counter = iter(range(10**6))
     plan = {"first": next(counter), "warmup": next(counter), "levels": []}
     for c in concurrency:
-        plan["levels"].append({
-            "concurrency": c,
-            "warmup": [[next(counter) for _ in range(c)] for _ in range(warmup_rounds)],
-            "timed": [[next(counter) for _ in range(c)] for _ in range(rounds)],
-        })
+        plan["levels"].append(
+            {
+                "concurrency": c,
+                "warmup": [[next(counter) for _ in range(c)] for _ in range(warmup_rounds)],
+                "timed": [[next(counter) for _ in range(c)] for _ in range(rounds)],
+            }
+        )
     return plan
 
 
 # ----------------------------------------------------------------------------- report
+
 
 def ratio(a, b):
     return a / b if a is not None and b not in (None, 0) else None
@@ -619,23 +736,31 @@ def report(res: dict) -> tuple[str, dict]:
     lines = []
     cfg, raw, servers = res["config"], res.get("raw"), res["servers"]
     mlxd, mlxlm = servers.get("mlxd", {}), servers.get("mlx_lm.server", {})
-    lines.append(f"model {cfg['model_dir']}  |  {res['probe']['backend']} "
-                 f"({res['probe']['default_device']}), {os.cpu_count()} cores, mlx "
-                 f"{res['probe']['mlx']}, mlx-lm {res['probe']['mlx_lm']}")
-    lines.append(f"max_tokens {cfg['max_tokens']}, temperature 0, concurrency "
-                 f"{','.join(map(str, cfg['concurrency']))}, {cfg['rounds']} timed round(s) "
-                 f"per level, {cfg['warmup_rounds']} untimed warm-up round(s) per level, raw reps "
-                 f"{cfg['raw_reps']}")
+    lines.append(
+        f"model {cfg['model_dir']}  |  {res['probe']['backend']} "
+        f"({res['probe']['default_device']}), {os.cpu_count()} cores, mlx "
+        f"{res['probe']['mlx']}, mlx-lm {res['probe']['mlx_lm']}"
+    )
+    lines.append(
+        f"max_tokens {cfg['max_tokens']}, temperature 0, concurrency "
+        f"{','.join(map(str, cfg['concurrency']))}, {cfg['rounds']} timed round(s) "
+        f"per level, {cfg['warmup_rounds']} untimed warm-up round(s) per level, raw reps "
+        f"{cfg['raw_reps']}"
+    )
     for note in res["notes"]:
         lines.append(f"note: {note}")
     lines.append("")
-    hdr = (f"{'server':<15}{'conc':>5}{'ok/n':>7}{'tokens':>8}{'agg tok/s':>11}"
-           f"{'decode/strm':>13}{'TTFT p50':>10}{'TTFT p95':>10}{'ITL p50':>9}{'ITL p99':>9}")
+    hdr = (
+        f"{'server':<15}{'conc':>5}{'ok/n':>7}{'tokens':>8}{'agg tok/s':>11}"
+        f"{'decode/strm':>13}{'TTFT p50':>10}{'TTFT p95':>10}{'ITL p50':>9}{'ITL p99':>9}"
+    )
     lines.append(hdr + "   (decode/strm = per-stream decode tok/s, median; times in ms)")
     lines.append("-" * len(hdr))
     if raw:
-        lines.append(f"{'raw mlx-lm':<15}{1:>5}{'':>7}{raw['tokens']:>8}{'':>11}"
-                     f"{fmt(raw['decode_tok_s']):>13}{ms(raw['ttft_s']):>10}")
+        lines.append(
+            f"{'raw mlx-lm':<15}{1:>5}{'':>7}{raw['tokens']:>8}{'':>11}"
+            f"{fmt(raw['decode_tok_s']):>13}{ms(raw['ttft_s']):>10}"
+        )
     for name in ("mlxd", "mlx_lm.server"):
         srv = servers.get(name)
         if not srv:
@@ -647,10 +772,12 @@ def report(res: dict) -> tuple[str, dict]:
             s = srv["levels"].get(str(c))
             if not s:
                 continue
-            lines.append(f"{name:<15}{c:>5}{s['streams'] - s['failed']:>4}/{s['streams']:<2}"
-                         f"{s['completion_tokens']:>8}{fmt(s['aggregate_tok_s']):>11}"
-                         f"{fmt(s['decode_tok_s_p50']):>13}{ms(s['ttft_s_p50']):>10}"
-                         f"{ms(s['ttft_s_p95']):>10}{ms(s['itl_s_p50']):>9}{ms(s['itl_s_p99']):>9}")
+            lines.append(
+                f"{name:<15}{c:>5}{s['streams'] - s['failed']:>4}/{s['streams']:<2}"
+                f"{s['completion_tokens']:>8}{fmt(s['aggregate_tok_s']):>11}"
+                f"{fmt(s['decode_tok_s_p50']):>13}{ms(s['ttft_s_p50']):>10}"
+                f"{ms(s['ttft_s_p95']):>10}{ms(s['itl_s_p50']):>9}{ms(s['itl_s_p99']):>9}"
+            )
 
     lines.append("")
     lines.append("startup, and the first two requests after ready (the 2nd is the warm-up)")
@@ -660,25 +787,37 @@ def report(res: dict) -> tuple[str, dict]:
         st, fr, wr = srv.get("startup"), srv.get("first_request"), srv.get("warmup_request")
         if not (st and fr and wr):
             continue
-        extra = (f", its 1-token readiness request took {st['tiny_request_s']:.2f}s"
-                 if st.get("tiny_request_s") is not None else "")
-        lines.append(f"  {name:<14} ready {st['ready_s']:.1f}s (/health 200 at "
-                     f"{st['health_s']:.1f}s{extra})")
-        lines.append(f"  {'':<14} 1st request TTFT {ms(fr['ttft_s'])} ms ({fr['total_s']:.2f}s in "
-                     f"all), 2nd {ms(wr['ttft_s'])} ms ({wr['total_s']:.2f}s); steady c=1 TTFT p50 "
-                     f"{ms(lv1(srv).get('ttft_s_p50'))} ms")
+        extra = (
+            f", its 1-token readiness request took {st['tiny_request_s']:.2f}s"
+            if st.get("tiny_request_s") is not None
+            else ""
+        )
+        lines.append(
+            f"  {name:<14} ready {st['ready_s']:.1f}s (/health 200 at {st['health_s']:.1f}s{extra})"
+        )
+        lines.append(
+            f"  {'':<14} 1st request TTFT {ms(fr['ttft_s'])} ms ({fr['total_s']:.2f}s in "
+            f"all), 2nd {ms(wr['ttft_s'])} ms ({wr['total_s']:.2f}s); steady c=1 TTFT p50 "
+            f"{ms(lv1(srv).get('ttft_s_p50'))} ms"
+        )
 
     lines.append("")
-    lines.append("peak memory, GiB (MLX = the process's own mx.get_peak_memory; RSS = resident "
-                 "high-water mark; GPU = device memory in use above the idle GPU, nvidia-smi)")
+    lines.append(
+        "peak memory, GiB (MLX = the process's own mx.get_peak_memory; RSS = resident "
+        "high-water mark; GPU = device memory in use above the idle GPU, nvidia-smi)"
+    )
     gib = lambda b: "-" if b is None else f"{b / 2**30:.2f}"
     rows = [("raw mlx-lm", (raw or {}).get("memory") or {})] + [
-        (name, (servers.get(name) or {}).get("memory") or {}) for name in ("mlxd", "mlx_lm.server")
-        if name in servers]
+        (name, (servers.get(name) or {}).get("memory") or {})
+        for name in ("mlxd", "mlx_lm.server")
+        if name in servers
+    ]
     for name, mem in rows:
-        lines.append(f"  {name:<14} MLX {gib(mem.get('mlx_peak_bytes')):>6}   RSS "
-                     f"{gib(mem.get('rss_peak_bytes')):>6}   GPU "
-                     f"{gib(mem.get('gpu_used_peak_bytes')):>6}")
+        lines.append(
+            f"  {name:<14} MLX {gib(mem.get('mlx_peak_bytes')):>6}   RSS "
+            f"{gib(mem.get('rss_peak_bytes')):>6}   GPU "
+            f"{gib(mem.get('gpu_used_peak_bytes')):>6}"
+        )
 
     # Ratios.
     ratios = {"levels": {}}
@@ -686,8 +825,9 @@ def report(res: dict) -> tuple[str, dict]:
     b1 = lv(mlxd, 1).get("decode_tok_s_p50")
     rawd = raw["decode_tok_s"] if raw else None
     ratios["mlxd_over_raw_batch1_decode"] = ratio(b1, rawd)
-    ratios["mlx_lm_server_over_raw_batch1_decode"] = ratio(lv(mlxlm, 1).get("decode_tok_s_p50"),
-                                                           rawd)
+    ratios["mlx_lm_server_over_raw_batch1_decode"] = ratio(
+        lv(mlxlm, 1).get("decode_tok_s_p50"), rawd
+    )
     for c in cfg["concurrency"]:
         a, b = lv(mlxd, c), lv(mlxlm, c)
         ratios["levels"][str(c)] = {
@@ -696,38 +836,69 @@ def report(res: dict) -> tuple[str, dict]:
             "decode_p50": ratio(a.get("decode_tok_s_p50"), b.get("decode_tok_s_p50")),
         }
     lines.append("")
-    lines.append(f"batch-1 decode vs raw mlx-lm: mlxd {fx(ratios['mlxd_over_raw_batch1_decode'])}"
-                 f", mlx_lm.server {fx(ratios['mlx_lm_server_over_raw_batch1_decode'])}")
-    lines.append(f"{'mlxd / mlx_lm.server':<36}" + "".join(f"{'c=' + str(c):>9}"
-                                                         for c in cfg["concurrency"]))
-    for key, label in (("aggregate", "aggregate tok/s (higher=better)"),
-                       ("decode_p50", "per-stream decode (higher=better)"),
-                       ("ttft_p50", "TTFT p50 (lower=better)")):
-        lines.append(f"  {label:<34}" + "".join(f"{fx(ratios['levels'][str(c)][key]):>9}"
-                                               for c in cfg["concurrency"]))
+    lines.append(
+        f"batch-1 decode vs raw mlx-lm: mlxd {fx(ratios['mlxd_over_raw_batch1_decode'])}"
+        f", mlx_lm.server {fx(ratios['mlx_lm_server_over_raw_batch1_decode'])}"
+    )
+    lines.append(
+        f"{'mlxd / mlx_lm.server':<36}" + "".join(f"{'c=' + str(c):>9}" for c in cfg["concurrency"])
+    )
+    for key, label in (
+        ("aggregate", "aggregate tok/s (higher=better)"),
+        ("decode_p50", "per-stream decode (higher=better)"),
+        ("ttft_p50", "TTFT p50 (lower=better)"),
+    ):
+        lines.append(
+            f"  {label:<34}"
+            + "".join(f"{fx(ratios['levels'][str(c)][key]):>9}" for c in cfg["concurrency"])
+        )
 
     # Targets.
     def verdict(ok):
         return "n/a " if ok is None else ("PASS" if ok else "MISS")
+
     level = lambda c: ratios["levels"].get(str(c), {})
     stalls = {name: first_request_stall(servers.get(name) or {}) for name in servers}
     ratios["first_requests_stall_s"] = stalls
     stall = stalls.get("mlxd")
-    targets = [("batch-1 decode mlxd/raw >= 0.98x", ratios["mlxd_over_raw_batch1_decode"], 0.98,
-                ">=")]
+    targets = [
+        ("batch-1 decode mlxd/raw >= 0.98x", ratios["mlxd_over_raw_batch1_decode"], 0.98, ">=")
+    ]
     if res["probe"]["gpu"]:
         for c in (32, 64):
-            targets.append((f"aggregate @{c} streams mlxd/mlx_lm.server >= 5.00x (issue 8; "
-                            "issue 5 asks 1.5x)", level(c).get("aggregate"), 5.0, ">="))
+            targets.append(
+                (
+                    f"aggregate @{c} streams mlxd/mlx_lm.server >= 5.00x (issue 8; "
+                    "issue 5 asks 1.5x)",
+                    level(c).get("aggregate"),
+                    5.0,
+                    ">=",
+                )
+            )
     else:
         targets += [
-            ("aggregate @8 streams mlxd/mlx_lm.server >= 1.00x", level(8).get("aggregate"), 1.0,
-             ">="),
-            ("TTFT p50 @8 streams mlxd/mlx_lm.server <= 1.00x", level(8).get("ttft_p50"), 1.0,
-             "<="),
+            (
+                "aggregate @8 streams mlxd/mlx_lm.server >= 1.00x",
+                level(8).get("aggregate"),
+                1.0,
+                ">=",
+            ),
+            (
+                "TTFT p50 @8 streams mlxd/mlx_lm.server <= 1.00x",
+                level(8).get("ttft_p50"),
+                1.0,
+                "<=",
+            ),
         ]
-    targets.append(("mlxd first 2 requests after ready: no stall (TTFT <= steady c=1 TTFT + "
-                    "max(0.25s, 50%))", stall, 0.0, "<="))
+    targets.append(
+        (
+            "mlxd first 2 requests after ready: no stall (TTFT <= steady c=1 TTFT + "
+            "max(0.25s, 50%))",
+            stall,
+            0.0,
+            "<=",
+        )
+    )
     lines.append("")
     lines.append(TARGETS_NOTE + ":")
     res_targets = []
@@ -741,43 +912,83 @@ def report(res: dict) -> tuple[str, dict]:
 
 # ----------------------------------------------------------------------------- main
 
+
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", "--gguf", dest="model", default=str(DEFAULT_MODEL),
-                   help="MLX model directory, or a .gguf exported once to an MLX directory "
-                        "(default: %(default)s)")
-    p.add_argument("--export-dir", help="where a .gguf --model is exported (default: next to it, "
-                                        "NAME-mlx)")
-    p.add_argument("--concurrency", default="1,4,8,16",
-                   help="comma-separated stream counts (default %(default)s)")
-    p.add_argument("--max-tokens", type=int,
-                   help=f"completion tokens per stream (default {CPU_DEFAULTS['max_tokens']} on "
-                        f"CPU, {GPU_DEFAULTS['max_tokens']} on GPU)")
-    p.add_argument("--rounds", type=int, help="timed rounds per concurrency level (default "
-                   f"{CPU_DEFAULTS['rounds']} CPU, {GPU_DEFAULTS['rounds']} GPU)")
-    p.add_argument("--warmup-rounds", type=int, help="untimed rounds before each level (default "
-                   f"{CPU_DEFAULTS['warmup_rounds']} CPU, {GPU_DEFAULTS['warmup_rounds']} GPU)")
-    p.add_argument("--raw-reps", type=int, help="timed raw mlx-lm generations (default "
-                   f"{CPU_DEFAULTS['raw_reps']} CPU, {GPU_DEFAULTS['raw_reps']} GPU)")
-    p.add_argument("--servers", default="mlxd,mlx_lm.server",
-                   help="which servers to run (default %(default)s)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument(
+        "--model",
+        "--gguf",
+        dest="model",
+        default=str(DEFAULT_MODEL),
+        help="MLX model directory, or a .gguf exported once to an MLX directory "
+        "(default: %(default)s)",
+    )
+    p.add_argument(
+        "--export-dir", help="where a .gguf --model is exported (default: next to it, NAME-mlx)"
+    )
+    p.add_argument(
+        "--concurrency",
+        default="1,4,8,16",
+        help="comma-separated stream counts (default %(default)s)",
+    )
+    p.add_argument(
+        "--max-tokens",
+        type=int,
+        help=f"completion tokens per stream (default {CPU_DEFAULTS['max_tokens']} on "
+        f"CPU, {GPU_DEFAULTS['max_tokens']} on GPU)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        help="timed rounds per concurrency level (default "
+        f"{CPU_DEFAULTS['rounds']} CPU, {GPU_DEFAULTS['rounds']} GPU)",
+    )
+    p.add_argument(
+        "--warmup-rounds",
+        type=int,
+        help="untimed rounds before each level (default "
+        f"{CPU_DEFAULTS['warmup_rounds']} CPU, {GPU_DEFAULTS['warmup_rounds']} GPU)",
+    )
+    p.add_argument(
+        "--raw-reps",
+        type=int,
+        help="timed raw mlx-lm generations (default "
+        f"{CPU_DEFAULTS['raw_reps']} CPU, {GPU_DEFAULTS['raw_reps']} GPU)",
+    )
+    p.add_argument(
+        "--servers", default="mlxd,mlx_lm.server", help="which servers to run (default %(default)s)"
+    )
     p.add_argument("--no-raw", action="store_true", help="skip the raw mlx-lm measurement")
-    p.add_argument("--max-batch-size", type=int, default=MLXD_BATCH,
-                   help="mlxd --max-batch-size, when mlxd has that flag (default %(default)s)")
+    p.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=MLXD_BATCH,
+        help="mlxd --max-batch-size, when mlxd has that flag (default %(default)s)",
+    )
     p.add_argument("--mlxd-args", default="", help="extra mlxd arguments (one shell-quoted string)")
-    p.add_argument("--mlx-lm-args", default="",
-                   help="extra mlx_lm.server arguments (default: none, its defaults)")
-    p.add_argument("--mlxd-pythonpath",
-                   help="run mlxd from this source tree (prepended to PYTHONPATH), e.g. a "
-                        "`git archive` of another revision")
-    p.add_argument("--kernel-cache", choices=("cold", "shared"), default="cold",
-                   help="CUDA only: 'cold' gives raw, mlxd and mlx_lm.server each an empty MLX PTX "
-                        "and CUDA kernel cache (fair first-request numbers whatever the order); "
-                        "'shared' leaves the caches alone (default %(default)s)")
+    p.add_argument(
+        "--mlx-lm-args",
+        default="",
+        help="extra mlx_lm.server arguments (default: none, its defaults)",
+    )
+    p.add_argument(
+        "--mlxd-pythonpath",
+        help="run mlxd from this source tree (prepended to PYTHONPATH), e.g. a "
+        "`git archive` of another revision",
+    )
+    p.add_argument(
+        "--kernel-cache",
+        choices=("cold", "shared"),
+        default="cold",
+        help="CUDA only: 'cold' gives raw, mlxd and mlx_lm.server each an empty MLX PTX "
+        "and CUDA kernel cache (fair first-request numbers whatever the order); "
+        "'shared' leaves the caches alone (default %(default)s)",
+    )
     p.add_argument("--startup-timeout", type=float, default=900.0)
     p.add_argument("--request-timeout", type=float, default=900.0)
-    p.add_argument("--out", help="JSON results (default bench/results-<timestamp>.json)")
+    p.add_argument("--out", help="JSON results (default bench/results/results-<timestamp>.json)")
     return p.parse_args(argv)
 
 
@@ -787,7 +998,7 @@ def main(argv=None) -> int:
     signal.signal(signal.SIGHUP, _on_signal)
     t_start = time.perf_counter()
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out_path = Path(args.out) if args.out else BENCH_DIR / f"results-{stamp}.json"
+    out_path = Path(args.out) if args.out else BENCH_DIR / "results" / f"results-{stamp}.json"
     log_dir = BENCH_DIR / "logs" / stamp
     concurrency = [int(x) for x in args.concurrency.split(",") if x.strip()]
     servers_wanted = [s.strip() for s in args.servers.split(",") if s.strip()]
@@ -799,7 +1010,8 @@ def main(argv=None) -> int:
     mlxd_env = dict(env)
     if args.mlxd_pythonpath:
         mlxd_env["PYTHONPATH"] = os.pathsep.join(
-            [str(Path(args.mlxd_pythonpath).resolve())] + [x for x in [env.get("PYTHONPATH")] if x])
+            [str(Path(args.mlxd_pythonpath).resolve())] + [x for x in [env.get("PYTHONPATH")] if x]
+        )
 
     load_before = os.getloadavg()
     probe = helper(["probe"], env, 300)
@@ -814,44 +1026,78 @@ def main(argv=None) -> int:
     raw_reps = args.raw_reps or d["raw_reps"]
     notes = []
     if load_before[0] > 0.25 * (os.cpu_count() or 1):
-        notes.append(f"the machine was busy before the run (load average {load_before[0]:.2f} on "
-                     f"{os.cpu_count()} cores): expect noisy numbers")
+        notes.append(
+            f"the machine was busy before the run (load average {load_before[0]:.2f} on "
+            f"{os.cpu_count()} cores): expect noisy numbers"
+        )
     if probe["backend"] == "cuda":
-        notes.append("kernel caches: " + (
-            "each process (raw, mlxd, mlx_lm.server) starts with its own empty MLX PTX and CUDA "
-            "caches, so first requests are cold for all three (--kernel-cache shared to reuse)"
-            if cache_root else "shared (whatever an earlier process compiled is reused)"))
+        notes.append(
+            "kernel caches: "
+            + (
+                "each process (raw, mlxd, mlx_lm.server) starts with its own empty MLX PTX and CUDA "
+                "caches, so first requests are cold for all three (--kernel-cache shared to reuse)"
+                if cache_root
+                else "shared (whatever an earlier process compiled is reused)"
+            )
+        )
     if not probe["gpu"]:
-        notes.append(f"CPU defaults: max_tokens {CPU_DEFAULTS['max_tokens']} (GPU "
-                     f"{GPU_DEFAULTS['max_tokens']}), 1 timed round per level and no warm-up "
-                     "rounds (GPU 3 and 1), to keep a full run near 10 minutes on 2 cores")
+        notes.append(
+            f"CPU defaults: max_tokens {CPU_DEFAULTS['max_tokens']} (GPU "
+            f"{GPU_DEFAULTS['max_tokens']}), 1 timed round per level and no warm-up "
+            "rounds (GPU 3 and 1), to keep a full run near 10 minutes on 2 cores"
+        )
 
     model_dir, gguf = prepare_model(args, mlxd_env)
     plan = make_plan(concurrency, rounds, warmup_rounds)
     res = {
-        "started": stamp, "host": platform.node(), "platform": platform.platform(),
-        "cpu_count": os.cpu_count(), "python": sys.version.split()[0], "probe": probe,
-        "config": {"model_dir": str(model_dir), "gguf": gguf, "concurrency": concurrency,
-                   "max_tokens": max_tokens, "rounds": rounds, "warmup_rounds": warmup_rounds,
-                   "raw_reps": raw_reps, "servers": servers_wanted,
-                   "example_messages": messages_for(plan["first"])},
-        "notes": notes, "servers": {}, "raw": None,
+        "started": stamp,
+        "host": platform.node(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "probe": probe,
+        "config": {
+            "model_dir": str(model_dir),
+            "gguf": gguf,
+            "concurrency": concurrency,
+            "max_tokens": max_tokens,
+            "rounds": rounds,
+            "warmup_rounds": warmup_rounds,
+            "raw_reps": raw_reps,
+            "servers": servers_wanted,
+            "example_messages": messages_for(plan["first"]),
+        },
+        "notes": notes,
+        "servers": {},
+        "raw": None,
     }
     crashed = False
     exit_code = 1
     try:
         # 1. raw mlx-lm, batch 1, on the prompt the first timed c=1 round sends.
-        timed = [lvl["timed"][0][0] for lvl in plan["levels"] if lvl["concurrency"] == 1
-                 and lvl["timed"]] or [plan["warmup"]]
+        timed = [
+            lvl["timed"][0][0] for lvl in plan["levels"] if lvl["concurrency"] == 1 and lvl["timed"]
+        ] or [plan["warmup"]]
         if not args.no_raw:
             log(f"raw mlx-lm decode on {model_dir.name} ({raw_reps} reps of {max_tokens} tokens)")
             try:
-                res["raw"] = helper(["raw", "--model", str(model_dir),
-                                     "--messages", json.dumps(messages_for(timed[0])),
-                                     "--warmup-messages", json.dumps(messages_for(plan["first"])),
-                                     "--max-tokens", str(max_tokens), "--reps", str(raw_reps)],
-                                    with_kernel_cache(env, cache_root, "raw"),
-                                    args.request_timeout)
+                res["raw"] = helper(
+                    [
+                        "raw",
+                        "--model",
+                        str(model_dir),
+                        "--messages",
+                        json.dumps(messages_for(timed[0])),
+                        "--warmup-messages",
+                        json.dumps(messages_for(plan["first"])),
+                        "--max-tokens",
+                        str(max_tokens),
+                        "--reps",
+                        str(raw_reps),
+                    ],
+                    with_kernel_cache(env, cache_root, "raw"),
+                    args.request_timeout,
+                )
                 log(f"raw mlx-lm: {res['raw']['decode_tok_s']:.2f} tok/s decode")
             except Exception as e:
                 crashed = True
@@ -862,12 +1108,22 @@ def main(argv=None) -> int:
         if "mlxd" in servers_wanted:
             help_text = mlxd_flags(mlxd_env, mlxd_cwd(args))
             port = free_port()
-            cmd = [sys.executable, "-m", "mlxd", str(model_dir), "--host", HOST, "--port", str(port)]
+            cmd = [
+                sys.executable,
+                "-m",
+                "mlxd",
+                str(model_dir),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+            ]
             if "--max-batch-size" in help_text:
                 cmd += ["--max-batch-size", str(args.max_batch_size)]
             else:
-                notes.append("this mlxd has no --max-batch-size flag: run with its built-in "
-                             "batch size")
+                notes.append(
+                    "this mlxd has no --max-batch-size flag: run with its built-in batch size"
+                )
             if "--pid-file" in help_text:
                 cmd += ["--pid-file", str(log_dir / "mlxd.pid")]
             if "--no-daemon" in help_text:
@@ -876,25 +1132,54 @@ def main(argv=None) -> int:
             if args.mlxd_pythonpath:
                 notes.append(f"mlxd run from {args.mlxd_pythonpath}")
             res["servers"]["mlxd"] = run_server(
-                "mlxd", cmd, port, log_dir / "mlxd.log",
-                with_kernel_cache(mlxd_env, cache_root, "mlxd"), False, plan, max_tokens, args,
-                mlxd_cwd(args))
+                "mlxd",
+                cmd,
+                port,
+                log_dir / "mlxd.log",
+                with_kernel_cache(mlxd_env, cache_root, "mlxd"),
+                False,
+                plan,
+                max_tokens,
+                args,
+                mlxd_cwd(args),
+            )
 
         # 3. mlx_lm.server, with its own defaults.
         if "mlx_lm.server" in servers_wanted:
             port = free_port()
-            cmd = [sys.executable, "-m", "mlx_lm", "server", "--model", str(model_dir),
-                   "--host", HOST, "--port", str(port)] + shlex.split(args.mlx_lm_args)
+            cmd = [
+                sys.executable,
+                "-m",
+                "mlx_lm",
+                "server",
+                "--model",
+                str(model_dir),
+                "--host",
+                HOST,
+                "--port",
+                str(port),
+            ] + shlex.split(args.mlx_lm_args)
             dflt = probe.get("mlx_lm_server_defaults") or {}
-            notes.append("mlx_lm.server runs with its defaults (" + ", ".join(
-                f"--{k} {v}" for k, v in dflt.items() if k != "max-tokens") + ")"
+            notes.append(
+                "mlx_lm.server runs with its defaults ("
+                + ", ".join(f"--{k} {v}" for k, v in dflt.items() if k != "max-tokens")
+                + ")"
                 + (f" plus {args.mlx_lm_args}" if args.mlx_lm_args else "")
                 + "; it is 'ready' once it answers a 1-token request (its /health says ok "
-                  "while the model still loads)")
+                "while the model still loads)"
+            )
             res["servers"]["mlx_lm.server"] = run_server(
-                "mlx_lm.server", cmd, port, log_dir / "mlx_lm_server.log",
-                with_kernel_cache(env, cache_root, "mlx_lm"), True, plan, max_tokens, args)
-    except (KeyboardInterrupt, SystemExit) as e:   # Ctrl-C; SIGTERM/SIGHUP raise SystemExit
+                "mlx_lm.server",
+                cmd,
+                port,
+                log_dir / "mlx_lm_server.log",
+                with_kernel_cache(env, cache_root, "mlx_lm"),
+                True,
+                plan,
+                max_tokens,
+                args,
+            )
+    except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C; SIGTERM/SIGHUP raise SystemExit
         crashed = True
         res["interrupted"] = True
         exit_code = e.code if isinstance(e, SystemExit) and isinstance(e.code, int) else 130

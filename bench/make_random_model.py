@@ -25,28 +25,56 @@ from pathlib import Path
 
 SHAPES = {
     # Llama-3-8B.
-    "8b": dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32,
-               num_key_value_heads=8, intermediate_size=14336, rope_theta=500000.0,
-               tie_word_embeddings=False),
+    "8b": dict(
+        hidden_size=4096,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=14336,
+        rope_theta=500000.0,
+        tie_word_embeddings=False,
+    ),
     # Llama-3.2-1B.
-    "1b": dict(hidden_size=2048, num_hidden_layers=16, num_attention_heads=32,
-               num_key_value_heads=8, intermediate_size=8192, rope_theta=500000.0,
-               tie_word_embeddings=True),
+    "1b": dict(
+        hidden_size=2048,
+        num_hidden_layers=16,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        intermediate_size=8192,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    ),
     # Seconds to build; for tests of the plumbing.
-    "tiny": dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4,
-                 num_key_value_heads=2, intermediate_size=512, rope_theta=10000.0,
-                 tie_word_embeddings=True),
+    "tiny": dict(
+        hidden_size=256,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=512,
+        rope_theta=10000.0,
+        tie_word_embeddings=True,
+    ),
 }
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "tokenizer.model", "vocab.json", "merges.txt", "added_tokens.json",
-                   "chat_template.jinja", "chat_template.json", "generation_config.json")
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "generation_config.json",
+)
 
 
 def tokenizer_size(tok_dir: Path) -> int:
     """len(tokenizer): the base vocabulary plus added tokens, as transformers counts it."""
     try:
         from transformers import AutoTokenizer
+
         return len(AutoTokenizer.from_pretrained(str(tok_dir)))
     except Exception:
         data = json.loads((tok_dir / "tokenizer.json").read_text())
@@ -84,15 +112,15 @@ def build(shape: str, bits: int, group_size: int, tok_dir: Path, out: Path, seed
     mx.random.seed(seed)
     t0 = time.perf_counter()
     args = llama.ModelArgs.from_dict(config)
-    model = llama.Model(args)            # lazy: the random init is a graph, nothing allocated
-    model.set_dtype(mx.bfloat16)         # still lazy; real MLX 4-bit models keep bf16 scales
-    nn.quantize(model, group_size=group_size, bits=bits)   # lazy as well
-    for i, layer in enumerate(model.model.layers):         # materialize one layer at a time
+    model = llama.Model(args)  # lazy: the random init is a graph, nothing allocated
+    model.set_dtype(mx.bfloat16)  # still lazy; real MLX 4-bit models keep bf16 scales
+    nn.quantize(model, group_size=group_size, bits=bits)  # lazy as well
+    for i, layer in enumerate(model.model.layers):  # materialize one layer at a time
         mx.eval(layer.parameters())
         mx.clear_cache()
         print(f"\rlayer {i + 1}/{len(model.model.layers)}", end="", file=sys.stderr, flush=True)
     print(file=sys.stderr)
-    mx.eval(model.parameters())          # embeddings, final norm, lm_head
+    mx.eval(model.parameters())  # embeddings, final norm, lm_head
     mx.clear_cache()
     build_s = time.perf_counter() - t0
 
@@ -107,10 +135,17 @@ def build(shape: str, bits: int, group_size: int, tok_dir: Path, out: Path, seed
             shutil.copy2(tok_dir / name, out / name)
             copied.append(name)
     n_bytes = sum(p.stat().st_size for p in out.glob("*.safetensors"))
-    return {"out": str(out), "shape": shape, "vocab_size": vocab, "bits": bits,
-            "group_size": group_size, "build_s": round(build_s, 1),
-            "weights_gb": round(n_bytes / 1e9, 2), "tokenizer_files": copied,
-            "stored_elements": n_params}
+    return {
+        "out": str(out),
+        "shape": shape,
+        "vocab_size": vocab,
+        "bits": bits,
+        "group_size": group_size,
+        "build_s": round(build_s, 1),
+        "weights_gb": round(n_bytes / 1e9, 2),
+        "tokenizer_files": copied,
+        "stored_elements": n_params,
+    }
 
 
 def main(argv=None) -> int:
@@ -118,8 +153,11 @@ def main(argv=None) -> int:
     p.add_argument("--shape", choices=sorted(SHAPES), default="8b")
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--group-size", type=int, default=64)
-    p.add_argument("--tokenizer-from", required=True,
-                   help="an MLX model directory whose tokenizer files are copied")
+    p.add_argument(
+        "--tokenizer-from",
+        required=True,
+        help="an MLX model directory whose tokenizer files are copied",
+    )
     p.add_argument("--out", required=True)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--force", action="store_true", help="overwrite a non-empty --out")

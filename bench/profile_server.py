@@ -49,8 +49,9 @@ def summarize(raw: Path, top: int = 40) -> str:
     total = sum(threads.values()) or 1
     out = [f"{raw.name}: {total} samples"]
     # The two that matter first (with --idle every thread gets the same number of samples).
-    order = sorted(threads, key=lambda t: ("mlxd-generate" not in t, "MainThread" not in t,
-                                           -threads[t]))
+    order = sorted(
+        threads, key=lambda t: ("mlxd-generate" not in t, "MainThread" not in t, -threads[t])
+    )
     for thread in order[:3]:
         n = threads[thread]
         out.append(f"\n== {thread}: {n} samples ({100 * n / total:.0f}%)")
@@ -59,20 +60,23 @@ def summarize(raw: Path, top: int = 40) -> str:
         out += [f"  {v:7d} {100 * v / n:5.1f}%  {f[:140]}" for v, f in rows[:top]]
         out.append("  self:")
         rows = sorted(((v, f) for (t, f), v in self_.items() if t == thread), reverse=True)
-        out += [f"  {v:7d} {100 * v / n:5.1f}%  {f[:140]}" for v, f in rows[:top // 2]]
+        out += [f"  {v:7d} {100 * v / n:5.1f}%  {f[:140]}" for v, f in rows[: top // 2]]
     return "\n".join(out)
 
 
 async def rounds(port: int, c: int, n: int, max_tokens: int, start: int) -> list[str]:
     lines = []
     for r in range(n):
-        res = await bench.run_round(port, list(range(start + r * c, start + (r + 1) * c)),
-                                    max_tokens, 900)
+        res = await bench.run_round(
+            port, list(range(start + r * c, start + (r + 1) * c)), max_tokens, 900
+        )
         s = bench.summarize([res])
-        lines.append(f"c={c} round {r}: {s['aggregate_tok_s']:.1f} tok/s aggregate, decode/stream "
-                     f"{s['decode_tok_s_p50']:.1f}, TTFT p50 {s['ttft_s_p50'] * 1e3:.0f} ms, ITL "
-                     f"p50 {s['itl_s_p50'] * 1e3:.1f} ms p99 {s['itl_s_p99'] * 1e3:.1f} ms, "
-                     f"{s['failed']} failed")
+        lines.append(
+            f"c={c} round {r}: {s['aggregate_tok_s']:.1f} tok/s aggregate, decode/stream "
+            f"{s['decode_tok_s_p50']:.1f}, TTFT p50 {s['ttft_s_p50'] * 1e3:.0f} ms, ITL "
+            f"p50 {s['itl_s_p50'] * 1e3:.1f} ms p99 {s['itl_s_p99'] * 1e3:.1f} ms, "
+            f"{s['failed']} failed"
+        )
         print(lines[-1], flush=True)
     return lines
 
@@ -94,28 +98,63 @@ def main(argv=None) -> int:
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     port = bench.free_port()
-    cmd = [sys.executable, "-m", "mlxd", a.model, "--host", bench.HOST, "--port", str(port),
-           "--max-batch-size", str(max(a.concurrency, 1)), "--no-daemon",
-           "--pid-file", str(out / f"{a.label}.pid")] + shlex.split(a.mlxd_args)
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlxd",
+        a.model,
+        "--host",
+        bench.HOST,
+        "--port",
+        str(port),
+        "--max-batch-size",
+        str(max(a.concurrency, 1)),
+        "--no-daemon",
+        "--pid-file",
+        str(out / f"{a.label}.pid"),
+    ] + shlex.split(a.mlxd_args)
     srv = bench.ServerProcess(a.label, cmd, port, out / f"{a.label}.log", dict(os.environ))
     srv.start()
     report = [f"{a.label}: {shlex.join(cmd)}"]
     try:
         ready = asyncio.run(bench.wait_ready(srv, False, 900))
         report.append(f"ready after {ready['ready_s']:.1f}s")
-        asyncio.run(rounds(port, a.concurrency, 1, a.max_tokens, 10_000))   # untimed
+        asyncio.run(rounds(port, a.concurrency, 1, a.max_tokens, 10_000))  # untimed
         for mode, flags in (("wall", ["--idle"]), ("gil", ["--gil"])):
             raw = out / f"{a.label}-{mode}.txt"
-            rec = subprocess.Popen([spy, "record", "-p", str(srv.proc.pid), "-r", str(a.rate),
-                                    "--threads", "-f", "raw", "-o", str(raw), "--nonblocking"]
-                                   + flags, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            rec = subprocess.Popen(
+                [
+                    spy,
+                    "record",
+                    "-p",
+                    str(srv.proc.pid),
+                    "-r",
+                    str(a.rate),
+                    "--threads",
+                    "-f",
+                    "raw",
+                    "-o",
+                    str(raw),
+                    "--nonblocking",
+                ]
+                + flags,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.PIPE,
+            )
             time.sleep(1.0)
             t = time.perf_counter()
             report.append(f"-- {mode} profile")
-            report += asyncio.run(rounds(port, a.concurrency, a.rounds, a.max_tokens,
-                                         20_000 if mode == "wall" else 30_000))
+            report += asyncio.run(
+                rounds(
+                    port,
+                    a.concurrency,
+                    a.rounds,
+                    a.max_tokens,
+                    20_000 if mode == "wall" else 30_000,
+                )
+            )
             report.append(f"   ({time.perf_counter() - t:.1f}s)")
-            rec.send_signal(2)   # SIGINT: py-spy writes its output and exits
+            rec.send_signal(2)  # SIGINT: py-spy writes its output and exits
             try:
                 _, err = rec.communicate(timeout=60)
             except subprocess.TimeoutExpired:

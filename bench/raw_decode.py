@@ -39,24 +39,31 @@ def probe() -> dict:
     }
     if cuda or metal:
         try:
-            info["device_info"] = {k: v for k, v in mx.device_info().items()
-                                   if isinstance(v, (str, int, float))}
-        except Exception:   # older MLX: mx.metal.device_info only
+            info["device_info"] = {
+                k: v for k, v in mx.device_info().items() if isinstance(v, (str, int, float))
+            }
+        except Exception:  # older MLX: mx.metal.device_info only
             pass
     return info
 
 
 def _mlx_lm_server_defaults() -> dict:
     """The batching-related defaults of this mlx_lm.server, read from its argparse source."""
-    import mlx_lm.server as srv   # importing it does not start anything
+    import mlx_lm.server as srv  # importing it does not start anything
+
     try:
         src = open(srv.__file__, encoding="utf-8").read()
     except OSError:
         return {}
     out = {}
-    for flag in ("decode-concurrency", "prompt-concurrency", "prefill-step-size",
-                 "prompt-cache-size", "max-tokens"):
-        m = re.search(r'"--%s",[^)]*?default=([^,\n)]+)' % re.escape(flag), src, re.S)
+    for flag in (
+        "decode-concurrency",
+        "prompt-concurrency",
+        "prefill-step-size",
+        "prompt-cache-size",
+        "max-tokens",
+    ):
+        m = re.search(rf'"--{re.escape(flag)}",[^)]*?default=([^,\n)]+)', src, re.S)
         if m:
             out[flag] = m.group(1).strip()
     return out
@@ -85,8 +92,12 @@ def raw(model_dir: str, messages: list, warmup_messages: list, max_tokens: int, 
                 break
         # generate_step may already have queued the next step: it is not counted anywhere.
         decode = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 else None
-        return {"tokens": len(times), "ttft_s": times[0] - start, "decode_tok_s": decode,
-                "total_s": times[-1] - start}
+        return {
+            "tokens": len(times),
+            "ttft_s": times[0] - start,
+            "decode_tok_s": decode,
+            "total_s": times[-1] - start,
+        }
 
     warm = one(prompt_ids(warmup_messages), max(8, min(max_tokens, 32)))
     ids = prompt_ids(messages)
@@ -107,10 +118,10 @@ def raw(model_dir: str, messages: list, warmup_messages: list, max_tokens: int, 
 def _rss_peak_bytes() -> int | None:
     try:
         import resource
-    except ImportError:   # Windows
+    except ImportError:  # Windows
         return None
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak if sys.platform == "darwin" else peak * 1024   # bytes on macOS, KiB on Linux
+    return peak if sys.platform == "darwin" else peak * 1024  # bytes on macOS, KiB on Linux
 
 
 def main(argv=None) -> int:
@@ -127,8 +138,9 @@ def main(argv=None) -> int:
     if a.cmd == "probe":
         out = probe()
     else:
-        out = raw(a.model, json.loads(a.messages), json.loads(a.warmup_messages), a.max_tokens,
-                  a.reps)
+        out = raw(
+            a.model, json.loads(a.messages), json.loads(a.warmup_messages), a.max_tokens, a.reps
+        )
     sys.stdout.write(json.dumps(out) + "\n")
     return 0
 

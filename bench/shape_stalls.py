@@ -34,19 +34,19 @@ def attention(batch: int, length: int, masked: bool) -> float:
     v = mx.random.normal((batch, kv_heads, length, dim)).astype(mx.bfloat16)
     mx.eval(q, k, v)
     if masked:
-        pad = mx.arange(batch)[:, None] % 3          # some rows left-padded
+        pad = mx.arange(batch)[:, None] % 3  # some rows left-padded
         pos = mx.arange(length)
         mask = (pos[None, None, :] <= pos[None, :, None]) & (pos[None, None, :] >= pad[:, :, None])
         mask = mask[:, None]
         mx.eval(mask)
     else:
         mask = "causal"
-    return timed(lambda: mx.fast.scaled_dot_product_attention(q, k, v, scale=dim ** -0.5,
-                                                               mask=mask))
+    return timed(lambda: mx.fast.scaled_dot_product_attention(q, k, v, scale=dim**-0.5, mask=mask))
 
 
 def prefill(model, batch: int, length: int) -> float:
     from mlx_lm.models.cache import BatchKVCache
+
     cache = [BatchKVCache([i % 3 for i in range(batch)]) for _ in model.layers]
     tokens = mx.random.randint(0, 1000, (batch, length))
     return timed(lambda: model(tokens, cache=cache))
@@ -60,15 +60,30 @@ def main() -> int:
     for masked, batch in ((True, 7), (False, 1), (True, 1)):
         for length in (35, 36, 37, 35, 38, 36, 200, 200):
             ms = attention(batch, length, masked)
-            print(f"sdpa {'array-mask' if masked else 'causal':<10} B={batch:<3} L={length:<4} "
-                  f"{ms:9.1f} ms", flush=True)
+            print(
+                f"sdpa {'array-mask' if masked else 'causal':<10} B={batch:<3} L={length:<4} "
+                f"{ms:9.1f} ms",
+                flush=True,
+            )
     if a.model:
         from mlx_lm import load
+
         model, _ = load(a.model)
-        for batch, length in ((7, 35), (7, 36), (7, 35), (7, 37), (8, 37), (7, 36), (1, 41),
-                              (1, 42), (1, 41)):
-            print(f"prefill B={batch:<3} L={length:<4} {prefill(model, batch, length):9.1f} ms",
-                  flush=True)
+        for batch, length in (
+            (7, 35),
+            (7, 36),
+            (7, 35),
+            (7, 37),
+            (8, 37),
+            (7, 36),
+            (1, 41),
+            (1, 42),
+            (1, 41),
+        ):
+            print(
+                f"prefill B={batch:<3} L={length:<4} {prefill(model, batch, length):9.1f} ms",
+                flush=True,
+            )
     return 0
 
 

@@ -30,15 +30,34 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
-SCHEMA = {"type": "object", "properties": {
-    "title": {"type": "string"},
-    "characters": {"type": "array", "items": {"type": "object", "properties": {
-        "name": {"type": "string"}, "age": {"type": "integer"}},
-        "required": ["name", "age"], "additionalProperties": False}},
-    "story": {"type": "string"}},
-    "required": ["title", "characters", "story"], "additionalProperties": False}
-TOPICS = ["a lighthouse", "a lost cat", "a robot chef", "the moon", "a desert town",
-          "a violin", "an old map", "a winter train"]
+SCHEMA = {
+    "type": "object",
+    "properties": {
+        "title": {"type": "string"},
+        "characters": {
+            "type": "array",
+            "items": {
+                "type": "object",
+                "properties": {"name": {"type": "string"}, "age": {"type": "integer"}},
+                "required": ["name", "age"],
+                "additionalProperties": False,
+            },
+        },
+        "story": {"type": "string"},
+    },
+    "required": ["title", "characters", "story"],
+    "additionalProperties": False,
+}
+TOPICS = [
+    "a lighthouse",
+    "a lost cat",
+    "a robot chef",
+    "the moon",
+    "a desert town",
+    "a violin",
+    "an old map",
+    "a winter train",
+]
 
 
 class StepClock:
@@ -61,6 +80,7 @@ class StepClock:
 def run_batch(engine, tokenizer, batch: int, params, constrained_factory) -> list[str]:
     """Runs ``batch`` jobs at once; their texts."""
     from mlxd.engine.loop import Job
+
     done = threading.Semaphore(0)
     texts = [[] for _ in range(batch)]
 
@@ -73,9 +93,13 @@ def run_batch(engine, tokenizer, batch: int, params, constrained_factory) -> lis
     for i in range(batch):
         prompt = tokenizer.apply_chat_template(
             [{"role": "user", "content": f"Write a long story about {TOPICS[i]}, as JSON."}],
-            add_generation_prompt=True)
-        p = params if constrained_factory is None else dataclasses.replace(
-            params, constraint=constrained_factory)
+            add_generation_prompt=True,
+        )
+        p = (
+            params
+            if constrained_factory is None
+            else dataclasses.replace(params, constraint=constrained_factory)
+        )
         engine.submit(Job(list(prompt), p, functools.partial(emit, i=i)))
     for _ in range(batch):
         done.acquire()
@@ -90,16 +114,17 @@ def main() -> int:
     ap.add_argument("--batches", default="1,8", help="batch sizes, comma-separated")
     args = ap.parse_args()
 
-    from mlxd.models import loader as models
-    from mlxd.constrain.index import TokenVocabulary
-    from mlxd.engine.loop import Engine, EngineSettings
     from mlxd.constrain.enforce import Enforce, processor
+    from mlxd.constrain.index import TokenVocabulary
     from mlxd.constrain.json_schema import compile_schema, validate
+    from mlxd.engine.loop import Engine, EngineSettings
     from mlxd.engine.sampling import SamplingParams
+    from mlxd.models import loader as models
 
     path = args.model
     if path is None:
         from tinymodel import build_tiny_model
+
         path = build_tiny_model(Path(tempfile.mkdtemp()) / "tiny-llama")
     loaded = models.load(path)
     tok = loaded.tokenizer
@@ -109,48 +134,63 @@ def main() -> int:
     engine.ready.wait()
     vocab = TokenVocabulary.for_tokenizer(tok)
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0.0)
-    factory = functools.partial(processor, Enforce(compile_schema(SCHEMA)), vocab,
-                                tuple(sorted(tok.eos_token_ids)), args.max_tokens)
-    print(f"model {loaded.name}, vocabulary {len(tok)}, max_tokens {args.max_tokens}, "
-          f"{args.rounds} rounds")
-    print(f"{'batch':>5} {'free ms/step':>13} {'json ms/step':>13} {'overhead/step':>14} "
-          f"{'overhead/token':>15} {'steps':>9}")
+    factory = functools.partial(
+        processor,
+        Enforce(compile_schema(SCHEMA)),
+        vocab,
+        tuple(sorted(tok.eos_token_ids)),
+        args.max_tokens,
+    )
+    print(
+        f"model {loaded.name}, vocabulary {len(tok)}, max_tokens {args.max_tokens}, "
+        f"{args.rounds} rounds"
+    )
+    print(
+        f"{'batch':>5} {'free ms/step':>13} {'json ms/step':>13} {'overhead/step':>14} "
+        f"{'overhead/token':>15} {'steps':>9}"
+    )
     outputs: list[str] = []
     for batch in (int(b) for b in args.batches.split(",")):
         result = {}
         for mode, make in (("free", None), ("json", factory)):
-            run_batch(engine, tok, batch, params, make)          # warm: masks, leaf tables
+            run_batch(engine, tok, batch, params, make)  # warm: masks, leaf tables
             clock.steps.clear()
             for _ in range(args.rounds):
                 texts = run_batch(engine, tok, batch, params, make)
                 if make is not None:
                     for text in texts:
-                        validate(json.loads(text), SCHEMA)   # max_tokens leaves room
+                        validate(json.loads(text), SCHEMA)  # max_tokens leaves room
                     outputs.extend(texts)
             result[mode] = list(clock.steps.get(batch, []))
         free, json_ = (statistics.median(result[m]) * 1e3 for m in ("free", "json"))
-        print(f"{batch:>5} {free:>13.2f} {json_:>13.2f} {json_ - free:>+14.2f} "
-              f"{(json_ - free) / batch:>+15.3f} "
-              f"{len(result['free']):>4}/{len(result['json']):<4}")
+        print(
+            f"{batch:>5} {free:>13.2f} {json_:>13.2f} {json_ - free:>+14.2f} "
+            f"{(json_ - free) / batch:>+15.3f} "
+            f"{len(result['free']):>4}/{len(result['json']):<4}"
+        )
     engine.shutdown(10)
-    print(f"constraint alone (advance + mask per token, replaying the {len(outputs)} answers): "
-          f"{replay_us(outputs, tok, vocab):.1f} us/token")
+    print(
+        f"constraint alone (advance + mask per token, replaying the {len(outputs)} answers): "
+        f"{replay_us(outputs, tok, vocab):.1f} us/token"
+    )
     return 0
 
 
 def replay_us(texts: list[str], tok, vocab) -> float:
     """Python-side cost of one sequence's constraint per token, its masks already cached."""
     import mlx.core as mx
+
     from mlxd.constrain.index import Constraint
     from mlxd.constrain.json_schema import compile_schema
+
     grammar, eos = compile_schema(SCHEMA), sorted(tok.eos_token_ids)
     runs = [tok.encode(t, add_special_tokens=False) for t in texts]
     width = len(tok)
     total, count = 0.0, 0
-    for _ in range(2):      # the first pass fills the caches; the second is timed
+    for _ in range(2):  # the first pass fills the caches; the second is timed
         total, count = 0.0, 0
         for ids in runs:
-            c = Constraint(grammar, vocab, eos)   # no squeeze: re-encoding may differ
+            c = Constraint(grammar, vocab, eos)  # no squeeze: re-encoding may differ
             start = time.perf_counter()
             for t in ids:
                 mx.eval(c.mask(width))
@@ -163,4 +203,4 @@ def replay_us(texts: list[str], tok, vocab) -> float:
 if __name__ == "__main__":
     code = main()
     sys.stdout.flush()
-    os._exit(code)   # skip interpreter teardown under a live MLX thread pool
+    os._exit(code)  # skip interpreter teardown under a live MLX thread pool

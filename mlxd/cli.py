@@ -11,11 +11,10 @@ import os
 import sys
 
 from mlxd import __version__
-from mlxd.service import daemon
-from mlxd.service import logs
+from mlxd.service import daemon, logs
 from mlxd.service.config import OPTIONS, Config, ConfigError, absolute_paths, env_warnings, resolve
 
-EXIT_USAGE = 2                 # argparse's code for a bad command line; also a bad config
+EXIT_USAGE = 2  # argparse's code for a bad command line; also a bad config
 ACTIONS = ("config", "stop", "status", "print_config", "timeout", "export_mlx")
 EPILOG = """\
 MODEL is an MLX model directory (config.json, safetensors, tokenizer) or a llama-family .gguf file.
@@ -31,26 +30,45 @@ def _argparse_type(parse):
             return parse(text)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+
     return convert
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mlxd", epilog=EPILOG,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Serve one MLX language model over an "
-                                            "OpenAI-compatible API.")
+    p = argparse.ArgumentParser(
+        prog="mlxd",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Serve one MLX language model over an OpenAI-compatible API.",
+    )
     p.add_argument("--version", action="version", version=f"mlxd {__version__}")
     actions = p.add_argument_group("actions (instead of serving)")
-    actions.add_argument("--stop", action="store_true",
-                         help="stop the mlxd on --port (or --pid-file) and wait for it to exit")
-    actions.add_argument("--status", action="store_true",
-                         help="say whether an mlxd runs on --port (or --pid-file), and how")
-    actions.add_argument("--timeout", type=_argparse_type(float), metavar="S",
-                         help="how long --stop waits (default: the server's shutdown timeout + 10)")
-    actions.add_argument("--print-config", action="store_true",
-                         help="print the effective configuration as JSON (keys masked) and exit")
-    actions.add_argument("--export-mlx", metavar="DIR",
-                         help="write the (GGUF) MODEL out as an MLX model directory DIR, then exit")
+    actions.add_argument(
+        "--stop",
+        action="store_true",
+        help="stop the mlxd on --port (or --pid-file) and wait for it to exit",
+    )
+    actions.add_argument(
+        "--status",
+        action="store_true",
+        help="say whether an mlxd runs on --port (or --pid-file), and how",
+    )
+    actions.add_argument(
+        "--timeout",
+        type=_argparse_type(float),
+        metavar="S",
+        help="how long --stop waits (default: the server's shutdown timeout + 10)",
+    )
+    actions.add_argument(
+        "--print-config",
+        action="store_true",
+        help="print the effective configuration as JSON (keys masked) and exit",
+    )
+    actions.add_argument(
+        "--export-mlx",
+        metavar="DIR",
+        help="write the (GGUF) MODEL out as an MLX model directory DIR, then exit",
+    )
     p.add_argument("--config", metavar="FILE", help="JSON file of settings (also $MLXD_CONFIG)")
     defaults = Config()
     for opt in OPTIONS:
@@ -61,25 +79,34 @@ def build_parser() -> argparse.ArgumentParser:
 def _add_option(p: argparse.ArgumentParser, opt, default) -> None:
     # SUPPRESS: only what the command line really gives lands in the namespace (it overrides the
     # file and env layers); the help still shows the built-in default.
-    common = dict(dest=opt.field, default=argparse.SUPPRESS, help=opt.help.replace(
-        "%(default)s", str(default)))
+    common = dict(
+        dest=opt.field,
+        default=argparse.SUPPRESS,
+        help=opt.help.replace("%(default)s", str(default)),
+    )
     if opt.field == "model":
         common.pop("dest")
         p.add_argument("model", nargs="?", metavar="MODEL", **common)
     elif opt.kind == "bool":
         p.add_argument(f"--{opt.flag}", action=argparse.BooleanOptionalAction, **common)
     elif opt.kind == "list":
-        p.add_argument(f"--{opt.flag}", action="append", type=_argparse_type(opt.parse),
-                       metavar=opt.metavar, **common)
+        p.add_argument(
+            f"--{opt.flag}",
+            action="append",
+            type=_argparse_type(opt.parse),
+            metavar=opt.metavar,
+            **common,
+        )
     else:
-        p.add_argument(f"--{opt.flag}", type=_argparse_type(opt.parse), metavar=opt.metavar,
-                       **common)
+        p.add_argument(
+            f"--{opt.flag}", type=_argparse_type(opt.parse), metavar=opt.metavar, **common
+        )
 
 
 def cli_values(args: argparse.Namespace) -> dict[str, object]:
     values = {k: v for k, v in vars(args).items() if k not in ACTIONS}
     for opt in OPTIONS:
-        if opt.kind == "list" and opt.field in values:   # [("a", "b"), ("c",)] -> ("a", "b", "c")
+        if opt.kind == "list" and opt.field in values:  # [("a", "b"), ("c",)] -> ("a", "b", "c")
             values[opt.field] = tuple(x for group in values[opt.field] for x in group)
     return values
 
@@ -110,12 +137,14 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.stop or args.status:
         if daemon.PORT_PLACEHOLDER in config.pid_file and config.port == 0:
-            parser.error("with --port 0, name the port the server bound (its log and PID file "
-                         "name say which) or its --pid-file")
+            parser.error(
+                "with --port 0, name the port the server bound (its log and PID file "
+                "name say which) or its --pid-file"
+            )
         path = daemon.pid_path(config.pid_file, config.port)
         return daemon.stop(path, args.timeout) if args.stop else daemon.status(path)
     if config.model is None:
-        parser.error("MODEL is required (or set \"model\" in --config, or MLXD_MODEL)")
+        parser.error('MODEL is required (or set "model" in --config, or MLXD_MODEL)')
     if args.export_mlx:
         return export_mlx(config, args.export_mlx)
     return serve(config)
@@ -123,7 +152,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def export_mlx(config: Config, out_dir: str) -> int:
     logs.setup(config.log_level, config.log_file, config.log_format)
-    from mlxd.models.gguf import UnsupportedModelError, export_mlx as export
+    from mlxd.models.gguf import UnsupportedModelError
+    from mlxd.models.gguf import export_mlx as export
+
     try:
         out = export(config.model, out_dir)
     except (UnsupportedModelError, OSError) as exc:
@@ -135,12 +166,15 @@ def export_mlx(config: Config, out_dir: str) -> int:
 
 def serve(config: Config) -> int:
     """Refuse a second server on the same PID file, detach if asked, then load and serve."""
-    if daemon.PORT_PLACEHOLDER not in config.pid_file:   # port 0 can never clash
+    if daemon.PORT_PLACEHOLDER not in config.pid_file:  # port 0 can never clash
         found = daemon.probe(daemon.pid_path(config.pid_file, config.port))
         if found.running:
-            print(f"mlxd: already running on port {found.info.get('port', config.port)} "
-                  f"(pid {found.pid}, PID file {found.path}); stop it with: mlxd --stop "
-                  f"--pid-file {found.path}", file=sys.stderr)
+            print(
+                f"mlxd: already running on port {found.info.get('port', config.port)} "
+                f"(pid {found.pid}, PID file {found.path}); stop it with: mlxd --stop "
+                f"--pid-file {found.path}",
+                file=sys.stderr,
+            )
             return 1
         if found.state == "stale":
             logs.setup(config.log_level, None, config.log_format)
@@ -151,7 +185,8 @@ def serve(config: Config) -> int:
         reporter = daemon.detach(config.log_file)
     logs.setup(config.log_level, config.log_file, config.log_format)
     if reporter is None:
-        from mlxd.service.run import run   # the heavy imports (mlx, mlx_lm) start here
+        from mlxd.service.run import run  # the heavy imports (mlx, mlx_lm) start here
+
         return _leave(run(config))
     return _leave(_serve_detached(config, reporter))
 
@@ -185,4 +220,5 @@ def _serve_detached(config: Config, reporter: daemon.Reporter) -> int:
         reporter.close()
 
     from mlxd.service.run import run
+
     return run(config, on_listening=listening, on_ready=ready)

@@ -48,9 +48,22 @@ def build(bundle: str, reuse: bool) -> tuple[Path, float | None]:
     shutil.rmtree(dist, ignore_errors=True)
     shutil.rmtree(work, ignore_errors=True)
     start = time.perf_counter()
-    subprocess.run([str(VENV / "bin" / "pyinstaller"), "--noconfirm", "--log-level", "WARN",
-                    "--distpath", str(dist), "--workpath", str(work), str(ROOT / "spec" / "mlxd.spec")],
-                   check=True, env={**os.environ, "MLXD_BUNDLE": bundle}, cwd=ROOT)
+    subprocess.run(
+        [
+            str(VENV / "bin" / "pyinstaller"),
+            "--noconfirm",
+            "--log-level",
+            "WARN",
+            "--distpath",
+            str(dist),
+            "--workpath",
+            str(work),
+            str(ROOT / "spec" / "mlxd.spec"),
+        ],
+        check=True,
+        env={**os.environ, "MLXD_BUNDLE": bundle},
+        cwd=ROOT,
+    )
     return exe, time.perf_counter() - start
 
 
@@ -62,7 +75,7 @@ def tree_bytes(path: Path) -> int:
 
 
 def wall(cmd: list[str], env: dict, runs: int, ok=(0,)) -> dict:
-    subprocess.run(cmd, env=env, capture_output=True)      # warm the page cache
+    subprocess.run(cmd, env=env, capture_output=True)  # warm the page cache
     times = []
     for _ in range(runs):
         start = time.perf_counter()
@@ -92,13 +105,18 @@ def exec_to_ready(cmd: list[str], env: dict, runs: int) -> dict:
     for _ in range(runs):
         port = free_port()
         start = time.perf_counter()
-        proc = subprocess.Popen([*cmd, str(SMOLLM), "--port", str(port)], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        proc = subprocess.Popen(
+            [*cmd, str(SMOLLM), "--port", str(port)],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         try:
             while not healthy(port):
                 if proc.poll() is not None:
-                    raise SystemExit(f"{cmd[0]} exited {proc.returncode}:\n"
-                                     f"{proc.stderr.read().decode()[-3000:]}")
+                    raise SystemExit(
+                        f"{cmd[0]} exited {proc.returncode}:\n{proc.stderr.read().decode()[-3000:]}"
+                    )
                 if time.perf_counter() - start > READY_TIMEOUT_S:
                     raise SystemExit(f"{cmd[0]}: not ready in {READY_TIMEOUT_S}s")
                 time.sleep(POLL_S)
@@ -118,8 +136,11 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=10, help="runs of --version and --stop")
     ap.add_argument("--ready-runs", type=int, default=3, help="runs of exec-to-ready on SmolLM2")
     ap.add_argument("--no-onefile", action="store_true", help="skip building the one-file bundle")
-    ap.add_argument("--reuse", action="store_true",
-                    help="time the bundles already in build/bench instead of building them again")
+    ap.add_argument(
+        "--reuse",
+        action="store_true",
+        help="time the bundles already in build/bench instead of building them again",
+    )
     ap.add_argument("--json", type=Path, default=BENCH / "bench.json")
     args = ap.parse_args()
     dist_bin = ROOT / "dist" / "mlxd"
@@ -131,13 +152,18 @@ def main() -> int:
     # Built again only to time the build; the timings below run dist/mlxd, the shipped one.
     _, onedir_build = build("onedir", args.reuse)
     results["onedir (shipped)"] = {
-        "exe": str(dist_bin), "build_s": onedir_build,
+        "exe": str(dist_bin),
+        "build_s": onedir_build,
         "size_bytes": tree_bytes(dist_bin.resolve().parent),
-        "tarball_bytes": tarballs[-1].stat().st_size}
+        "tarball_bytes": tarballs[-1].stat().st_size,
+    }
     if not args.no_onefile:
         onefile_bin, onefile_build = build("onefile", args.reuse)
-        results["onefile"] = {"exe": str(onefile_bin), "build_s": onefile_build,
-                              "size_bytes": tree_bytes(onefile_bin)}
+        results["onefile"] = {
+            "exe": str(onefile_bin),
+            "build_s": onefile_build,
+            "size_bytes": tree_bytes(onefile_bin),
+        }
     results["venv"] = {"exe": str(VENV / "bin" / "mlxd")}
 
     with tempfile.TemporaryDirectory(prefix="mlxd-bench.") as tmp:
@@ -147,15 +173,18 @@ def main() -> int:
             exe = r["exe"]
             print(f"bench_dist: {name}: --version, --stop ...", flush=True)
             r["version"] = wall([exe, "--version"], env, args.runs)
-            r["stop_idle"] = wall([exe, "--stop", "--port", str(free_port())], env, args.runs,
-                                  ok=(3,))   # 3: nothing was running
+            r["stop_idle"] = wall(
+                [exe, "--stop", "--port", str(free_port())], env, args.runs, ok=(3,)
+            )  # 3: nothing was running
             print(f"bench_dist: {name}: exec to ready on SmolLM2 ...", flush=True)
             r["ready_smollm2"] = exec_to_ready([exe], env, args.ready_runs)
 
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=2))
     print(report(results))
-    print(f"\n(raw numbers in {args.json.relative_to(ROOT) if args.json.is_relative_to(ROOT) else args.json})")
+    print(
+        f"\n(raw numbers in {args.json.relative_to(ROOT) if args.json.is_relative_to(ROOT) else args.json})"
+    )
     return 0
 
 
@@ -166,19 +195,27 @@ def report(results: dict[str, dict]) -> str:
     def mib(n: int | None) -> str:
         return f"{n / 2**20:.0f} MiB" if n else "-"
 
-    rows = ["| build | build time | size | tarball | `--version` | `--stop` (idle) | exec -> /health ready (SmolLM2) |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = [
+        "| build | build time | size | tarball | `--version` | `--stop` (idle) | exec -> /health ready (SmolLM2) |",
+        "| --- | --- | --- | --- | --- | --- | --- |",
+    ]
     for name, r in results.items():
         build_s = f"{r['build_s']:.0f} s" if r.get("build_s") is not None else "-"
         ready = r["ready_smollm2"]
-        rows.append(f"| {name} | {build_s} | {mib(r.get('size_bytes'))} | {mib(r.get('tarball_bytes'))} "
-                    f"| {ms(r['version'])} | {ms(r['stop_idle'])} "
-                    f"| {ready['median_s']:.2f} s (min {ready['min_s']:.2f}) |")
+        rows.append(
+            f"| {name} | {build_s} | {mib(r.get('size_bytes'))} | {mib(r.get('tarball_bytes'))} "
+            f"| {ms(r['version'])} | {ms(r['stop_idle'])} "
+            f"| {ready['median_s']:.2f} s (min {ready['min_s']:.2f}) |"
+        )
     if "onefile" in results:
-        unpack = (results["onefile"]["version"]["median_s"]
-                  - results["onedir (shipped)"]["version"]["median_s"])
-        rows.append(f"\nOne-file unpacking costs {unpack * 1000:.0f} ms on every start "
-                    "(its --version minus the one-folder --version).")
+        unpack = (
+            results["onefile"]["version"]["median_s"]
+            - results["onedir (shipped)"]["version"]["median_s"]
+        )
+        rows.append(
+            f"\nOne-file unpacking costs {unpack * 1000:.0f} ms on every start "
+            "(its --version minus the one-folder --version)."
+        )
     return "\n".join(rows)
 
 

@@ -34,16 +34,22 @@ def find_tarball(sums: Path) -> tuple[str, str, str]:
             found.append((match["version"], match.group(0), digest))
     if len(found) != 1:
         listed = ", ".join(n for _, n, _ in found) or "none"
-        raise SystemExit(f"make_formula: {sums} must list exactly one mlxd-VERSION-{PLATFORM}.tar.gz "
-                         f"(found: {listed}); it is built on macOS: pass the release's SHA256SUMS "
-                         f"(make formula SUMS=path)")
+        raise SystemExit(
+            f"make_formula: {sums} must list exactly one mlxd-VERSION-{PLATFORM}.tar.gz "
+            f"(found: {listed}); it is built on macOS: pass the release's SHA256SUMS "
+            f"(make formula SUMS=path)"
+        )
     return found[0]
 
 
 def fill(template: str, repo: str, version: str, name: str, digest: str) -> str:
     url = f"https://github.com/{repo}/releases/download/v{version}/{name}"
     out = template
-    for field, value in (("homepage", f"https://github.com/{repo}"), ("url", url), ("sha256", digest)):
+    for field, value in (
+        ("homepage", f"https://github.com/{repo}"),
+        ("url", url),
+        ("sha256", digest),
+    ):
         out, count = re.subn(rf'^  {field} "[^"]*"$', f'  {field} "{value}"', out, flags=re.M)
         if count != 1:
             raise SystemExit(f"make_formula: {TEMPLATE} has {count} '{field}' lines, expected 1")
@@ -57,8 +63,10 @@ def main() -> int:
     ap.add_argument("--out", default=str(ROOT / "dist" / "mlxd.rb"))
     args = ap.parse_args()
     if not args.sums.is_file():
-        raise SystemExit(f"make_formula: no {args.sums}: run make dist (on macOS arm64), or pass "
-                         "the release's SHA256SUMS (make formula SUMS=path)")
+        raise SystemExit(
+            f"make_formula: no {args.sums}: run make dist (on macOS arm64), or pass "
+            "the release's SHA256SUMS (make formula SUMS=path)"
+        )
     template = TEMPLATE.read_text()
     repo = args.repo or REPO_IN_HOMEPAGE.search(template)["repo"]
     version, name, digest = find_tarball(args.sums)
@@ -68,8 +76,10 @@ def main() -> int:
     else:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(formula)
-        print(f"make_formula: wrote {args.out}: mlxd {version}, {name}, sha256 {digest[:12]}...",
-              file=sys.stderr)
+        print(
+            f"make_formula: wrote {args.out}: mlxd {version}, {name}, sha256 {digest[:12]}...",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -28,11 +28,18 @@ def pack(folder: Path) -> Path:
     archive = folder.parent / f"{folder.name}.tar.gz"
     tmp = archive.with_name(archive.name + ".part")
     # mtime=0 in the gzip header: the same tree gives the same bytes, whenever it is packed.
-    with open(tmp, "wb") as raw, gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz, \
-            tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar:
+    with (
+        open(tmp, "wb") as raw,
+        gzip.GzipFile(fileobj=raw, mode="wb", mtime=0) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
         for path in [folder, *sorted(folder.rglob("*"))]:
-            tar.add(path, arcname=str(path.relative_to(folder.parent)), recursive=False,
-                    filter=_anonymous)
+            tar.add(
+                path,
+                arcname=str(path.relative_to(folder.parent)),
+                recursive=False,
+                filter=_anonymous,
+            )
     tmp.replace(archive)
     return archive
 

@@ -18,15 +18,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 
 import mlx.core as mx  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
+
 from tinymodel import SPECIAL_TOKENS, TINY_CONFIG, train_tokenizer, write_tokenizer  # noqa: E402
 
 
 def build(out: Path, model_type: str, tokenizer_class: str) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     tok = train_tokenizer()
-    config = dict(TINY_CONFIG, model_type=model_type, vocab_size=tok.get_vocab_size(),
-                  head_dim=TINY_CONFIG["hidden_size"] // TINY_CONFIG["num_attention_heads"],
-                  eos_token_id=SPECIAL_TOKENS.index("<|im_end|>"))
+    config = dict(
+        TINY_CONFIG,
+        model_type=model_type,
+        vocab_size=tok.get_vocab_size(),
+        head_dim=TINY_CONFIG["hidden_size"] // TINY_CONFIG["num_attention_heads"],
+        eos_token_id=SPECIAL_TOKENS.index("<|im_end|>"),
+    )
     arch = importlib.import_module(f"mlx_lm.models.{model_type}")
     mx.random.seed(0)
     model = arch.Model(arch.ModelArgs.from_dict(config))

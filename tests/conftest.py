@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import json
 import os
 import shutil
 import sys
 import tempfile
-import threading
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -24,10 +18,8 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mlxd-test-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
+from helpers import SMOLLM, ServerThread  # noqa: E402
 from tinymodel import build_tiny_model  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-SMOLLM = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 @pytest.fixture(scope="session")
@@ -42,101 +34,10 @@ def smollm_path() -> Path:
     return SMOLLM
 
 
-def sdk(url: str):
-    """The OpenAI SDK pointed at an mlxd base URL (no key checked, no retries hiding errors)."""
-    import openai
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
-
-
-class SlowModel:
-    """Wraps a model so each forward pass takes at least ``delay`` seconds: lets tests hold a
-    generation open long enough to observe queueing, cancellation and concurrency."""
-
-    def __init__(self, model, delay: float) -> None:
-        self._model, self._delay = model, delay
-
-    def __call__(self, *args, **kwargs):
-        time.sleep(self._delay)
-        return self._model(*args, **kwargs)
-
-    def __getattr__(self, name):
-        return getattr(self._model, name)
-
-
-class ServerThread:
-    """An mlxd server on 127.0.0.1:0 in a background thread with its own event loop."""
-
-    def __init__(self, config, *, model_wrapper=None) -> None:
-        self.config = config
-        self.model_wrapper = model_wrapper
-        self.port: int | None = None
-        self.code: int | None = None
-        self._listening = threading.Event()
-        self._thread = threading.Thread(target=self._main, daemon=True)
-
-    def _main(self) -> None:
-        asyncio.run(self._serve())
-
-    async def _serve(self) -> None:
-        from mlxd.service import run as serve_mod
-        self.loop = asyncio.get_running_loop()
-        self.stop = asyncio.Event()
-        if self.model_wrapper is not None:
-            original = serve_mod.Engine
-
-            def engine_factory(model, tokenizer, **kw):
-                return original(self.model_wrapper(model), tokenizer, **kw)
-            serve_mod.Engine = engine_factory
-        try:
-            self.code = await serve_mod.serve(self.config, on_listening=self._on_listening,
-                                              stop=self.stop)
-        finally:
-            if self.model_wrapper is not None:
-                serve_mod.Engine = original
-            self._listening.set()
-
-    def _on_listening(self, addresses) -> None:
-        self.port = addresses[0][1]
-        self._listening.set()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, wait_ready: bool = True, timeout: float = 60) -> "ServerThread":
-        self._thread.start()
-        assert self._listening.wait(timeout), "server did not start listening"
-        assert self.port is not None, f"server exited with {self.code}"
-        if wait_ready:
-            deadline = time.monotonic() + timeout
-            while get_json(self.url + "/health")[0] != 200:
-                assert time.monotonic() < deadline, "server never became ready"
-                assert self._thread.is_alive(), f"server exited with {self.code}"
-                time.sleep(0.05)
-        return self
-
-    def close(self) -> None:
-        if self._thread.is_alive():
-            self.loop.call_soon_threadsafe(self.stop.set)
-            self._thread.join(30)
-
-
-def get_json(url: str, body: dict | None = None, timeout: float = 30):
-    """(status, parsed JSON) for a GET, or a POST when ``body`` is given."""
-    data = None if body is None else json.dumps(body).encode()
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as resp:
-            return resp.status, json.loads(resp.read())
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"null")
-    except (urllib.error.URLError, ConnectionError):
-        return None, None
-
-
 @pytest.fixture(scope="module")
 def tiny_server(tiny_model_dir):
     from mlxd.service.config import Config
+
     srv = ServerThread(Config(model=str(tiny_model_dir), port=0, max_tokens=32)).start()
     yield srv
     srv.close()

@@ -18,13 +18,14 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from conftest import ServerThread
+from helpers import ServerThread
 from tinymodel import build_tiny_model
 
 
 class Scripted:
     def __init__(self, model_dir: Path) -> None:
         from mlx_lm.tokenizer_utils import load as load_tokenizer
+
         self.tokenizer = load_tokenizer(Path(model_dir))
         self.eos = self.tokenizer.eos_token_id
         self.script: list[int] = []
@@ -66,7 +67,7 @@ class _ScriptedModel:
         return getattr(self._model, name)
 
 
-_SCRIPTS: dict[str, Scripted] = {}     # model directory -> its script
+_SCRIPTS: dict[str, Scripted] = {}  # model directory -> its script
 _LOCK = threading.Lock()
 _ORIGINAL = []
 
@@ -80,16 +81,19 @@ def _engine(model, tokenizer, **kwargs):
 def scripted_server(tmp_path_factory, template: str, **config):
     from mlxd.service import run as serve
     from mlxd.service.config import Config
-    model_dir = build_tiny_model(tmp_path_factory.mktemp(template) / f"tiny-{template}",
-                                 template=template)
+
+    model_dir = build_tiny_model(
+        tmp_path_factory.mktemp(template) / f"tiny-{template}", template=template
+    )
     script = Scripted(model_dir)
     with _LOCK:
         if not _SCRIPTS:
             _ORIGINAL[:] = [serve.Engine]
             serve.Engine = _engine
         _SCRIPTS[str(model_dir.resolve())] = script
-    script.server = ServerThread(Config(model=str(model_dir), port=0, max_tokens=64,
-                                        prompt_cache_bytes=0, **config))
+    script.server = ServerThread(
+        Config(model=str(model_dir), port=0, max_tokens=64, prompt_cache_bytes=0, **config)
+    )
     try:
         script.server.start()
         yield script

@@ -25,8 +25,8 @@ _QWEN_HEAD = (
     "You are provided with function signatures within <tools></tools> XML tags:\n<tools>' }}"
     "{%- for tool in tools %}{{- '\n' }}{{- tool | tojson }}{%- endfor %}"
     "{{- '\n</tools>\n\nFor each function call, return a json object with function name and "
-    "arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{\"name\": "
-    "<function-name>, \"arguments\": <args-json-object>}\n</tool_call><|im_end|>\n' }}"
+    'arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n{"name": '
+    '<function-name>, "arguments": <args-json-object>}\n</tool_call><|im_end|>\n\' }}'
     "{%- elif messages[0]['role'] == 'system' %}"
     "{{- '<|im_start|>system\n' + messages[0]['content'] + '<|im_end|>\n' }}{%- endif %}"
     "{%- for message in messages %}"
@@ -37,7 +37,7 @@ _QWEN_HEAD = (
     "{%- if message.content %}{{- '\n' + message.content }}{%- endif %}"
     "{%- for tool_call in message.tool_calls %}"
     "{%- if tool_call.function is defined %}{%- set tool_call = tool_call.function %}{%- endif %}"
-    "{{- '\n<tool_call>\n{\"name\": \"' }}{{- tool_call.name }}"
+    '{{- \'\n<tool_call>\n{"name": "\' }}{{- tool_call.name }}'
     "{{- '\", \"arguments\": ' }}{{- tool_call.arguments | tojson }}{{- '}\n</tool_call>' }}"
     "{%- endfor %}{{- '<|im_end|>\n' }}"
     "{%- elif message.role == 'tool' %}"
@@ -47,7 +47,9 @@ _QWEN_HEAD = (
     "{%- if loop.last or (messages[loop.index0 + 1].role != 'tool') %}{{- '<|im_end|>\n' }}"
     "{%- endif %}{%- endif %}{%- endfor %}"
 )
-QWEN_TOOLS_TEMPLATE = _QWEN_HEAD + "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+QWEN_TOOLS_TEMPLATE = (
+    _QWEN_HEAD + "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}"
+)
 # A thinking model whose generation prompt opens the block (DeepSeek-R1, Qwen3 thinking): the
 # reply starts inside it. enable_thinking=false closes it at once, as Qwen 3 does.
 QWEN_THINK_TEMPLATE = _QWEN_HEAD + (
@@ -113,24 +115,40 @@ def train_tokenizer(vocab_size: int = 400, added: list[str] | None = None):
 
 def write_tokenizer(path: Path, tok, chat_template: str = CHATML_TEMPLATE) -> None:
     tok.save(str(path / "tokenizer.json"))
-    (path / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "PreTrainedTokenizerFast",
-        "bos_token": None,
-        "eos_token": "<|im_end|>",
-        "pad_token": "<|endoftext|>",
-        "unk_token": None,
-        "add_bos_token": False,
-        "model_max_length": TINY_CONFIG["max_position_embeddings"],
-        "chat_template": chat_template,
-    }, indent=2))
-    (path / "special_tokens_map.json").write_text(json.dumps({
-        "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>",
-    }))
+    (path / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": None,
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": None,
+                "add_bos_token": False,
+                "model_max_length": TINY_CONFIG["max_position_embeddings"],
+                "chat_template": chat_template,
+            },
+            indent=2,
+        )
+    )
+    (path / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "eos_token": "<|im_end|>",
+                "pad_token": "<|endoftext|>",
+            }
+        )
+    )
 
 
-def build_tiny_model(path: Path, *, seed: int = 0, quantize_bits: int | None = None,
-                     tie_word_embeddings: bool = False, template: str = "chatml",
-                     **overrides) -> Path:
+def build_tiny_model(
+    path: Path,
+    *,
+    seed: int = 0,
+    quantize_bits: int | None = None,
+    tie_word_embeddings: bool = False,
+    template: str = "chatml",
+    **overrides,
+) -> Path:
     """Write a random-weight llama model directory that ``mlx_lm.load`` accepts. ``template``:
     "chatml" (no tools), "tools" (Qwen 2.5 style tool calling) or "think" (tools, and a
     generation prompt that opens a <think> block)."""
@@ -142,16 +160,29 @@ def build_tiny_model(path: Path, *, seed: int = 0, quantize_bits: int | None = N
     path.mkdir(parents=True, exist_ok=True)
     template_name, added = TEMPLATES[template]
     tok = train_tokenizer(added=added)
-    config = dict(TINY_CONFIG, vocab_size=tok.get_vocab_size(),
-                  tie_word_embeddings=tie_word_embeddings, eos_token_id=SPECIAL_TOKENS.index("<|im_end|>"),
-                  bos_token_id=None, **overrides)
+    config = dict(
+        TINY_CONFIG,
+        vocab_size=tok.get_vocab_size(),
+        tie_word_embeddings=tie_word_embeddings,
+        eos_token_id=SPECIAL_TOKENS.index("<|im_end|>"),
+        bos_token_id=None,
+        **overrides,
+    )
     mx.random.seed(seed)
     model = llama.Model(llama.ModelArgs.from_dict(config))
     # Random init gives logits too flat to say anything; widen them so greedy picks vary by context.
-    model.update({"model": {"embed_tokens": {"weight": mx.random.normal(
-        model.model.embed_tokens.weight.shape) * 1.0}}})
+    model.update(
+        {
+            "model": {
+                "embed_tokens": {
+                    "weight": mx.random.normal(model.model.embed_tokens.weight.shape) * 1.0
+                }
+            }
+        }
+    )
     if quantize_bits:
         import mlx.nn as nn
+
         nn.quantize(model, group_size=32, bits=quantize_bits)
         config["quantization"] = {"group_size": 32, "bits": quantize_bits}
     weights = dict(tree_flatten(model.parameters()))

@@ -11,26 +11,26 @@ import dataclasses
 import functools
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import AsyncIterator
 
 from mlxd import __version__
-from mlxd.transport import sse
-from mlxd.engine.loop import Engine, Job
-from mlxd.transport.errors import NOT_FOUND, UNAVAILABLE, HttpError, bad_request
-from mlxd.engine.events import Courier, Delta, Event, Failed, Finished
-from mlxd.api.logprobs import ChatLogprobs, TextLogprobs
-from mlxd.models.loader import LoadedModel
 from mlxd.api.chatplan import ChatPlan, ModelTraits, plan_chat
-from mlxd.constrain.index import TokenVocabulary
-from mlxd.constrain.enforce import Enforce, processor
+from mlxd.api.logprobs import ChatLogprobs, TextLogprobs
 from mlxd.api.reply import Reply, ReplySpec
-from mlxd.engine.sampling import SamplingParams
 from mlxd.api.schema import ChatRequest, CompletionRequest, Sampling, context_error
-from mlxd.transport.metrics import CONTENT_TYPE as METRICS_TYPE
-from mlxd.transport.metrics import Metrics
 from mlxd.api.shapes import ChatShape, Choice, Shape, TextShape, usage
 from mlxd.api.status import gauges, queue_state, status_report
+from mlxd.constrain.enforce import Enforce, processor
+from mlxd.constrain.index import TokenVocabulary
+from mlxd.engine.events import Courier, Delta, Event, Failed, Finished
+from mlxd.engine.loop import Engine, Job
+from mlxd.engine.sampling import SamplingParams
+from mlxd.models.loader import LoadedModel
+from mlxd.transport import sse
+from mlxd.transport.errors import NOT_FOUND, UNAVAILABLE, HttpError, bad_request
+from mlxd.transport.metrics import CONTENT_TYPE as METRICS_TYPE
+from mlxd.transport.metrics import Metrics
 
 log = logging.getLogger("mlxd.api")
 
@@ -40,23 +40,25 @@ NOT_READY_RETRY_AFTER_S = "5"
 @dataclass(frozen=True)
 class Defaults:
     """Server-side defaults for fields a request leaves out (CLI/config)."""
+
     max_tokens: int = 512
     temperature: float = 0.7
     top_p: float = 1.0
-    reasoning_format: str = "auto"     # "none": leave thinking in content
+    reasoning_format: str = "auto"  # "none": leave thinking in content
 
 
 @dataclass
 class App:
     """What the handlers share. The server listens before the model is in: until ``loaded`` and
     ``engine`` are set and the engine has warmed up, model routes answer 503."""
-    name: str                                  # the model id served in /v1/models
+
+    name: str  # the model id served in /v1/models
     defaults: Defaults = field(default_factory=Defaults)
     loaded: LoadedModel | None = None
     engine: Engine | None = None
     request_timeout: float | None = None
     metrics: Metrics = field(default_factory=Metrics)
-    parameter_count: int | None = None        # computed on the first /v1/mlx/status
+    parameter_count: int | None = None  # computed on the first /v1/mlx/status
     started: float = field(default_factory=time.time)
     _token_texts: dict = field(default_factory=dict)
 
@@ -66,8 +68,12 @@ class App:
 
     def require_ready(self) -> None:
         if not self.ready:
-            raise HttpError(503, UNAVAILABLE, "the model is still loading; retry shortly",
-                            headers=(("Retry-After", NOT_READY_RETRY_AFTER_S),))
+            raise HttpError(
+                503,
+                UNAVAILABLE,
+                "the model is still loading; retry shortly",
+                headers=(("Retry-After", NOT_READY_RETRY_AFTER_S),),
+            )
 
     def check_token_ids(self, ids, param: str) -> None:
         vocab = self.engine.vocab_size
@@ -99,12 +105,14 @@ class App:
         tokenizer = self.loaded.tokenizer
         # Built once per tokenizer (about 0.1 s at a 49k vocabulary), then cached.
         vocab = await asyncio.to_thread(TokenVocabulary.for_tokenizer, tokenizer)
-        make = functools.partial(processor, enforce, vocab,
-                                 tuple(sorted(tokenizer.eos_token_ids)), params.max_tokens)
+        make = functools.partial(
+            processor, enforce, vocab, tuple(sorted(tokenizer.eos_token_ids)), params.max_tokens
+        )
         return dataclasses.replace(params, constraint=make)
 
-    def sampling_params(self, s: Sampling, prompt_tokens: int, prompt_param: str,
-                        extra_stop: tuple[str, ...] = ()) -> SamplingParams:
+    def sampling_params(
+        self, s: Sampling, prompt_tokens: int, prompt_param: str, extra_stop: tuple[str, ...] = ()
+    ) -> SamplingParams:
         context = self.loaded.context_length
         if prompt_tokens >= context:
             raise context_error(prompt_tokens, s.max_tokens or 1, context, prompt_param)
@@ -116,13 +124,21 @@ class App:
             max_tokens=max_tokens,
             temperature=self.defaults.temperature if s.temperature is None else s.temperature,
             top_p=self.defaults.top_p if s.top_p is None else s.top_p,
-            stop=s.stop + extra_stop, seed=s.seed, n=s.n, presence_penalty=s.presence_penalty,
-            frequency_penalty=s.frequency_penalty, logit_bias=dict(s.logit_bias),
-            logprobs=s.logprobs, top_k=s.top_k, min_p=s.min_p,
-            repetition_penalty=s.repetition_penalty)
+            stop=s.stop + extra_stop,
+            seed=s.seed,
+            n=s.n,
+            presence_penalty=s.presence_penalty,
+            frequency_penalty=s.frequency_penalty,
+            logit_bias=dict(s.logit_bias),
+            logprobs=s.logprobs,
+            top_k=s.top_k,
+            min_p=s.min_p,
+            repetition_penalty=s.repetition_penalty,
+        )
 
 
 # ----- model-facing routes -----
+
 
 async def chat_completions(app: App, ex) -> None:
     app.require_ready()
@@ -132,9 +148,18 @@ async def chat_completions(app: App, ex) -> None:
     prompt = await asyncio.to_thread(render_chat, tokenizer, req.messages, plan.template_tools)
     plan = plan.after_render(tokenizer, prompt)
     params = await app.constrained(
-        app.sampling_params(req.sampling, len(prompt), "messages", plan.stop), plan.enforce)
-    await _respond(app, ex, prompt, params, ChatShape(app.name, req.include_usage), req.stream,
-                   ChatLogprobs, plan.reply)
+        app.sampling_params(req.sampling, len(prompt), "messages", plan.stop), plan.enforce
+    )
+    await _respond(
+        app,
+        ex,
+        prompt,
+        params,
+        ChatShape(app.name, req.include_usage),
+        req.stream,
+        ChatLogprobs,
+        plan.reply,
+    )
 
 
 async def completions(app: App, ex) -> None:
@@ -149,11 +174,25 @@ async def completions(app: App, ex) -> None:
     if not prompt:
         raise bad_request("'prompt' encodes to no tokens", "prompt")
     enforce = Enforce(req.response_format.grammar) if req.response_format else None
-    params = await app.constrained(app.sampling_params(req.sampling, len(prompt), "prompt"),
-                                   enforce)
-    echo = (req.prompt if isinstance(req.prompt, str) else tokenizer.decode(prompt)) if req.echo else ""
-    await _respond(app, ex, prompt, params, TextShape(app.name, req.include_usage), req.stream,
-                   TextLogprobs, ReplySpec(), prefix=echo)
+    params = await app.constrained(
+        app.sampling_params(req.sampling, len(prompt), "prompt"), enforce
+    )
+    echo = (
+        (req.prompt if isinstance(req.prompt, str) else tokenizer.decode(prompt))
+        if req.echo
+        else ""
+    )
+    await _respond(
+        app,
+        ex,
+        prompt,
+        params,
+        TextShape(app.name, req.include_usage),
+        req.stream,
+        TextLogprobs,
+        ReplySpec(),
+        prefix=echo,
+    )
 
 
 def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None = None) -> list[int]:
@@ -161,18 +200,32 @@ def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None = None
         raise bad_request("this model has no chat template; use /v1/completions", "messages")
     extra = {"tools": tools} if tools else {}
     try:
-        return list(tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
-                                                  **extra))
+        return list(
+            tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, **extra)
+        )
     except Exception as exc:  # the template's own raise_exception(), or a jinja error
-        raise bad_request(f"the model's chat template rejected these messages: {exc}",
-                          "messages") from None
+        raise bad_request(
+            f"the model's chat template rejected these messages: {exc}", "messages"
+        ) from None
 
 
-async def _respond(app: App, ex, prompt: list[int], params: SamplingParams, shape: Shape,
-                   stream: bool, logprob_kind, reply: ReplySpec, prefix: str = "") -> None:
-    job, events = start_job(app, prompt, params)   # raises 429/503 before any byte is sent
-    formatters = ([logprob_kind(app.token_text, len(prefix)) for _ in range(params.n)]
-                  if params.logprobs is not None else None)
+async def _respond(
+    app: App,
+    ex,
+    prompt: list[int],
+    params: SamplingParams,
+    shape: Shape,
+    stream: bool,
+    logprob_kind,
+    reply: ReplySpec,
+    prefix: str = "",
+) -> None:
+    job, events = start_job(app, prompt, params)  # raises 429/503 before any byte is sent
+    formatters = (
+        [logprob_kind(app.token_text, len(prefix)) for _ in range(params.n)]
+        if params.logprobs is not None
+        else None
+    )
     replies = [reply.new() for _ in range(params.n)]
     timer = _arm_timeout(events, app.request_timeout)
     try:
@@ -200,8 +253,11 @@ def _arm_timeout(events: asyncio.Queue, seconds: float | None) -> asyncio.TimerH
     request puts the failure in line with the job's events (no per-event wait_for)."""
     if seconds is None:
         return None
-    failure = Failed(HttpError(504, "timeout", f"the request took longer than {seconds:g}s",
-                               code="request_timeout"))
+    failure = Failed(
+        HttpError(
+            504, "timeout", f"the request took longer than {seconds:g}s", code="request_timeout"
+        )
+    )
     return asyncio.get_running_loop().call_later(seconds, events.put_nowait, failure)
 
 
@@ -209,7 +265,7 @@ async def _until_done(events: asyncio.Queue, n: int) -> AsyncIterator[Event]:
     """A job's events up to its last ``Finished`` (one per choice) or its ``Failed``."""
     open_choices = n
     while open_choices:
-        ev = await events.get()   # no suspension while events are already queued
+        ev = await events.get()  # no suspension while events are already queued
         yield ev
         if isinstance(ev, Failed):
             return
@@ -228,19 +284,24 @@ async def _observed(app: App, ex, events: AsyncIterator[Event]) -> AsyncIterator
         yield ev
     if finished:
         app.metrics.observe_generation(
-            finished[0].prompt_tokens, sum(f.completion_tokens for f in finished),
-            finished[0].cached_tokens, None if first is None else first - ex.started,
-            None if first is None else time.monotonic() - first)
+            finished[0].prompt_tokens,
+            sum(f.completion_tokens for f in finished),
+            finished[0].cached_tokens,
+            None if first is None else first - ex.started,
+            None if first is None else time.monotonic() - first,
+        )
 
 
 def _usage(finished: list[Finished]) -> dict:
     first = finished[0]
-    return usage(first.prompt_tokens, sum(f.completion_tokens for f in finished),
-                 first.cached_tokens)
+    return usage(
+        first.prompt_tokens, sum(f.completion_tokens for f in finished), first.cached_tokens
+    )
 
 
-async def _collect(ex, events: AsyncIterator[Event], shape: Shape, prefix: str,
-                   replies: list[Reply], formatters) -> None:
+async def _collect(
+    ex, events: AsyncIterator[Event], shape: Shape, prefix: str, replies: list[Reply], formatters
+) -> None:
     finished: dict[int, Finished] = {}
     async for ev in events:
         match ev:
@@ -265,8 +326,9 @@ async def _collect(ex, events: AsyncIterator[Event], shape: Shape, prefix: str,
     await ex.send_json(200, shape.whole(choices, use))
 
 
-async def _stream(ex, events: AsyncIterator[Event], shape: Shape, prefix: str,
-                  replies: list[Reply], formatters) -> None:
+async def _stream(
+    ex, events: AsyncIterator[Event], shape: Shape, prefix: str, replies: list[Reply], formatters
+) -> None:
     await ex.start_stream(sse.CONTENT_TYPE)
     for index in range(len(replies)):
         if (first := shape.first_chunk(index)) is not None:
@@ -281,9 +343,10 @@ async def _stream(ex, events: AsyncIterator[Event], shape: Shape, prefix: str,
                 lp = formatters[index].piece(text, logprobs) if formatters and logprobs else None
                 if lp is not None and not deltas:
                     deltas = [{"content": ""}]
-                for j, delta in enumerate(deltas):   # the logprobs ride on the first piece
-                    await ex.send_chunk(sse.event(shape.delta_chunk(index, delta,
-                                                                    lp if j == 0 else None)))
+                for j, delta in enumerate(deltas):  # the logprobs ride on the first piece
+                    await ex.send_chunk(
+                        sse.event(shape.delta_chunk(index, delta, lp if j == 0 else None))
+                    )
             case Finished(index, reason):
                 finished.append(ev)
                 deltas, reason = replies[index].finish(reason)
@@ -305,6 +368,7 @@ async def _stream(ex, events: AsyncIterator[Event], shape: Shape, prefix: str,
 
 # ----- operational routes -----
 
+
 def model_card(app: App) -> dict:
     card = {"id": app.name, "object": "model", "created": int(app.started), "owned_by": "mlxd"}
     if app.loaded is not None and app.loaded.adapter is not None:
@@ -319,14 +383,18 @@ async def list_models(app: App, ex) -> None:
 async def get_model(app: App, ex) -> None:
     model_id = ex.path_param
     if model_id != app.name:
-        raise HttpError(404, NOT_FOUND, f"The model '{model_id}' does not exist",
-                        param="model", code="model_not_found")
+        raise HttpError(
+            404,
+            NOT_FOUND,
+            f"The model '{model_id}' does not exist",
+            param="model",
+            code="model_not_found",
+        )
     await ex.send_json(200, model_card(app))
 
 
 async def health(app: App, ex) -> None:
-    body = {"status": "ok" if app.ready else "loading", "model": app.name,
-            "version": __version__}
+    body = {"status": "ok" if app.ready else "loading", "model": app.name, "version": __version__}
     headers = () if app.ready else (("Retry-After", NOT_READY_RETRY_AFTER_S),)
     await ex.send_json(200 if app.ready else 503, body, headers)
 

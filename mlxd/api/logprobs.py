@@ -3,7 +3,7 @@ completions' parallel arrays. One formatter per choice; it sees each ``Delta``'s
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from mlxd.engine.events import TokenLogprob
 
@@ -20,9 +20,13 @@ class ChatLogprobs:
         self.content: list[dict] = []
 
     def _entries(self, logprobs: tuple[TokenLogprob, ...]) -> list[dict]:
-        return [{**_entry(self.token_text(lp.token), lp.logprob),
-                 "top_logprobs": [_entry(self.token_text(t), v) for t, v in lp.top]}
-                for lp in logprobs]
+        return [
+            {
+                **_entry(self.token_text(lp.token), lp.logprob),
+                "top_logprobs": [_entry(self.token_text(t), v) for t, v in lp.top],
+            }
+            for lp in logprobs
+        ]
 
     def add(self, _text: str, logprobs: tuple[TokenLogprob, ...]) -> None:
         self.content.extend(self._entries(logprobs))
@@ -37,9 +41,13 @@ class ChatLogprobs:
 class TextLogprobs:
     def __init__(self, token_text: TokenText, prefix_len: int = 0) -> None:
         self.token_text = token_text
-        self.offset = prefix_len      # text_offset counts from the start of the returned text
-        self.arrays: dict[str, list] = {"tokens": [], "token_logprobs": [], "top_logprobs": [],
-                                        "text_offset": []}
+        self.offset = prefix_len  # text_offset counts from the start of the returned text
+        self.arrays: dict[str, list] = {
+            "tokens": [],
+            "token_logprobs": [],
+            "top_logprobs": [],
+            "text_offset": [],
+        }
 
     def _arrays(self, logprobs: tuple[TokenLogprob, ...]) -> dict[str, list]:
         out: dict[str, list] = {key: [] for key in self.arrays}

@@ -10,8 +10,8 @@ held back (as ``textstream.StopScanner`` holds back stop strings). mlx-lm's
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Union
 
 NORMAL, REASONING, TOOL = "normal", "reasoning", "tool"
 
@@ -19,6 +19,7 @@ NORMAL, REASONING, TOOL = "normal", "reasoning", "tool"
 @dataclass(frozen=True)
 class Run:
     """Text generated in ``state``."""
+
     state: str
     text: str
 
@@ -26,20 +27,22 @@ class Run:
 @dataclass(frozen=True)
 class Switch:
     """The marker ``marker`` moved the stream from ``old`` to ``new``."""
+
     old: str
     new: str
     marker: str
 
 
-Event = Union[Run, Switch]
-Transitions = dict[str, tuple[tuple[str, str], ...]]   # state -> ((marker, next state), ...)
+Event = Run | Switch
+Transitions = dict[str, tuple[tuple[str, str], ...]]  # state -> ((marker, next state), ...)
 
 
 class MarkerMachine:
     def __init__(self, transitions: Transitions, state: str = NORMAL) -> None:
         # Empty markers (a format whose block runs to the end) never match.
-        self.transitions = {s: tuple((m, n) for m, n in edges if m)
-                            for s, edges in transitions.items()}
+        self.transitions = {
+            s: tuple((m, n) for m, n in edges if m) for s, edges in transitions.items()
+        }
         self.state = state
         self._held = ""
         self._switched = state
@@ -59,10 +62,10 @@ class MarkerMachine:
             if i:
                 yield Run(self.state, buf[:i])
             self._switched = self.state
-            self.state, buf = new, buf[i + len(marker):]
+            self.state, buf = new, buf[i + len(marker) :]
             yield Switch(self._switched, new, marker)
         keep = _partial_tail(buf, [m for m, _ in self.transitions.get(self.state, ())])
-        self._held = buf[len(buf) - keep:]
+        self._held = buf[len(buf) - keep :]
         if len(buf) > keep:
             yield Run(self.state, buf[: len(buf) - keep])
 

@@ -20,22 +20,35 @@ def refuse_unknown(obj: dict, allowed: tuple[str, ...], what: str, where: str) -
     """A key the API does not define is a 400 naming it (README: no silent ignoring)."""
     for key in obj:
         if key not in allowed:
-            raise bad_request(f"Unrecognized {what} field: {key}", f"{where}.{key}",
-                              "unknown_parameter")
+            raise bad_request(
+                f"Unrecognized {what} field: {key}", f"{where}.{key}", "unknown_parameter"
+            )
+
 
 MAX_MESSAGES = 4096
-MAX_TOOLS = 128                # OpenAI's limit
-NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")   # OpenAI's rule for function and schema names
-ROLES = {"system": "system", "developer": "system", "user": "user", "assistant": "assistant",
-         "tool": "tool"}
+MAX_TOOLS = 128  # OpenAI's limit
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for function and schema names
+ROLES = {
+    "system": "system",
+    "developer": "system",
+    "user": "user",
+    "assistant": "assistant",
+    "tool": "tool",
+}
 # Keys a message may carry besides role and content. ``None`` = accepted only as null (OpenAI
 # defines it; mlxd has nothing to do with it); the SDK sends ``refusal: null`` back with the
 # assistant messages it received.
 _KEYS: dict[str, dict[str, bool]] = {
     "system": {"name": False},
     "user": {"name": False},
-    "assistant": {"name": False, "refusal": False, "function_call": False, "audio": False,
-                  "tool_calls": True, "reasoning_content": True},
+    "assistant": {
+        "name": False,
+        "refusal": False,
+        "function_call": False,
+        "audio": False,
+        "tool_calls": True,
+        "reasoning_content": True,
+    },
     "tool": {"tool_call_id": True},
 }
 
@@ -56,18 +69,20 @@ def _message(msg: Any, where: str) -> dict:
         raise bad_request(f"'{where}' must be an object, not {kind(msg)}", where)
     role = msg.get("role")
     if role not in ROLES:
-        raise bad_request(f"'{where}.role' must be one of {', '.join(ROLES)}, got {role!r}",
-                          f"{where}.role")
+        raise bad_request(
+            f"'{where}.role' must be one of {', '.join(ROLES)}, got {role!r}", f"{where}.role"
+        )
     role = ROLES[role]
     allowed = _KEYS[role]
     for key, value in msg.items():
         if key in ("role", "content") or (key in allowed and (allowed[key] or value is None)):
             continue
-        raise bad_request(f"'{where}.{key}' is not supported by mlxd", f"{where}.{key}",
-                          "unsupported_parameter")
+        raise bad_request(
+            f"'{where}.{key}' is not supported by mlxd", f"{where}.{key}", "unsupported_parameter"
+        )
     out: dict = {"role": role}
     calls = msg.get("tool_calls")
-    if role == "assistant" and msg.get("content") is None:   # OpenAI: null beside tool calls
+    if role == "assistant" and msg.get("content") is None:  # OpenAI: null beside tool calls
         out["content"] = ""
     else:
         out["content"] = _content(msg.get("content"), f"{where}.content")
@@ -84,17 +99,20 @@ def _content(content: Any, where: str) -> str:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise bad_request(f"'{where}' must be a string or an array of text parts, "
-                          f"not {kind(content)}", where)
+        raise bad_request(
+            f"'{where}' must be a string or an array of text parts, not {kind(content)}", where
+        )
     texts = []
     for i, part in enumerate(content):
         here = f"{where}[{i}]"
         if not isinstance(part, dict) or part.get("type") != "text":
             part_kind = part.get("type") if isinstance(part, dict) else kind(part)
-            raise bad_request(f"'{here}' must be a text part; {part_kind!r} parts are not "
-                              "supported", f"{here}.type")
+            raise bad_request(
+                f"'{here}' must be a text part; {part_kind!r} parts are not supported",
+                f"{here}.type",
+            )
         if not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
-            raise bad_request(f"'{here}' must be {{\"type\": \"text\", \"text\": string}}", here)
+            raise bad_request(f'\'{here}\' must be {{"type": "text", "text": string}}', here)
         texts.append(part["text"])
     return "".join(texts)
 
@@ -105,22 +123,34 @@ def _history_calls(calls: Any, where: str) -> list[dict]:
     out = []
     for i, call in enumerate(calls):
         here = f"{where}[{i}]"
-        if not isinstance(call, dict) or call.get("type", "function") != "function" \
-                or set(call) - {"id", "type", "function"}:
-            raise bad_request(f"'{here}' must be {{\"id\", \"type\": \"function\", "
-                              "\"function\": {\"name\", \"arguments\"}}", here)
+        if (
+            not isinstance(call, dict)
+            or call.get("type", "function") != "function"
+            or set(call) - {"id", "type", "function"}
+        ):
+            raise bad_request(
+                f'\'{here}\' must be {{"id", "type": "function", '
+                '"function": {"name", "arguments"}}',
+                here,
+            )
         function = call.get("function")
         if not isinstance(function, dict) or set(function) - {"name", "arguments"}:
-            raise bad_request(f"'{here}.function' must be {{\"name\", \"arguments\"}}",
-                              f"{here}.function")
+            raise bad_request(
+                f'\'{here}.function\' must be {{"name", "arguments"}}', f"{here}.function"
+            )
         name = _string(function.get("name"), f"{here}.function.name")
         arguments = _string(function.get("arguments", "{}"), f"{here}.function.arguments")
         try:
             decoded = json.loads(arguments)
         except json.JSONDecodeError:
-            decoded = arguments   # the model wrote something else once; render it as written
-        out.append({"id": _string(call.get("id", ""), f"{here}.id"), "type": "function",
-                    "function": {"name": name, "arguments": decoded}})
+            decoded = arguments  # the model wrote something else once; render it as written
+        out.append(
+            {
+                "id": _string(call.get("id", ""), f"{here}.id"),
+                "type": "function",
+                "function": {"name": name, "arguments": decoded},
+            }
+        )
     return out
 
 
@@ -131,6 +161,7 @@ def _string(value: Any, where: str) -> str:
 
 
 # ----- tools, tool_choice, parallel_tool_calls -----
+
 
 def tools(obj: dict) -> tuple[dict, ...]:
     value = obj.get("tools")
@@ -144,45 +175,55 @@ def tools(obj: dict) -> tuple[dict, ...]:
     for i, tool in enumerate(value):
         function = _tool(tool, f"tools[{i}]")
         if function["name"] in names:
-            raise bad_request(f"two tools are named {function['name']!r}",
-                              f"tools[{i}].function.name")
+            raise bad_request(
+                f"two tools are named {function['name']!r}", f"tools[{i}].function.name"
+            )
         names.add(function["name"])
         out.append({"type": "function", "function": function})
     return tuple(out)
 
 
 def _tool(tool: Any, where: str) -> dict:
-    if not isinstance(tool, dict) or tool.get("type") != "function" \
-            or set(tool) - {"type", "function"}:
-        raise bad_request(f"'{where}' must be {{\"type\": \"function\", \"function\": {{...}}}}; "
-                          "mlxd supports function tools only", where)
+    if (
+        not isinstance(tool, dict)
+        or tool.get("type") != "function"
+        or set(tool) - {"type", "function"}
+    ):
+        raise bad_request(
+            f'\'{where}\' must be {{"type": "function", "function": {{...}}}}; '
+            "mlxd supports function tools only",
+            where,
+        )
     function = tool.get("function")
     if not isinstance(function, dict):
         raise bad_request(f"'{where}.function' must be an object", f"{where}.function")
-    refuse_unknown(function, ("name", "description", "parameters", "strict"), "tool",
-                   f"{where}.function")
+    refuse_unknown(
+        function, ("name", "description", "parameters", "strict"), "tool", f"{where}.function"
+    )
     name = function.get("name")
     if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name):
-        raise bad_request("a function name must be 1 to 64 of a-z, A-Z, 0-9, _ and -",
-                          f"{where}.function.name")
+        raise bad_request(
+            "a function name must be 1 to 64 of a-z, A-Z, 0-9, _ and -", f"{where}.function.name"
+        )
     out: dict = {"name": name}
-    for key, kind_wanted, what in (("description", str, "a string"),
-                                   ("parameters", dict, "an object (a JSON schema)"),
-                                   ("strict", bool, "a boolean")):
+    for key, kind_wanted, what in (
+        ("description", str, "a string"),
+        ("parameters", dict, "an object (a JSON schema)"),
+        ("strict", bool, "a boolean"),
+    ):
         value = function.get(key)
         if value is None:
             continue
         if not isinstance(value, kind_wanted):
-            raise bad_request(f"'{where}.function.{key}' must be {what}",
-                              f"{where}.function.{key}")
+            raise bad_request(f"'{where}.function.{key}' must be {what}", f"{where}.function.{key}")
         out[key] = value
     return out
 
 
 @dataclass(frozen=True)
 class ToolChoice:
-    mode: str                      # "none", "auto", "required", or "function" (one named)
-    name: str | None = None        # the function a "function" choice names
+    mode: str  # "none", "auto", "required", or "function" (one named)
+    name: str | None = None  # the function a "function" choice names
 
     @property
     def forced(self) -> bool:
@@ -198,16 +239,22 @@ def tool_choice(obj: dict, defined: tuple[dict, ...]) -> ToolChoice:
         if value != "none" and not defined:
             raise bad_request(f"tool_choice {value!r} needs 'tools'", "tool_choice")
         return ToolChoice(value)
-    if isinstance(value, dict) and value.get("type") == "function" and set(value) <= {
-            "type", "function"} and isinstance(value.get("function"), dict) \
-            and set(value["function"]) == {"name"}:
+    if (
+        isinstance(value, dict)
+        and value.get("type") == "function"
+        and set(value) <= {"type", "function"}
+        and isinstance(value.get("function"), dict)
+        and set(value["function"]) == {"name"}
+    ):
         name = value["function"]["name"]
         if name not in {t["function"]["name"] for t in defined}:
-            raise bad_request(f"tool_choice names {name!r}, which is not in 'tools'",
-                              "tool_choice")
+            raise bad_request(f"tool_choice names {name!r}, which is not in 'tools'", "tool_choice")
         return ToolChoice("function", name)
-    raise bad_request("'tool_choice' must be 'none', 'auto', 'required' or "
-                      "{\"type\": \"function\", \"function\": {\"name\": ...}}", "tool_choice")
+    raise bad_request(
+        "'tool_choice' must be 'none', 'auto', 'required' or "
+        '{"type": "function", "function": {"name": ...}}',
+        "tool_choice",
+    )
 
 
 def parallel_tool_calls(obj: dict, defined: tuple[dict, ...]) -> bool:
@@ -216,12 +263,20 @@ def parallel_tool_calls(obj: dict, defined: tuple[dict, ...]) -> bool:
         return True
     if not isinstance(value, bool):
         raise bad_request("'parallel_tool_calls' must be a boolean", "parallel_tool_calls")
-    if not defined:   # OpenAI refuses it without tools too
-        raise bad_request("'parallel_tool_calls' is only allowed when 'tools' are given",
-                          "parallel_tool_calls")
+    if not defined:  # OpenAI refuses it without tools too
+        raise bad_request(
+            "'parallel_tool_calls' is only allowed when 'tools' are given", "parallel_tool_calls"
+        )
     return value
 
 
 def kind(value: Any) -> str:
-    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean",
-            int: "a number", float: "a number", type(None): "null"}.get(type(value), "a value")
+    return {
+        dict: "an object",
+        list: "an array",
+        str: "a string",
+        bool: "a boolean",
+        int: "a number",
+        float: "a number",
+        type(None): "null",
+    }.get(type(value), "a value")

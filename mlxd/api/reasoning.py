@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 # llama.cpp's names: "deepseek" puts thoughts in reasoning_content, "none" leaves them in content.
 REASONING_FORMATS = ("auto", "deepseek", "none")
-GENERATION_PROMPT_TOKENS = 32   # templates append at most a few tokens after the last message
+GENERATION_PROMPT_TOKENS = 32  # templates append at most a few tokens after the last message
 
 
 @dataclass(frozen=True)

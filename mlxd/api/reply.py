@@ -21,11 +21,12 @@ from mlxd.api.toolcalls import ToolCall, ToolFormat, parse_block
 @dataclass(frozen=True)
 class ReplySpec:
     """How to read every choice of one request (shared; each choice gets its own ``Reply``)."""
-    think: ThinkMarkers | None = None       # set: split thinking into reasoning_content
-    starts_thinking: bool = False           # the prompt opened the thinking block
-    tools: ToolFormat | None = None         # set: parse tool calls
-    tool_defs: list | None = None           # the request's tools, for parsers that read types
-    max_calls: int | None = None            # parallel_tool_calls false: 1
+
+    think: ThinkMarkers | None = None  # set: split thinking into reasoning_content
+    starts_thinking: bool = False  # the prompt opened the thinking block
+    tools: ToolFormat | None = None  # set: parse tool calls
+    tool_defs: list | None = None  # the request's tools, for parsers that read types
+    max_calls: int | None = None  # parallel_tool_calls false: 1
 
     def transitions(self) -> Transitions:
         edges: dict[str, list[tuple[str, str]]] = {NORMAL: []}
@@ -34,12 +35,12 @@ class ReplySpec:
             edges[REASONING] = [(self.think.end, NORMAL)]
         if self.tools:
             edges[NORMAL].append((self.tools.start, TOOL))
-            if self.think:   # as mlx-lm: a call may begin inside unclosed thinking
+            if self.think:  # as mlx-lm: a call may begin inside unclosed thinking
                 edges[REASONING].append((self.tools.start, TOOL))
             edges[TOOL] = [(self.tools.end, NORMAL)]
         return {state: tuple(e) for state, e in edges.items()}
 
-    def new(self) -> "Reply":
+    def new(self) -> Reply:
         return Reply(self)
 
 
@@ -50,9 +51,9 @@ class _Trim:
 
     def __init__(self, at_start: bool = False) -> None:
         self.at_start = at_start
-        self.held = ""           # trailing whitespace not sent yet
-        self.gap = ""            # whitespace that stood before the last block
-        self.wrote = False       # any text sent yet
+        self.held = ""  # trailing whitespace not sent yet
+        self.gap = ""  # whitespace that stood before the last block
+        self.wrote = False  # any text sent yet
 
     def push(self, text: str) -> str:
         if self.at_start:
@@ -66,7 +67,7 @@ class _Trim:
             self.gap = ""
         text = self.held + text
         body = text.rstrip()
-        self.held = text[len(body):]
+        self.held = text[len(body) :]
         self.wrote = self.wrote or bool(body)
         return body
 
@@ -120,7 +121,7 @@ class Reply:
         if not self.plain:
             for ev in self._machine.finish():
                 self._apply(ev, out)
-            if self._machine.state == TOOL:      # a block the end of generation closed
+            if self._machine.state == TOOL:  # a block the end of generation closed
                 self._close_block(out)
             self._thought.flush()
             if not self.calls:
@@ -170,7 +171,7 @@ class Reply:
             self._block.append(end_marker)
             return False
         self._block = []
-        if calls is None:   # not a call after all: keep what the model wrote
+        if calls is None:  # not a call after all: keep what the model wrote
             self._emit("content", self._content.verbatim(self._opened_with + text), out)
             return True
         if self.spec.max_calls is not None:

@@ -12,15 +12,19 @@ from dataclasses import dataclass, field
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 @dataclass
 class Choice:
     """One finished choice of a non-streamed response. ``message`` holds the reply's fields:
     ``content`` and, for chat, ``reasoning_content`` and ``tool_calls`` where they apply."""
+
     message: dict
     reason: str
     logprobs: dict | None = None
@@ -29,12 +33,18 @@ class Choice:
 @dataclass
 class Shape:
     model: str
-    include_usage: bool = False   # streamed: every chunk says "usage": null, a last one has it
+    include_usage: bool = False  # streamed: every chunk says "usage": null, a last one has it
     created: int = field(default_factory=lambda: int(time.time()))
 
     def _envelope(self, obj_type: str, choices: list, **extra) -> dict:
-        body = {"id": self.id, "object": obj_type, "created": self.created, "model": self.model,
-                "system_fingerprint": None, "choices": choices}
+        body = {
+            "id": self.id,
+            "object": obj_type,
+            "created": self.created,
+            "model": self.model,
+            "system_fingerprint": None,
+            "choices": choices,
+        }
         body.update(extra)
         if self.include_usage and "usage" not in body:
             body["usage"] = None
@@ -47,8 +57,10 @@ class ChatShape(Shape):
     chunk_type = "chat.completion.chunk"
 
     def _chunk(self, index: int, delta: dict, reason: str | None = None, logprobs=None) -> dict:
-        return self._envelope(self.chunk_type, [
-            {"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}])
+        return self._envelope(
+            self.chunk_type,
+            [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": reason}],
+        )
 
     def first_chunk(self, index: int) -> dict | None:
         return self._chunk(index, {"role": "assistant", "content": ""})
@@ -64,10 +76,19 @@ class ChatShape(Shape):
         return self._envelope(self.chunk_type, [], usage=use)
 
     def whole(self, choices: list[Choice], use: dict) -> dict:
-        return self._envelope("chat.completion", [
-            {"index": i, "message": {"role": "assistant", **c.message, "refusal": None},
-             "logprobs": c.logprobs, "finish_reason": c.reason}
-            for i, c in enumerate(choices)], usage=use)
+        return self._envelope(
+            "chat.completion",
+            [
+                {
+                    "index": i,
+                    "message": {"role": "assistant", **c.message, "refusal": None},
+                    "logprobs": c.logprobs,
+                    "finish_reason": c.reason,
+                }
+                for i, c in enumerate(choices)
+            ],
+            usage=use,
+        )
 
 
 @dataclass
@@ -76,11 +97,13 @@ class TextShape(Shape):
     chunk_type = "text_completion"
 
     def _chunk(self, index: int, text: str, reason: str | None = None, logprobs=None) -> dict:
-        return self._envelope(self.chunk_type, [
-            {"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}])
+        return self._envelope(
+            self.chunk_type,
+            [{"index": index, "text": text, "logprobs": logprobs, "finish_reason": reason}],
+        )
 
     def first_chunk(self, index: int) -> dict | None:
-        return None   # text completions have no role chunk
+        return None  # text completions have no role chunk
 
     def delta_chunk(self, index: int, delta: dict, logprobs: dict | None = None) -> dict:
         return self._chunk(index, delta.get("content", ""), logprobs=logprobs)
@@ -92,7 +115,16 @@ class TextShape(Shape):
         return self._envelope(self.chunk_type, [], usage=use)
 
     def whole(self, choices: list[Choice], use: dict) -> dict:
-        return self._envelope("text_completion", [
-            {"index": i, "text": c.message["content"], "logprobs": c.logprobs,
-             "finish_reason": c.reason}
-            for i, c in enumerate(choices)], usage=use)
+        return self._envelope(
+            "text_completion",
+            [
+                {
+                    "index": i,
+                    "text": c.message["content"],
+                    "logprobs": c.logprobs,
+                    "finish_reason": c.reason,
+                }
+                for i, c in enumerate(choices)
+            ],
+            usage=use,
+        )

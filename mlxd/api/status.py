@@ -12,8 +12,11 @@ from mlxd.models.device import device_info
 
 
 def _memory() -> dict:
-    return {"active_bytes": mx.get_active_memory(), "peak_bytes": mx.get_peak_memory(),
-            "cache_bytes": mx.get_cache_memory()}
+    return {
+        "active_bytes": mx.get_active_memory(),
+        "peak_bytes": mx.get_peak_memory(),
+        "cache_bytes": mx.get_cache_memory(),
+    }
 
 
 def _device() -> dict:
@@ -26,10 +29,13 @@ def queue_state(app) -> dict:
     engine = app.engine
     if engine is None:
         return {"running": 0, "waiting": 0, "max_batch_size": None, "queue_size": None}
-    return {"running": engine.running, "waiting": engine.waiting,
-            "max_batch_size": engine.settings.max_batch_size,
-            "queue_size": engine.settings.queue_size,
-            "prompt_cache_bytes": engine.prompt_cache_nbytes()}
+    return {
+        "running": engine.running,
+        "waiting": engine.waiting,
+        "max_batch_size": engine.settings.max_batch_size,
+        "queue_size": engine.settings.queue_size,
+        "prompt_cache_bytes": engine.prompt_cache_nbytes(),
+    }
 
 
 def _model_info(app) -> dict:
@@ -40,18 +46,29 @@ def _model_info(app) -> dict:
     if app.parameter_count is None:
         app.parameter_count = int(get_total_parameters(loaded.model))
     config = loaded.config
-    return {**info, "path": str(loaded.path), "format": loaded.format,
-            "adapter": loaded.adapter,
-            "type": config.get("model_type"), "quantization": config.get("quantization"),
-            "parameters": app.parameter_count, "context_length": loaded.context_length,
-            "load_seconds": round(loaded.load_seconds, 3),
-            "kv_bytes_per_token": app.engine.kv_bytes_per_token if app.engine else None}
+    return {
+        **info,
+        "path": str(loaded.path),
+        "format": loaded.format,
+        "adapter": loaded.adapter,
+        "type": config.get("model_type"),
+        "quantization": config.get("quantization"),
+        "parameters": app.parameter_count,
+        "context_length": loaded.context_length,
+        "load_seconds": round(loaded.load_seconds, 3),
+        "kv_bytes_per_token": app.engine.kv_bytes_per_token if app.engine else None,
+    }
 
 
 def status_report(app) -> dict:
-    return {"version": __version__, "model": _model_info(app), "device": _device(),
-            "memory": _memory(), "uptime_seconds": round(time.time() - app.started, 3),
-            "queue": queue_state(app)}
+    return {
+        "version": __version__,
+        "model": _model_info(app),
+        "device": _device(),
+        "memory": _memory(),
+        "uptime_seconds": round(time.time() - app.started, 3),
+        "queue": queue_state(app),
+    }
 
 
 def gauges(app) -> dict[str, tuple[str, float]]:
@@ -63,7 +80,9 @@ def gauges(app) -> dict[str, tuple[str, float]]:
         "mlxd_memory_active_bytes": ("MLX active memory.", mem["active_bytes"]),
         "mlxd_memory_peak_bytes": ("MLX peak memory since start.", mem["peak_bytes"]),
         "mlxd_memory_cache_bytes": ("MLX buffer cache.", mem["cache_bytes"]),
-        "mlxd_prompt_cache_bytes": ("Bytes held by the prompt (KV) cache.",
-                                    q.get("prompt_cache_bytes", 0)),
+        "mlxd_prompt_cache_bytes": (
+            "Bytes held by the prompt (KV) cache.",
+            q.get("prompt_cache_bytes", 0),
+        ),
         "mlxd_uptime_seconds": ("Seconds since start.", time.time() - app.started),
     }

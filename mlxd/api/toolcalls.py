@@ -11,19 +11,49 @@ from __future__ import annotations
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from mlx_lm.tokenizer_utils import _infer_tool_parser
-from mlx_lm.tool_parsers import (function_gemma, gemma4, glm47, json_tools, kimi_k2, kimi_k3,
-                                 laguna, longcat, minicpm5, minimax_m2, mistral, muse_spark,
-                                 pythonic, qwen3_coder)
+from mlx_lm.tool_parsers import (
+    function_gemma,
+    gemma4,
+    glm47,
+    json_tools,
+    kimi_k2,
+    kimi_k3,
+    laguna,
+    longcat,
+    minicpm5,
+    minimax_m2,
+    mistral,
+    muse_spark,
+    pythonic,
+    qwen3_coder,
+)
 
 from mlxd.transport.errors import bad_request
 
-PARSERS = {m.__name__.rsplit(".", 1)[-1]: m for m in (
-    function_gemma, gemma4, glm47, json_tools, kimi_k2, kimi_k3, laguna, longcat, minicpm5,
-    minimax_m2, mistral, muse_spark, pythonic, qwen3_coder)}
+PARSERS = {
+    m.__name__.rsplit(".", 1)[-1]: m
+    for m in (
+        function_gemma,
+        gemma4,
+        glm47,
+        json_tools,
+        kimi_k2,
+        kimi_k3,
+        laguna,
+        longcat,
+        minicpm5,
+        minimax_m2,
+        mistral,
+        muse_spark,
+        pythonic,
+        qwen3_coder,
+    )
+}
 
 # A Jinja template that takes tools reads the ``tools`` variable; one that does not never names it.
 _TOOLS_VARIABLE = re.compile(r"\btools\b")
@@ -31,9 +61,9 @@ _TOOLS_VARIABLE = re.compile(r"\btools\b")
 
 @dataclass(frozen=True)
 class ToolFormat:
-    name: str                  # mlx-lm's parser name, e.g. "json_tools"
-    start: str                 # the text that opens a call block
-    end: str                   # the text that closes it; "" = the block runs to the end
+    name: str  # mlx-lm's parser name, e.g. "json_tools"
+    start: str  # the text that opens a call block
+    end: str  # the text that closes it; "" = the block runs to the end
     parse: Callable[[str, Any], Any]
 
 
@@ -41,11 +71,14 @@ class ToolFormat:
 class ToolCall:
     id: str
     name: str
-    arguments: str             # a JSON text, as OpenAI sends it
+    arguments: str  # a JSON text, as OpenAI sends it
 
     def to_json(self, index: int | None = None) -> dict:
-        out = {"id": self.id, "type": "function",
-               "function": {"name": self.name, "arguments": self.arguments}}
+        out = {
+            "id": self.id,
+            "type": "function",
+            "function": {"name": self.name, "arguments": self.arguments},
+        }
         return out if index is None else {"index": index, **out}
 
 
@@ -53,7 +86,7 @@ def template_takes_tools(tokenizer) -> bool:
     """Whether the chat template renders tool definitions. A Python renderer (mlx-lm's
     ``chat_template_type``) is trusted when mlx-lm found a tool format for the model."""
     source = getattr(tokenizer, "chat_template", None)
-    if isinstance(source, dict):    # named templates: transformers picks "tool_use" for tools
+    if isinstance(source, dict):  # named templates: transformers picks "tool_use" for tools
         source = "\n".join(v for v in source.values() if isinstance(v, str))
     if isinstance(source, str):
         return bool(_TOOLS_VARIABLE.search(source))
@@ -67,7 +100,7 @@ def tool_format(tokenizer) -> ToolFormat | None:
     if name is None:
         try:
             name = _infer_tool_parser(tokenizer)
-        except Exception:   # an odd tokenizer without get_vocab: no tool calling, not a crash
+        except Exception:  # an odd tokenizer without get_vocab: no tool calling, not a crash
             name = None
     module = PARSERS.get(name)
     if module is None:
@@ -78,11 +111,19 @@ def tool_format(tokenizer) -> ToolFormat | None:
 def check_support(takes_tools: bool, fmt: ToolFormat | None, param: str) -> ToolFormat:
     """The format to parse calls with, or the 400 that says why this model cannot call tools."""
     if not takes_tools:
-        raise bad_request("this model's chat template has no tool support (it never reads "
-                          "'tools'), so it cannot call tools", param, "unsupported_parameter")
+        raise bad_request(
+            "this model's chat template has no tool support (it never reads "
+            "'tools'), so it cannot call tools",
+            param,
+            "unsupported_parameter",
+        )
     if fmt is None:
-        raise bad_request("this model's chat template takes tools, but its tool-call format is "
-                          "not one mlxd can parse", param, "unsupported_parameter")
+        raise bad_request(
+            "this model's chat template takes tools, but its tool-call format is "
+            "not one mlxd can parse",
+            param,
+            "unsupported_parameter",
+        )
     return fmt
 
 
@@ -91,7 +132,7 @@ def parse_block(fmt: ToolFormat, text: str, tools: list | None) -> list[ToolCall
     (typically cut short by max_tokens): the caller then keeps the text as content."""
     try:
         parsed = fmt.parse(text, tools)
-    except Exception:   # the parsers raise ValueError, JSONDecodeError, SyntaxError, KeyError...
+    except Exception:  # the parsers raise ValueError, JSONDecodeError, SyntaxError, KeyError...
         return None
     calls = []
     for item in parsed if isinstance(parsed, list) else [parsed]:
@@ -121,14 +162,19 @@ def _call(item: Any) -> ToolCall | None:
 
 # ----- forcing a call (tool_choice "required" or a named function) -----
 
-EMPTY_PARAMETERS = {"type": "object", "properties": {}, "required": [],
-                    "additionalProperties": False}
+EMPTY_PARAMETERS = {
+    "type": "object",
+    "properties": {},
+    "required": [],
+    "additionalProperties": False,
+}
 
 
 @dataclass(frozen=True)
 class ForcedCall:
     """What the constrained decoder must write: ``prefix``, a JSON value valid against
     ``schema``, then ``suffix`` (the text around the JSON in the model's call format)."""
+
     prefix: str
     schema: dict
     suffix: str
@@ -136,10 +182,15 @@ class ForcedCall:
 
 def _call_schema(tool: dict) -> dict:
     function = tool["function"]
-    return {"type": "object",
-            "properties": {"name": {"type": "string", "enum": [function["name"]]},
-                           "arguments": function.get("parameters") or EMPTY_PARAMETERS},
-            "required": ["name", "arguments"], "additionalProperties": False}
+    return {
+        "type": "object",
+        "properties": {
+            "name": {"type": "string", "enum": [function["name"]]},
+            "arguments": function.get("parameters") or EMPTY_PARAMETERS,
+        },
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
 
 
 def _any_call(tools: list[dict]) -> dict:
@@ -154,8 +205,9 @@ def _json_tools(fmt: ToolFormat, tools: list[dict]) -> ForcedCall:
 
 def _mistral(fmt: ToolFormat, tools: list[dict]) -> ForcedCall:
     # [TOOL_CALLS][{"name": ..., "arguments": {...}}]: the JSON form mlx-lm's parser reads first.
-    return ForcedCall(fmt.start, {"type": "array", "items": _any_call(tools), "minItems": 1,
-                                  "maxItems": 1}, "")
+    return ForcedCall(
+        fmt.start, {"type": "array", "items": _any_call(tools), "minItems": 1, "maxItems": 1}, ""
+    )
 
 
 # Formats whose calls are JSON between fixed texts; the others (XML-like, Python-like) cannot be
@@ -169,6 +221,10 @@ FORCEABLE: dict[str, Callable[[ToolFormat, list[dict]], ForcedCall]] = {
 def forced_call(fmt: ToolFormat, tools: list[dict], param: str, asked: str) -> ForcedCall:
     build = FORCEABLE.get(fmt.name)
     if build is None:
-        raise bad_request(f"this model calls tools in the {fmt.name!r} format, which mlxd cannot "
-                          f"enforce, so it cannot honour {asked}", param, "unsupported_parameter")
+        raise bad_request(
+            f"this model calls tools in the {fmt.name!r} format, which mlxd cannot "
+            f"enforce, so it cannot honour {asked}",
+            param,
+            "unsupported_parameter",
+        )
     return build(fmt, tools)

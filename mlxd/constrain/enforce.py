@@ -11,8 +11,9 @@ Two shapes, both built fresh per choice on the generation thread (``SamplingPara
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import mlx.core as mx
 
@@ -26,6 +27,7 @@ class Enforce:
     """``prefix``, then JSON the ``grammar`` accepts, then ``suffix``. With ``trigger`` (the token
     ids of a call block's opening marker) it applies from each place the model writes the
     trigger; without, to the whole reply, which then ends."""
+
     grammar: Any
     prefix: str = ""
     suffix: str = ""
@@ -35,8 +37,9 @@ class Enforce:
 def processor(enforce: Enforce, vocab, eos_ids, max_tokens: int) -> Processor:
     if enforce.trigger:
         return _Triggered(enforce, vocab, eos_ids, max_tokens)
-    return Constraint(enforce.grammar, vocab, eos_ids, enforce.prefix, enforce.suffix,
-                      max_tokens).processor()
+    return Constraint(
+        enforce.grammar, vocab, eos_ids, enforce.prefix, enforce.suffix, max_tokens
+    ).processor()
 
 
 class _Triggered:
@@ -45,7 +48,7 @@ class _Triggered:
     def __init__(self, enforce: Enforce, vocab, eos_ids, max_tokens: int) -> None:
         self.enforce, self.vocab, self.eos_ids = enforce, vocab, eos_ids
         self.max_tokens = max_tokens
-        self._origin: int | None = None     # context length at the first call: the prompt
+        self._origin: int | None = None  # context length at the first call: the prompt
         self._inner: Constraint | None = None
         self._inner_processor: Processor | None = None
 
@@ -56,11 +59,16 @@ class _Triggered:
             return logits
         if self._inner is None:
             k = len(self.enforce.trigger)
-            if n - self._origin < k or tuple(tokens[n - k:].tolist()) != self.enforce.trigger:
+            if n - self._origin < k or tuple(tokens[n - k :].tolist()) != self.enforce.trigger:
                 return logits
-            self._inner = Constraint(self.enforce.grammar, self.vocab, self.eos_ids,
-                                     self.enforce.prefix, self.enforce.suffix,
-                                     self.max_tokens - (n - self._origin))
+            self._inner = Constraint(
+                self.enforce.grammar,
+                self.vocab,
+                self.eos_ids,
+                self.enforce.prefix,
+                self.enforce.suffix,
+                self.max_tokens - (n - self._origin),
+            )
             self._inner_processor = self._inner.processor()
         masked = self._inner_processor(tokens, logits)
         if self._inner.done and not self._inner.ended and self._inner.error is None:

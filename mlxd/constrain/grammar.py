@@ -21,12 +21,12 @@ from dataclasses import dataclass, field
 FRAME_BITS = 20
 STATE_MASK = (1 << FRAME_BITS) - 1
 INF = 1 << 40
-MAX_STATES = 200_000        # all machines together; a schema needing more is refused
-MAX_STACKS = 64             # stacks one position may hold; more means a pathological anyOf
-MEMO_LIMIT = 50_000         # entries per memo before it is dropped and rebuilt
+MAX_STATES = 200_000  # all machines together; a schema needing more is refused
+MAX_STACKS = 64  # stacks one position may hold; more means a pathological anyOf
+MEMO_LIMIT = 50_000  # entries per memo before it is dropped and rebuilt
 
-Stack = tuple               # tuple[int, ...]
-State = frozenset           # frozenset[Stack]
+Stack = tuple  # tuple[int, ...]
+State = frozenset  # frozenset[Stack]
 
 
 class GrammarError(ValueError):
@@ -36,7 +36,7 @@ class GrammarError(ValueError):
 @dataclass(eq=False)
 class Machine:
     name: str
-    leaf: str | None = None     # a pure byte DFA whose token tables the vocabulary precomputes
+    leaf: str | None = None  # a pure byte DFA whose token tables the vocabulary precomputes
     edges: list[dict[int, int]] = field(default_factory=list)
     calls: list[list[tuple[int, int]]] = field(default_factory=list)
     final: list[bool] = field(default_factory=list)
@@ -69,8 +69,14 @@ class Grammar:
     """Machines plus a root: ``prefix``, one value machine, ``suffix``. Immutable once built; the
     memo tables fill in as the generation thread walks it (one thread, no locking)."""
 
-    def __init__(self, machines: list[Machine], value: int, key: str,
-                 prefix: bytes = b"", suffix: bytes = b"") -> None:
+    def __init__(
+        self,
+        machines: list[Machine],
+        value: int,
+        key: str,
+        prefix: bytes = b"",
+        suffix: bytes = b"",
+    ) -> None:
         root = Machine("root")
         s = root.chain(root.state(), prefix)
         after = root.state()
@@ -93,14 +99,19 @@ class Grammar:
         self._next: dict = {}
         self.initial: State = self.closure((self.root << FRAME_BITS,))
 
-    def with_affixes(self, prefix: bytes, suffix: bytes) -> "Grammar":
+    def with_affixes(self, prefix: bytes, suffix: bytes) -> Grammar:
         """The same value between literal ``prefix`` and ``suffix`` (e.g. tool-call wrapping)."""
         if (prefix, suffix) == (self.prefix, self.suffix):
             return self
         key = (prefix, suffix)
         if key not in self._affixed:
-            self._affixed[key] = Grammar(self.machines[:self.root], self.value,
-                                         f"{self.key}|{prefix!r}|{suffix!r}", prefix, suffix)
+            self._affixed[key] = Grammar(
+                self.machines[: self.root],
+                self.value,
+                f"{self.key}|{prefix!r}|{suffix!r}",
+                prefix,
+                suffix,
+            )
         return self._affixed[key]
 
     # ----- runtime (generation thread) -----
@@ -127,7 +138,7 @@ class Grammar:
                     out.add(st)
                 else:
                     todo.append(st[:-1])
-        if len(out) > MAX_STACKS:   # keep the cheapest to finish; each alone stays completable
+        if len(out) > MAX_STACKS:  # keep the cheapest to finish; each alone stays completable
             out = sorted(out, key=self.cost)[:MAX_STACKS]
         result = frozenset(out)
         _remember(self._closure, stack, result)
@@ -152,8 +163,11 @@ class Grammar:
     def next_bytes(self, state: State) -> frozenset:
         hit = self._next.get(state)
         if hit is None:
-            hit = frozenset(b for st in state
-                            for b in self.machines[st[-1] >> FRAME_BITS].edges[st[-1] & STATE_MASK])
+            hit = frozenset(
+                b
+                for st in state
+                for b in self.machines[st[-1] >> FRAME_BITS].edges[st[-1] & STATE_MASK]
+            )
             _remember(self._next, state, hit)
         return hit
 
@@ -205,14 +219,16 @@ def _check_left_recursion(machines: list[Machine]) -> None:
     """A machine that calls itself before consuming a byte would push forever ($ref loops
     through anyOf with no object or array between). Only start states call before a byte: every
     machine but the root consumes at least one byte before it can finish."""
-    color = [0] * len(machines)       # 0 unvisited, 1 on the path, 2 done
+    color = [0] * len(machines)  # 0 unvisited, 1 on the path, 2 done
 
     def visit(m: int) -> None:
         color[m] = 1
         for child, _ in machines[m].calls[0]:
             if color[child] == 1:
-                raise GrammarError(f"'{machines[child].name}' refers to itself without any "
-                                   "object or array in between")
+                raise GrammarError(
+                    f"'{machines[child].name}' refers to itself without any "
+                    "object or array in between"
+                )
             if color[child] == 0:
                 visit(child)
         color[m] = 2

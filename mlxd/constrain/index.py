@@ -28,23 +28,29 @@ from __future__ import annotations
 import math
 from bisect import bisect_left
 from collections import OrderedDict
-from typing import Callable
+from collections.abc import Callable
 
 import mlx.core as mx
 import numpy as np
 
 from mlxd.constrain.grammar import FRAME_BITS, STATE_MASK, Grammar, State
-from mlxd.constrain.jsongrammar import LEAVES
 from mlxd.constrain.json_schema import SchemaError, compile_schema
+from mlxd.constrain.jsongrammar import LEAVES
 from mlxd.constrain.vocab import PieceIndex, TokenVocabulary, log
 
-__all__ = ["Constraint", "GrammarIndex", "TokenVocabulary", "SchemaError", "compile_schema",
-           "prepare_vocabulary"]
+__all__ = [
+    "Constraint",
+    "GrammarIndex",
+    "TokenVocabulary",
+    "SchemaError",
+    "compile_schema",
+    "prepare_vocabulary",
+]
 
-STATE_CACHE = 256           # masks kept per grammar: ~100 KB each at a 49k vocabulary
-STACK_CACHE = 4096          # per-stack token groups (small: leaf tables are shared, not copied)
-GRAMMARS_PER_VOCAB = 32     # GrammarIndex objects kept per vocabulary
-PROBE_RATIO = 4             # probe allowed bytes with bisect when they are this much fewer
+STATE_CACHE = 256  # masks kept per grammar: ~100 KB each at a 49k vocabulary
+STACK_CACHE = 4096  # per-stack token groups (small: leaf tables are shared, not copied)
+GRAMMARS_PER_VOCAB = 32  # GrammarIndex objects kept per vocabulary
+PROBE_RATIO = 4  # probe allowed bytes with bisect when they are this much fewer
 
 
 def prepare_vocabulary(tokenizer) -> TokenVocabulary:
@@ -60,6 +66,7 @@ def prepare_vocabulary(tokenizer) -> TokenVocabulary:
 class _Entry:
     """What one parse state allows: a mask, and the allowed tokens grouped by the cost (bytes)
     of the shortest completion after each, for the max_tokens squeeze."""
+
     __slots__ = ("mask", "groups", "max_cost", "accepting", "_mx")
 
     def __init__(self, mask: np.ndarray, groups: list, accepting: bool) -> None:
@@ -94,7 +101,7 @@ class GrammarIndex:
         self._advance: dict = {}
 
     @classmethod
-    def get(cls, grammar: Grammar, vocab: TokenVocabulary, eos_ids) -> "GrammarIndex":
+    def get(cls, grammar: Grammar, vocab: TokenVocabulary, eos_ids) -> GrammarIndex:
         key = (grammar, frozenset(eos_ids))
         cache = vocab.grammar_indexes
         index = cache.get(key)
@@ -145,12 +152,12 @@ class GrammarIndex:
         for stack in state:
             base, extra = self._stack_groups(stack)
             if base is not None:
-                mask[:len(base)] |= base
+                mask[: len(base)] |= base
             for _, ids in extra:
                 mask[ids] = True
             groups += extra
         accepting = self.grammar.accepting(state)
-        mask[self.eos] = accepting      # also when an eos id spells text (not a special token)
+        mask[self.eos] = accepting  # also when an eos id spells text (not a special token)
         entry = self._entries[state] = _Entry(mask, groups, accepting)
         if len(self._entries) > STATE_CACHE:
             self._entries.popitem(last=False)
@@ -185,12 +192,13 @@ class GrammarIndex:
             self._descend(index, 0, len(index), 0, state, found)
         return [(cost, np.array(ids, dtype=np.int64)) for cost, ids in found.items()]
 
-    def _descend(self, index: PieceIndex, lo: int, hi: int, depth: int, state: State,
-                 found: dict) -> None:
+    def _descend(
+        self, index: PieceIndex, lo: int, hi: int, depth: int, state: State, found: dict
+    ) -> None:
         """Visit the pieces in keys[lo:hi] (sharing their first ``depth`` bytes) that ``state``
         allows, recording each piece that ends inside the range under its completion cost."""
         keys, g = index.keys, self.grammar
-        if len(keys[lo]) == depth:      # the prefix itself: the caller recorded it
+        if len(keys[lo]) == depth:  # the prefix itself: the caller recorded it
             lo += 1
         if lo >= hi:
             return
@@ -236,8 +244,15 @@ class Constraint:
     last step ``done`` lags one token; call ``advance`` with the final token to catch up.
     """
 
-    def __init__(self, grammar: Grammar, vocab: TokenVocabulary, eos_ids, prefix: str = "",
-                 suffix: str = "", max_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        grammar: Grammar,
+        vocab: TokenVocabulary,
+        eos_ids,
+        prefix: str = "",
+        suffix: str = "",
+        max_tokens: int | None = None,
+    ) -> None:
         if not eos_ids:
             raise ValueError("a constraint needs at least one eos token id")
         self.grammar = grammar.with_affixes(prefix.encode(), suffix.encode())
@@ -245,14 +260,21 @@ class Constraint:
         self._index = GrammarIndex.get(self.grammar, vocab, eos_ids)
         # Per-sequence state
         self._state = self.grammar.initial
-        self._tokens = 0                # tokens advanced over (eos included)
+        self._tokens = 0  # tokens advanced over (eos included)
         self._origin: int | None = None  # context length at the processor's first call
-        self.ended = False              # eos taken at a complete state
-        self.error: str | None = None   # a token the grammar refused arrived; only eos since
+        self.ended = False  # eos taken at a complete state
+        self.error: str | None = None  # a token the grammar refused arrived; only eos since
 
     @classmethod
-    def for_schema(cls, schema: dict | None, vocab: TokenVocabulary, eos_ids, prefix: str = "",
-                   suffix: str = "", max_tokens: int | None = None) -> "Constraint":
+    def for_schema(
+        cls,
+        schema: dict | None,
+        vocab: TokenVocabulary,
+        eos_ids,
+        prefix: str = "",
+        suffix: str = "",
+        max_tokens: int | None = None,
+    ) -> Constraint:
         return cls(compile_schema(schema), vocab, eos_ids, prefix, suffix, max_tokens)
 
     @property
@@ -292,13 +314,15 @@ class Constraint:
     def processor(self) -> Callable[[mx.array, mx.array], mx.array]:
         """An mlx-lm logits processor: ``(context tokens, logits (1, V)) -> logits``. The first
         call's context is the prompt; each later call's has the tokens sampled since at its end."""
+
         def constrain(tokens: mx.array, logits: mx.array) -> mx.array:
             n = tokens.size
             if self._origin is None:
                 self._origin = n - self._tokens
             new = n - self._origin - self._tokens
             if new > 0:
-                for token in tokens[n - new:].tolist():
+                for token in tokens[n - new :].tolist():
                     self.advance(token)
             return mx.where(self.mask(logits.shape[-1]), logits, -math.inf)
+
         return constrain

@@ -26,15 +26,27 @@ from mlxd.constrain.jsongrammar import Builder, literal_bytes
 __all__ = ["SchemaError", "Grammar", "compile_schema", "validate", "ValidationError"]
 
 TYPES = ("object", "array", "string", "number", "integer", "boolean", "null")
-ANNOTATIONS = {"title", "description", "default", "examples", "$comment", "deprecated",
-               "readOnly", "writeOnly"}
+ANNOTATIONS = {
+    "title",
+    "description",
+    "default",
+    "examples",
+    "$comment",
+    "deprecated",
+    "readOnly",
+    "writeOnly",
+}
 ROOT_ONLY = {"$schema", "$id"}
 OBJECT_KEYWORDS = {"properties", "required", "additionalProperties"}
 ARRAY_KEYWORDS = {"items", "minItems", "maxItems"}
-KEYWORDS = ({"type", "enum", "const", "anyOf", "$ref", "$defs", "definitions"}
-            | OBJECT_KEYWORDS | ARRAY_KEYWORDS | ANNOTATIONS)
-MAX_COUNTED_ITEMS = 1024    # minItems/maxItems cost one grammar state per item counted
-CACHE_SIZE = 64             # compiled schemas kept, by canonical JSON
+KEYWORDS = (
+    {"type", "enum", "const", "anyOf", "$ref", "$defs", "definitions"}
+    | OBJECT_KEYWORDS
+    | ARRAY_KEYWORDS
+    | ANNOTATIONS
+)
+MAX_COUNTED_ITEMS = 1024  # minItems/maxItems cost one grammar state per item counted
+CACHE_SIZE = 64  # compiled schemas kept, by canonical JSON
 
 
 class SchemaError(ValueError):
@@ -113,8 +125,9 @@ class _Compiler:
         if others:
             raise SchemaError(f"{path}: '$ref' cannot be combined with '{sorted(others)[0]}'")
         if not isinstance(ref, str) or not ref.startswith("#"):
-            raise SchemaError(f"{path}: only local '$ref' (starting with '#') is supported, "
-                              f"not {json.dumps(ref)}")
+            raise SchemaError(
+                f"{path}: only local '$ref' (starting with '#') is supported, not {json.dumps(ref)}"
+            )
         pointer = unquote(ref[1:])
         if pointer not in self.refs:
             self.refs[pointer] = self.b.reference(ref)
@@ -126,12 +139,15 @@ class _Compiler:
         alts = schema["anyOf"]
         others = set(schema) - {"anyOf", "$defs", "definitions"} - ANNOTATIONS - ROOT_ONLY
         if others:
-            raise SchemaError(f"{path}: 'anyOf' cannot be combined with '{sorted(others)[0]}' "
-                              "(move it into each branch)")
+            raise SchemaError(
+                f"{path}: 'anyOf' cannot be combined with '{sorted(others)[0]}' "
+                "(move it into each branch)"
+            )
         if not isinstance(alts, list) or not alts:
             raise SchemaError(f"{path}/anyOf: must be a non-empty array of schemas")
-        return self.b.choice([self.node(a, f"{path}/anyOf/{i}") for i, a in enumerate(alts)],
-                             f"{path}/anyOf")
+        return self.b.choice(
+            [self.node(a, f"{path}/anyOf/{i}") for i, a in enumerate(alts)], f"{path}/anyOf"
+        )
 
     def _enum(self, schema: dict, path: str) -> int:
         if "enum" in schema:
@@ -143,7 +159,7 @@ class _Compiler:
         rest = {k: v for k, v in schema.items() if k not in ("enum", "const")}
         if "enum" in schema and "const" in schema:
             rest["const"] = schema["const"]
-        _types(rest, path)      # a bad "type" is an error even beside enum
+        _types(rest, path)  # a bad "type" is an error even beside enum
         spelled = []
         for value in values:
             try:
@@ -167,7 +183,7 @@ class _Compiler:
             return self.b.literals([b"null"], "null")
         if kind == "any":
             return self.b.any_value(1)
-        return self.b.leaf(kind)        # string, number, integer
+        return self.b.leaf(kind)  # string, number, integer
 
     def _object(self, schema: dict, path: str) -> int:
         props = schema.get("properties", {})
@@ -175,23 +191,30 @@ class _Compiler:
         extra = schema.get("additionalProperties", True)
         if not isinstance(props, dict):
             raise SchemaError(f"{path}/properties: must be an object")
-        if (not isinstance(required, list) or not all(isinstance(r, str) for r in required)
-                or len(set(required)) != len(required)):
+        if (
+            not isinstance(required, list)
+            or not all(isinstance(r, str) for r in required)
+            or len(set(required)) != len(required)
+        ):
             raise SchemaError(f"{path}/required: must be an array of distinct strings")
         for name in required:
             if name not in props:
                 raise SchemaError(f"{path}/required: '{name}' is not in 'properties'")
         if not isinstance(extra, (bool, dict)):
             raise SchemaError(f"{path}/additionalProperties: must be a boolean or a schema")
-        extra_value = None if isinstance(extra, bool) else self.node(
-            extra, f"{path}/additionalProperties")
+        extra_value = (
+            None if isinstance(extra, bool) else self.node(extra, f"{path}/additionalProperties")
+        )
         if not props:
             if extra is False:
                 return self.b.literals([b"{}"], path)
-            return self.b.free_object(extra_value if extra_value is not None
-                                      else self.b.any_value(1))
-        entries = [(name, self.node(sub, f"{path}/properties/{_escape(name)}"), name in required)
-                   for name, sub in props.items()]
+            return self.b.free_object(
+                extra_value if extra_value is not None else self.b.any_value(1)
+            )
+        entries = [
+            (name, self.node(sub, f"{path}/properties/{_escape(name)}"), name in required)
+            for name, sub in props.items()
+        ]
         return self.b.obj(entries, path)
 
     def _array(self, schema: dict, path: str) -> int:
@@ -219,8 +242,10 @@ def _check_keywords(schema: dict, path: str, root: bool) -> None:
     if unknown:
         word = unknown[0]
         where = f" at {path}" if path != "#" else ""
-        raise SchemaError(f"unsupported JSON Schema keyword '{word}'{where}"
-                          + ("" if word not in ROOT_ONLY else " (allowed only at the root)"))
+        raise SchemaError(
+            f"unsupported JSON Schema keyword '{word}'{where}"
+            + ("" if word not in ROOT_ONLY else " (allowed only at the root)")
+        )
     for defs in ("$defs", "definitions"):
         if defs in schema and not isinstance(schema[defs], dict):
             raise SchemaError(f"{path}/{defs}: must be an object")
@@ -328,11 +353,16 @@ def _is_valid(instance, schema, root) -> bool:
 def _is_type(value, kind: str) -> bool:
     if kind == "integer":
         return (isinstance(value, int) and not isinstance(value, bool)) or (
-            isinstance(value, float) and math.isfinite(value) and value.is_integer())
+            isinstance(value, float) and math.isfinite(value) and value.is_integer()
+        )
     if kind == "number":
         return isinstance(value, (int, float)) and not isinstance(value, bool)
-    return isinstance(value, {"object": dict, "array": list, "string": str, "boolean": bool,
-                              "null": type(None)}.get(kind, ()))
+    return isinstance(
+        value,
+        {"object": dict, "array": list, "string": str, "boolean": bool, "null": type(None)}.get(
+            kind, ()
+        ),
+    )
 
 
 def _json_equal(a, b) -> bool:

@@ -17,13 +17,14 @@ What the machines let a model write, on purpose narrower than JSON itself:
 from __future__ import annotations
 
 import json
+from itertools import pairwise
 
 from mlxd.constrain.grammar import Machine
 
-MAX_INT_DIGITS = 15         # 15 significant digits round-trip through a double
+MAX_INT_DIGITS = 15  # 15 significant digits round-trip through a double
 MAX_FRAC_DIGITS = 15
-MAX_EXP_DIGITS = 2          # 1e99 at most: never inf
-MAX_FREE_DEPTH = 12         # nesting of free-form objects and arrays
+MAX_EXP_DIGITS = 2  # 1e99 at most: never inf
+MAX_FREE_DEPTH = 12  # nesting of free-form objects and arrays
 
 DIGITS = b"0123456789"
 HEX = b"0123456789abcdefABCDEF"
@@ -32,8 +33,9 @@ SPACE = b" "
 
 def _string_machine() -> Machine:
     m = Machine("string", leaf="string")
-    (start, body, closed, esc, u0, u1, u1d, u2, u3,
-     c1, c2, c3, e0, ed, f0, f4) = (m.state() for _ in range(16))
+    (start, body, closed, esc, u0, u1, u1d, u2, u3, c1, c2, c3, e0, ed, f0, f4) = (
+        m.state() for _ in range(16)
+    )
     m.final[closed] = True
     m.edge(start, b'"', body)
     m.edge(body, (b for b in range(0x20, 0x80) if b not in b'"\\'), body)
@@ -43,16 +45,23 @@ def _string_machine() -> Machine:
     m.edge(esc, b"u", u0)
     m.edge(u0, (b for b in HEX if b not in b"dD"), u1)
     m.edge(u0, b"dD", u1d)
-    m.edge(u1d, b"01234567", u2)      # \uD800-\uDFFF are lone surrogates: not text
+    m.edge(u1d, b"01234567", u2)  # \uD800-\uDFFF are lone surrogates: not text
     m.edge(u1, HEX, u2)
     m.edge(u2, HEX, u3)
     m.edge(u3, HEX, body)
-    for state, (lo, hi), nxt in ((body, (0xC2, 0xE0), c1), (body, (0xE1, 0xED), c2),
-                                 (body, (0xEE, 0xF0), c2), (body, (0xF1, 0xF4), c3),
-                                 (c1, (0x80, 0xC0), body), (c2, (0x80, 0xC0), c1),
-                                 (c3, (0x80, 0xC0), c2), (e0, (0xA0, 0xC0), c1),
-                                 (ed, (0x80, 0xA0), c1), (f0, (0x90, 0xC0), c2),
-                                 (f4, (0x80, 0x90), c2)):
+    for state, (lo, hi), nxt in (
+        (body, (0xC2, 0xE0), c1),
+        (body, (0xE1, 0xED), c2),
+        (body, (0xEE, 0xF0), c2),
+        (body, (0xF1, 0xF4), c3),
+        (c1, (0x80, 0xC0), body),
+        (c2, (0x80, 0xC0), c1),
+        (c3, (0x80, 0xC0), c2),
+        (e0, (0xA0, 0xC0), c1),
+        (ed, (0x80, 0xA0), c1),
+        (f0, (0x90, 0xC0), c2),
+        (f4, (0x80, 0x90), c2),
+    ):
         m.edge(state, range(lo, hi), nxt)
     m.edge(body, b"\xe0", e0)
     m.edge(body, b"\xed", ed)
@@ -70,7 +79,7 @@ def _number_machine(integer: bool) -> Machine:
     for s in (start, minus):
         m.edge(s, b"0", zero)
         m.edge(s, DIGITS[1:], ints[0])
-    for a, b in zip(ints, ints[1:]):
+    for a, b in pairwise(ints):
         m.edge(a, DIGITS, b)
     if integer:
         return m
@@ -81,22 +90,25 @@ def _number_machine(integer: bool) -> Machine:
         m.edge(s, b".", dot)
         m.edge(s, b"eE", exp)
     m.edge(dot, DIGITS, fracs[0])
-    for a, b in zip(fracs, fracs[1:]):
+    for a, b in pairwise(fracs):
         m.edge(a, DIGITS, b)
     for s in fracs:
         m.edge(s, b"eE", exp)
     m.edge(exp, b"+-", sign)
     for s in (exp, sign):
         m.edge(s, DIGITS, exps[0])
-    for a, b in zip(exps, exps[1:]):
+    for a, b in pairwise(exps):
         m.edge(a, DIGITS, b)
     return m
 
 
 # The leaves: machines every grammar copies unchanged, so the vocabulary's per-state token
 # tables (TokenVocabulary.leaf_table) serve all grammars alike.
-LEAVES = {"string": _string_machine(), "number": _number_machine(False),
-          "integer": _number_machine(True)}
+LEAVES = {
+    "string": _string_machine(),
+    "number": _number_machine(False),
+    "integer": _number_machine(True),
+}
 
 
 def literal_bytes(value) -> bytes:
@@ -118,9 +130,15 @@ class Builder:
     def leaf(self, name: str) -> int:
         if name not in self._shared:
             src = LEAVES[name]
-            self._shared[name] = self.add(Machine(
-                src.name, src.leaf, [dict(e) for e in src.edges], [[] for _ in src.calls],
-                list(src.final)))
+            self._shared[name] = self.add(
+                Machine(
+                    src.name,
+                    src.leaf,
+                    [dict(e) for e in src.edges],
+                    [[] for _ in src.calls],
+                    list(src.final),
+                )
+            )
         return self._shared[name]
 
     def literals(self, values: list[bytes], name: str = "literal") -> int:
@@ -154,7 +172,7 @@ class Builder:
         m = Machine(name)
         start, end, opened = m.state(), m.state(final=True), m.state()
         m.edge(start, b"{", opened)
-        after: dict[int, int] = {}       # i -> the state after property i-1's value
+        after: dict[int, int] = {}  # i -> the state after property i-1's value
 
         def after_value(i: int) -> int:
             if i not in after:
@@ -241,8 +259,11 @@ class Builder:
         """Any JSON value, objects and arrays nested at most ``MAX_FREE_DEPTH`` deep."""
         key = ("any", min(depth, MAX_FREE_DEPTH))
         if key not in self._shared:
-            alts = [self.leaf("string"), self.leaf("number"),
-                    self.literals([b"true", b"false", b"null"])]
+            alts = [
+                self.leaf("string"),
+                self.leaf("number"),
+                self.literals([b"true", b"false", b"null"]),
+            ]
             if depth < MAX_FREE_DEPTH:
                 inner = self.any_value(depth + 1)
                 alts += [self.free_object(inner), self.array(inner)]

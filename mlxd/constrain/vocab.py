@@ -27,7 +27,7 @@ from mlxd.constrain.grammar import Machine
 
 log = logging.getLogger("mlxd.constrain")
 
-_vocabularies: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+_vocabularies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class PieceIndex:
@@ -45,6 +45,7 @@ class PieceIndex:
 class LeafTable:
     """Tokens from one leaf-machine state: those that end inside the leaf, by the leaf state
     they end in, and those that finish the leaf part-way (``exits``, keyed by what is left)."""
+
     inside: list[tuple[int, np.ndarray]]
     inside_mask: np.ndarray
     exits: PieceIndex | None
@@ -56,26 +57,28 @@ class TokenVocabulary:
         self.size = len(pieces)
         groups: dict[bytes, list[int]] = {}
         for i, p in enumerate(pieces):
-            if p:       # an empty piece would let the model stall without moving the grammar
+            if p:  # an empty piece would let the model stall without moving the grammar
                 groups.setdefault(p, []).append(i)
         self.index = PieceIndex(groups)
         self.single_bytes = frozenset(p[0] for p in groups if len(p) == 1)
         missing = set(range(0x20, 0x7F)) - self.single_bytes
         if missing:
-            log.warning("no single-byte token for %r: a constraint may be unable to finish",
-                        bytes(sorted(missing)))
+            log.warning(
+                "no single-byte token for %r: a constraint may be unable to finish",
+                bytes(sorted(missing)),
+            )
         self._matrix = None
         self._leaves: dict[tuple[str, int], LeafTable] = {}
-        self.grammar_indexes: OrderedDict = OrderedDict()   # constrain.GrammarIndex, LRU
+        self.grammar_indexes: OrderedDict = OrderedDict()  # constrain.GrammarIndex, LRU
 
     @classmethod
-    def for_tokenizer(cls, tokenizer) -> "TokenVocabulary":
+    def for_tokenizer(cls, tokenizer) -> TokenVocabulary:
         """The vocabulary of an mlx-lm ``TokenizerWrapper`` (or HF tokenizer), cached per object."""
         try:
             return _vocabularies[tokenizer]
         except KeyError:
             pass
-        except TypeError:       # not weak-referenceable: build, don't cache
+        except TypeError:  # not weak-referenceable: build, don't cache
             return cls(token_pieces(tokenizer))
         vocab = _vocabularies[tokenizer] = cls(token_pieces(tokenizer))
         return vocab
@@ -115,12 +118,12 @@ class TokenVocabulary:
         state = np.full(len(ids), start, dtype=np.int32)
         alive = np.ones(len(ids), dtype=bool)
         exits: dict[bytes, list[int]] = {}
-        for i, n in enumerate(longer):        # rows [0, n) still have a byte at position i
+        for i, n in enumerate(longer):  # rows [0, n) still have a byte at position i
             if n == 0 or not alive[:n].any():
                 break
             s, a = state[:n], alive[:n]
             if i > 0:
-                for row in np.flatnonzero(a & final[s]):   # the leaf may end before byte i
+                for row in np.flatnonzero(a & final[s]):  # the leaf may end before byte i
                     exits.setdefault(self.pieces[ids[row]][i:], []).append(int(ids[row]))
             nxt = table[s, matrix[:n, i]]
             state[:n] = nxt
@@ -174,8 +177,11 @@ def _decoder_kind(hf) -> str:
 @functools.lru_cache(maxsize=1)
 def _gpt2_bytes() -> dict[str, int]:
     """GPT-2's printable stand-in for each byte (its encoder.py's bytes_to_unicode), inverted."""
-    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
-            *range(ord("®"), ord("ÿ") + 1)]
+    keep = [
+        *range(ord("!"), ord("~") + 1),
+        *range(ord("¡"), ord("¬") + 1),
+        *range(ord("®"), ord("ÿ") + 1),
+    ]
     moved = [b for b in range(256) if b not in keep]
     table = {chr(b): b for b in keep}
     table.update({chr(256 + n): b for n, b in enumerate(moved)})

@@ -24,11 +24,12 @@ from mlx_lm.models import base
 
 log = logging.getLogger("mlxd.attention")
 
-MAX_SCORE_BYTES = 1 << 30   # float32 scores of one prefill step, all heads and sequences
+MAX_SCORE_BYTES = 1 << 30  # float32 scores of one prefill step, all heads and sequences
 
 
-def plain_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: float,
-                    mask) -> mx.array:
+def plain_attention(
+    queries: mx.array, keys: mx.array, values: mx.array, scale: float, mask
+) -> mx.array:
     """What ``mx.fast.scaled_dot_product_attention`` computes, in plain ops: queries (B, H, L,
     D), keys and values (B, Hkv, S, D) with H a multiple of Hkv; mask None, "causal" (the L
     queries are the last L of the S positions), a boolean array (True attends) or an additive
@@ -37,18 +38,21 @@ def plain_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: 
     kv_heads, S = keys.shape[1], keys.shape[2]
     groups = H // kv_heads
     q = (queries.astype(mx.float32) * scale).reshape(B, kv_heads, groups, L, D)
-    scores = q @ keys[:, :, None].astype(mx.float32).swapaxes(-1, -2)   # (B, Hkv, G, L, S)
+    scores = q @ keys[:, :, None].astype(mx.float32).swapaxes(-1, -2)  # (B, Hkv, G, L, S)
     if isinstance(mask, str):
         if mask != "causal":
             raise ValueError(f"unknown mask {mask!r}")
         rows = mx.arange(S - L, S)[:, None]
         mask = mx.arange(S)[None, :] <= rows
     if mask is not None:
-        if mask.ndim == 4:                                  # (B|1, H|1, L|1, S): add the G axis
-            b, h, l, s = mask.shape
-            mask = (mask.reshape(b, kv_heads, groups, l, s) if h == H and groups > 1
-                    else mask[:, :, None])
-        elif mask.ndim == 3:                                # (B, L, S)
+        if mask.ndim == 4:  # (B|1, H|1, L|1, S): add the G axis
+            b, h, q_len, s = mask.shape
+            mask = (
+                mask.reshape(b, kv_heads, groups, q_len, s)
+                if h == H and groups > 1
+                else mask[:, :, None]
+            )
+        elif mask.ndim == 3:  # (B, L, S)
             mask = mask[:, None, None]
         if mask.dtype == mx.bool_:
             # Finite, so a row with nothing to attend to (a padding position) averages instead
@@ -58,14 +62,18 @@ def plain_attention(queries: mx.array, keys: mx.array, values: mx.array, scale: 
         else:
             scores = scores + mask.astype(mx.float32)
     weights = mx.softmax(scores, axis=-1).astype(values.dtype)
-    out = weights @ values[:, :, None]                      # (B, Hkv, G, L, D)
+    out = weights @ values[:, :, None]  # (B, Hkv, G, L, D)
     return out.reshape(B, H, L, values.shape[-1])
 
 
 def _prefill_aware(queries, keys, values, cache, scale: float, mask, sinks=None):
     B, H, L, _ = queries.shape
-    if (L > 1 and sinks is None and not hasattr(cache, "bits")
-            and B * H * L * keys.shape[2] * 4 <= MAX_SCORE_BYTES):
+    if (
+        L > 1
+        and sinks is None
+        and not hasattr(cache, "bits")
+        and B * H * L * keys.shape[2] * 4 <= MAX_SCORE_BYTES
+    ):
         return plain_attention(queries, keys, values, scale, mask)
     return _ORIGINAL(queries, keys, values, cache, scale=scale, mask=mask, sinks=sinks)
 
@@ -80,7 +88,10 @@ def install(model: nn.Module) -> int:
     patched = 0
     for name in sorted(names):
         module = sys.modules.get(name)
-        if module is not None and getattr(module, "scaled_dot_product_attention", None) is _ORIGINAL:
+        if (
+            module is not None
+            and getattr(module, "scaled_dot_product_attention", None) is _ORIGINAL
+        ):
             module.scaled_dot_product_attention = _prefill_aware
             patched += 1
     return patched
@@ -88,5 +99,6 @@ def install(model: nn.Module) -> int:
 
 def wanted() -> bool:
     """Only where cuDNN plans are the problem: MLX on CUDA."""
-    return bool(getattr(mx, "cuda", None) and mx.cuda.is_available()
-                and mx.default_device() == mx.gpu)
+    return bool(
+        getattr(mx, "cuda", None) and mx.cuda.is_available() and mx.default_device() == mx.gpu
+    )

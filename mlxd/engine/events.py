@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 from mlxd.transport.errors import HttpError
 
@@ -18,13 +18,14 @@ from mlxd.transport.errors import HttpError
 class TokenLogprob:
     token: int
     logprob: float
-    top: tuple[tuple[int, float], ...] = ()   # (token id, logprob), most likely first
+    top: tuple[tuple[int, float], ...] = ()  # (token id, logprob), most likely first
 
 
 @dataclass(frozen=True)
 class Delta:
     """New text for choice ``index`` (may be empty while bytes or a stop string are held back),
     with the log-probabilities of the tokens it covers when the request asked for them."""
+
     index: int
     text: str
     logprobs: tuple[TokenLogprob, ...] = ()
@@ -33,7 +34,7 @@ class Delta:
 @dataclass(frozen=True)
 class Finished:
     index: int
-    reason: str              # "stop" or "length"
+    reason: str  # "stop" or "length"
     prompt_tokens: int
     completion_tokens: int
     cached_tokens: int = 0
@@ -44,7 +45,7 @@ class Failed:
     error: HttpError
 
 
-Event = Union[Delta, Finished, Failed]
+Event = Delta | Finished | Failed
 
 
 class Courier:
@@ -66,10 +67,10 @@ class Courier:
         with self._lock:
             self._parcels.append((deliver, event))
             if len(self._parcels) > 1:
-                return   # a delivery is already scheduled and will take this one too
+                return  # a delivery is already scheduled and will take this one too
         try:
             self._loop.call_soon_threadsafe(self._deliver)
-        except RuntimeError:   # the loop is closed: nobody is listening any more
+        except RuntimeError:  # the loop is closed: nobody is listening any more
             pass
 
     def _deliver(self) -> None:

@@ -5,37 +5,41 @@ Scheduling is continuous batching on mlx-lm's ``BatchGenerator``: between two de
 thread admits waiting jobs (within ``max_batch_size`` and the KV memory budget), drops cancelled
 ones, and prefills new prompts in chunks of ``prefill_step_size`` so running streams keep flowing.
 Layering follows mlx-lm: token ids -> ``TextStream`` (safe text deltas) -> our events -> the API.
+
+Which submitted job starts when is admission.py's; ``Job`` and ``Seq`` are in job.py and
+``EngineSettings`` in settings.py (all three importable from here as before).
 """
 
 from __future__ import annotations
 
-import collections
 import copy
 import gc
 import logging
-import queue
 import threading
-import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
-from mlxd.engine import attention
-from mlxd.engine import warmup
-from mlxd.transport.errors import SERVER_ERROR, UNAVAILABLE, HttpError, bad_request
+from mlxd.engine import attention, warmup
+from mlxd.engine.admission import Admission
 from mlxd.engine.events import Delta, Failed, Finished, TokenLogprob
+from mlxd.engine.job import Job, Seq
 from mlxd.engine.sampling import SamplingParams, make_processors, make_sampler
-from mlxd.engine.textstream import StopScanner, TextStream
+from mlxd.engine.settings import EngineSettings
 from mlxd.engine.solo import SOLO_UID, SoloRun
+from mlxd.engine.textstream import StopScanner, TextStream
 from mlxd.models.weights import DualModel, RoutingStore, calibrate, log_routing
+from mlxd.transport.errors import SERVER_ERROR, HttpError, bad_request
 
-log = logging.getLogger("mlxd.engine")
+# Re-exported: callers and tests import these from here.
+__all__ = ["Delta", "Engine", "EngineSettings", "Failed", "Finished", "Job", "SamplingParams"]
 
-IDLE_POLL_S = 0.05        # how often a blocked admission loop re-checks timeouts
-CLEAR_CACHE_EVERY = 256   # decode steps between returns of MLX's buffer cache
+log = logging.getLogger(__name__)
+
+CLEAR_CACHE_EVERY = 256  # decode steps between returns of MLX's buffer cache
 # Auto prefill batch: one prefill step takes as many new prompts as keep it within this many
 # prefill chunks' worth of tokens (8 x 512 = 4096 by default), up to max_batch_size. Each group
 # that joins the batch separately costs every running stream a step, so a burst of N short
@@ -44,70 +48,20 @@ CLEAR_CACHE_EVERY = 256   # decode steps between returns of MLX's buffer cache
 PREFILL_CHUNKS_PER_STEP = 8
 
 
-@dataclass(frozen=True)
-class EngineSettings:
-    max_batch_size: int = 8            # sequences decoding at once
-    prefill_batch_size: int | None = None   # prompts prefilled together; None: auto, below
-    prefill_step_size: int = 512       # prompt tokens per sequence per step
-    queue_size: int = 64               # jobs waiting to start; past that, 429
-    queue_timeout: float | None = None  # seconds a job may wait to start
-    prompt_cache_bytes: int = 512 * 1024 * 1024
-    kv_budget_bytes: int | None = None  # KV cache bytes all running sequences may hold
-    weights: str = "auto"              # see weights.py; with a DualModel: keep both or calibrate
-    solo: bool = True                  # a lone sequence decodes outside the batch (solo.py)
-    calibration_file: str | None = None   # where a weight-routing calibration is kept/reused
-
-
-class Job:
-    """One request: ``n`` choices of one prompt. The owner may ``cancel()`` it from any thread."""
-
-    def __init__(self, prompt: list[int], params: SamplingParams, emit) -> None:
-        self.prompt = prompt
-        self.params = params
-        self.emit = emit
-        self.submitted = time.monotonic()
-        self._cancelled = threading.Event()
-
-    def cancel(self) -> None:
-        self._cancelled.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._cancelled.is_set()
-
-
-@dataclass
-class _Seq:
-    """One choice of one job while it runs (engine thread only)."""
-    job: Job
-    index: int
-    text: TextStream
-    reserved: int          # KV bytes counted against the budget
-    cached_tokens: int = 0
-    produced: int = 0
-    to_prefill: int = 0    # prompt tokens the batch still had to prefill when it joined
-
-
-_SHUTDOWN = object()
-
-
 class Engine:
     def __init__(self, model, tokenizer, settings: EngineSettings | None = None) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings or EngineSettings()
         self.ready = threading.Event()
-        self._inbox: queue.Queue = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="mlxd-generate", daemon=True)
-        self._pending_lock = threading.Lock()
-        self._pending = 0                     # submitted, not started yet (any thread reads)
+        self._admission = Admission(lambda: self.settings, self.kv_bytes)
         # Generation-thread state.
-        self._waiting: collections.deque[Job] = collections.deque()
-        self._seqs: dict[int, _Seq] = {}
-        self._followers: dict[Job, list[int]] = {}    # n > 1: choices waiting for the prefill
+        self._seqs: dict[int, Seq] = {}
+        self._followers: dict[Job, list[int]] = {}  # n > 1: choices waiting for the prefill
         self._reserved = 0
         self._gen: BatchGenerator | None = None
-        self._solo: SoloRun | None = None     # the lone sequence, while nothing else runs
+        self._solo: SoloRun | None = None  # the lone sequence, while nothing else runs
         self._prompt_cache = LRUPromptCache(max_bytes=self.settings.prompt_cache_bytes)
         self._steps = 0
         # Learnt at warm-up.
@@ -126,7 +80,7 @@ class Engine:
 
     @property
     def waiting(self) -> int:
-        return self._pending
+        return self._admission.pending
 
     @property
     def running(self) -> int:
@@ -137,22 +91,10 @@ class Engine:
 
     def submit(self, job: Job) -> None:
         """Queue a job, or raise the 429/503 that says why it cannot be queued."""
-        budget = self.settings.kv_budget_bytes
-        need = self.kv_bytes(len(job.prompt) + job.params.max_tokens) * job.params.n
-        if budget is not None and need > budget:
-            raise HttpError(503, UNAVAILABLE, f"this request needs about {need >> 20} MiB of KV "
-                            f"cache, more than the {budget >> 20} MiB the server may use; lower "
-                            "max_tokens or shorten the prompt", code="insufficient_memory")
-        with self._pending_lock:
-            if self._pending >= self.settings.queue_size:
-                raise HttpError(429, "rate_limit_exceeded", f"the server is busy: "
-                                f"{self._pending} requests are already waiting", code="queue_full",
-                                headers=(("Retry-After", "1"),))
-            self._pending += 1
-        self._inbox.put(job)
+        self._admission.submit(job)
 
     def shutdown(self, timeout: float | None = None) -> None:
-        self._inbox.put(_SHUTDOWN)
+        self._admission.close()
         self._thread.join(timeout)
 
     # ----- the generation thread -----
@@ -162,28 +104,33 @@ class Engine:
         if attention.wanted():
             base = self.model.quantized if isinstance(self.model, DualModel) else self.model
             if attention.install(base):
-                log.info("prefill attention: plain matmul + softmax up to %d MiB of scores "
-                         "(no per-shape cuDNN set-up)", attention.MAX_SCORE_BYTES >> 20)
+                log.info(
+                    "prefill attention: plain matmul + softmax up to %d MiB of scores "
+                    "(no per-shape cuDNN set-up)",
+                    attention.MAX_SCORE_BYTES >> 20,
+                )
         try:
             self._route_weights()
         except Exception:
             log.exception("weight calibration failed")
             return
         self._gen = BatchGenerator(
-            self.model, stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
+            self.model,
+            stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
             completion_batch_size=s.max_batch_size,
             prefill_batch_size=min(s.prefill_batch_size or s.max_batch_size, s.max_batch_size),
-            prefill_step_size=s.prefill_step_size)
+            prefill_step_size=s.prefill_step_size,
+        )
         try:
             self._warm_up()
         except Exception:  # a model that cannot generate must not look ready
             log.exception("warm-up failed")
             return
         self.ready.set()
-        while self._take_inbox(block=not self._seqs):
-            self._expire_waiting()
+        while self._admission.take(block=not self._seqs):
+            self._admission.expire()
             self._drop_cancelled()
-            if self._solo is not None and self._waiting:
+            if self._solo is not None and self._admission.has_waiting:
                 self._hand_solo_to_batch()
             self._start_waiting()
             if self._seqs:
@@ -214,46 +161,17 @@ class Engine:
             freed = max(before - mx.get_active_memory(), 0)
             log.info("dense copy dropped: quantized weights win here (%d MiB freed)", freed >> 20)
             if self.settings.kv_budget_bytes is not None:
-                self.settings = replace(self.settings,
-                                        kv_budget_bytes=self.settings.kv_budget_bytes + freed)
+                self.settings = replace(
+                    self.settings, kv_budget_bytes=self.settings.kv_budget_bytes + freed
+                )
 
     def _warm_up(self) -> None:
         done = warmup.run(self._gen, self.tokenizer)
         self.vocab_size, self.kv_bytes_per_token = done.vocab_size, done.kv_bytes_per_token
         self.warmup_seconds = done.seconds
-        log.info("warm-up done in %.2fs (KV cache %d bytes/token)", done.seconds,
-                 done.kv_bytes_per_token)
-
-    def _take_inbox(self, block: bool) -> bool:
-        """Move submitted jobs into the waiting line; False once shutdown is asked for."""
-        try:
-            item = self._inbox.get(timeout=IDLE_POLL_S) if block else self._inbox.get_nowait()
-        except queue.Empty:
-            return True
-        while True:
-            if item is _SHUTDOWN:
-                return False
-            self._waiting.append(item)
-            try:
-                item = self._inbox.get_nowait()
-            except queue.Empty:
-                return True
-
-    def _unpend(self) -> None:
-        with self._pending_lock:
-            self._pending -= 1
-
-    def _expire_waiting(self) -> None:
-        limit = self.settings.queue_timeout
-        now = time.monotonic()
-        for job in [j for j in self._waiting if j.cancelled or
-                    (limit is not None and now - j.submitted > limit)]:
-            self._waiting.remove(job)
-            self._unpend()
-            if not job.cancelled:
-                job.emit(Failed(HttpError(503, UNAVAILABLE, f"the request waited {limit:g}s "
-                                          "without starting", code="queue_timeout",
-                                          headers=(("Retry-After", "1"),))))
+        log.info(
+            "warm-up done in %.2fs (KV cache %d bytes/token)", done.seconds, done.kv_bytes_per_token
+        )
 
     def _drop_cancelled(self) -> None:
         gone = [uid for uid, seq in self._seqs.items() if seq.job.cancelled]
@@ -267,14 +185,8 @@ class Engine:
             del self._followers[job]
 
     def _start_waiting(self) -> None:
-        budget = self.settings.kv_budget_bytes
-        while self._waiting and len(self._seqs) < self.settings.max_batch_size:
-            job = self._waiting[0]
-            need = self.kv_bytes(len(job.prompt) + job.params.max_tokens)
-            if budget is not None and self._seqs and self._reserved + need * job.params.n > budget:
-                return   # wait for memory; the oldest job goes first, nobody jumps the line
-            self._waiting.popleft()
-            self._unpend()
+        while started := self._admission.next_to_start(len(self._seqs), self._reserved):
+            job, need = started
             try:
                 self._insert(job, need)
             except Exception as exc:
@@ -283,16 +195,23 @@ class Engine:
 
     def _insert(self, job: Job, need: int) -> None:
         bad = next((t for t in job.prompt if not 0 <= t < self.vocab_size), None)
-        if bad is not None:   # an out-of-range id would read outside the embedding table
-            job.emit(Failed(bad_request(f"token id {bad} is outside the vocabulary "
-                                        f"(0-{self.vocab_size - 1})", "prompt")))
+        if bad is not None:  # an out-of-range id would read outside the embedding table
+            job.emit(
+                Failed(
+                    bad_request(
+                        f"token id {bad} is outside the vocabulary (0-{self.vocab_size - 1})",
+                        "prompt",
+                    )
+                )
+            )
             return
         cache, rest = self._prompt_cache.fetch_nearest_cache(id(self.model), job.prompt)
-        if cache is not None and not rest:   # all cached: recompute the last token for logits
+        if cache is not None and not rest:  # all cached: recompute the last token for logits
             trim_prompt_cache(cache, 1)
             rest = job.prompt[-1:]
         cached = len(job.prompt) - len(rest)
-        if self.settings.solo and job.params.n == 1 and not self._seqs and not self._waiting:
+        alone = not self._seqs and not self._admission.has_waiting
+        if self.settings.solo and job.params.n == 1 and alone:
             self._start_solo(job, rest, cache, job.prompt[:cached], need)
             return
         uid = self._insert_choice(job, 0, rest, cache, job.prompt[:cached], need)
@@ -302,9 +221,13 @@ class Engine:
     def _insert_choice(self, job: Job, index: int, rest, cache, cached_tokens, need: int) -> int:
         p = job.params
         [uid] = self._gen.insert(
-            [list(rest)], max_tokens=[p.max_tokens], caches=[cache] if cache else None,
-            all_tokens=[list(cached_tokens)], samplers=[make_sampler(p, index)],
-            logits_processors=[make_processors(p, len(job.prompt))])
+            [list(rest)],
+            max_tokens=[p.max_tokens],
+            caches=[cache] if cache else None,
+            all_tokens=[list(cached_tokens)],
+            samplers=[make_sampler(p, index)],
+            logits_processors=[make_processors(p, len(job.prompt))],
+        )
         self._track(uid, job, index, need, cached_tokens=len(cached_tokens))
         self._seqs[uid].to_prefill = len(rest)
         return uid
@@ -312,14 +235,22 @@ class Engine:
     def _track(self, uid: int, job: Job, index: int, need: int, cached_tokens: int = 0) -> None:
         """Register a running choice: its text stream, and its KV bytes against the budget."""
         text = TextStream(self.tokenizer.detokenizer, StopScanner(job.params.stop))
-        self._seqs[uid] = _Seq(job, index, text, need, cached_tokens=cached_tokens)
+        self._seqs[uid] = Seq(job, index, text, need, cached_tokens=cached_tokens)
         self._reserved += need
 
     def _start_solo(self, job: Job, rest, cache, cached_tokens, need: int) -> None:
         p = job.params
-        self._solo = SoloRun(self.model, list(rest), cache, list(cached_tokens), make_sampler(p),
-                             make_processors(p, len(job.prompt)), p.max_tokens,
-                             self.settings.prefill_step_size, set(self.tokenizer.eos_token_ids))
+        self._solo = SoloRun(
+            self.model,
+            list(rest),
+            cache,
+            list(cached_tokens),
+            make_sampler(p),
+            make_processors(p, len(job.prompt)),
+            p.max_tokens,
+            self.settings.prefill_step_size,
+            set(self.tokenizer.eos_token_ids),
+        )
         self._track(SOLO_UID, job, 0, need, cached_tokens=len(cached_tokens))
 
     def _solo_step(self) -> None:
@@ -350,24 +281,29 @@ class Engine:
         args = solo.handoff(last)
         self._solo = None
         [uid] = self._gen.insert(
-            [args["prompt"]], max_tokens=[args["max_tokens"]], caches=[args["cache"]],
-            all_tokens=[args["all_tokens"]], samplers=[solo.sampler],
-            logits_processors=[solo.processors])
+            [args["prompt"]],
+            max_tokens=[args["max_tokens"]],
+            caches=[args["cache"]],
+            all_tokens=[args["all_tokens"]],
+            samplers=[solo.sampler],
+            logits_processors=[solo.processors],
+        )
         self._seqs[uid] = self._seqs.pop(SOLO_UID)
 
     def _start_followers(self, job: Job, leader) -> None:
         """n > 1: once the first choice has prefilled the prompt, the others copy its cache."""
         del self._followers[job]
-        if leader.prompt_cache is not None:    # the leader already ended (eos or max_tokens 1)
+        if leader.prompt_cache is not None:  # the leader already ended (eos or max_tokens 1)
             cache, tokens = copy.deepcopy(leader.prompt_cache), leader.all_tokens
         else:
-            (cache, tokens), = self._gen.extract_cache([leader.uid]).values()
+            ((cache, tokens),) = self._gen.extract_cache([leader.uid]).values()
         shared = len(job.prompt) - 1
         trim_prompt_cache(cache, len(tokens) - shared)
         reserved = self._seqs[leader.uid].reserved
         for index in range(1, job.params.n):
-            self._insert_choice(job, index, job.prompt[shared:], copy.deepcopy(cache),
-                                job.prompt[:shared], reserved)
+            self._insert_choice(
+                job, index, job.prompt[shared:], copy.deepcopy(cache), job.prompt[:shared], reserved
+            )
 
     def _step(self) -> None:
         if self._solo is not None:
@@ -400,16 +336,18 @@ class Engine:
         s = self.settings
         if s.prefill_batch_size is not None:
             return
-        longest = max((min(q.to_prefill, s.prefill_step_size) for q in self._seqs.values()
-                       if not q.produced), default=1)
+        longest = max(
+            (min(q.to_prefill, s.prefill_step_size) for q in self._seqs.values() if not q.produced),
+            default=1,
+        )
         budget = PREFILL_CHUNKS_PER_STEP * s.prefill_step_size
         self._gen.prefill_batch_size = max(1, min(s.max_batch_size, budget // max(longest, 1)))
 
-    def _on_token(self, seq: _Seq, r) -> bool:
+    def _on_token(self, seq: Seq, r) -> bool:
         """Emit what token ``r`` adds; True when the sequence has ended."""
         seq.produced += 1
         logprobs = self._logprobs(seq, r)
-        if r.finish_reason == "stop":          # end of sequence: the eos token is not text
+        if r.finish_reason == "stop":  # end of sequence: the eos token is not text
             piece, _hit = seq.text.finish()
             return self._end(seq, piece, logprobs, "stop")
         piece, hit = seq.text.push(r.token)
@@ -422,14 +360,15 @@ class Engine:
             seq.job.emit(Delta(seq.index, piece, logprobs))
         return False
 
-    def _end(self, seq: _Seq, piece: str, logprobs, reason: str) -> bool:
+    def _end(self, seq: Seq, piece: str, logprobs, reason: str) -> bool:
         if piece or logprobs:
             seq.job.emit(Delta(seq.index, piece, logprobs))
-        seq.job.emit(Finished(seq.index, reason, len(seq.job.prompt), seq.produced,
-                              seq.cached_tokens))
+        seq.job.emit(
+            Finished(seq.index, reason, len(seq.job.prompt), seq.produced, seq.cached_tokens)
+        )
         return True
 
-    def _logprobs(self, seq: _Seq, r) -> tuple[TokenLogprob, ...]:
+    def _logprobs(self, seq: Seq, r) -> tuple[TokenLogprob, ...]:
         k = seq.job.params.logprobs
         if k is None:
             return ()
@@ -447,8 +386,8 @@ class Engine:
         """Forget a finished sequence; keep its KV cache for prompts that share its prefix."""
         if r.finish_reason is not None and r.prompt_cache is not None:
             cache, tokens = r.prompt_cache, r.all_tokens
-        else:   # ended by a stop string: still decoding inside the batch, take it out
-            (cache, tokens), = self._gen.remove([r.uid], return_prompt_caches=True).values()
+        else:  # ended by a stop string: still decoding inside the batch, take it out
+            ((cache, tokens),) = self._gen.remove([r.uid], return_prompt_caches=True).values()
         self._keep_cache(tokens, cache)
         self._release(r.uid)
 
@@ -474,4 +413,3 @@ class Engine:
 
     def prompt_cache_nbytes(self) -> int:
         return self._prompt_cache.nbytes
-

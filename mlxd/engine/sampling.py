@@ -8,8 +8,8 @@ lets mlx-lm's batch take a single argmax over all rows.
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import mlx.core as mx
 from mlx_lm.sample_utils import apply_min_p, apply_top_k, apply_top_p, greedy_sampler
@@ -31,8 +31,8 @@ class SamplingParams:
     frequency_penalty: float = 0.0
     repetition_penalty: float = 1.0
     logit_bias: dict[int, float] = field(default_factory=dict)
-    logprobs: int | None = None     # None: off; k >= 0: the chosen token plus the top k
-    n: int = 1                      # choices sharing one prompt (and one prefill)
+    logprobs: int | None = None  # None: off; k >= 0: the chosen token plus the top k
+    n: int = 1  # choices sharing one prompt (and one prefill)
     # Constrained decoding (response_format, forced tool calls): makes one fresh processor per
     # choice, since a constraint follows the tokens of its own sequence.
     constraint: Callable[[], LogitsProcessor] | None = None
@@ -93,15 +93,18 @@ def _openai_penalties(presence: float, frequency: float, prompt_tokens: int) -> 
         counts = mx.zeros((logits.shape[-1],), dtype=logits.dtype).at[generated].add(1)
         penalty = counts * frequency + (counts > 0).astype(logits.dtype) * presence
         return logits - penalty[None]
+
     return apply
 
 
 def _repetition_penalty(penalty: float, prompt_tokens: int) -> LogitsProcessor:
     """The CTRL paper's penalty (as llama.cpp and mlx-lm apply it), over generated tokens."""
+
     def apply(tokens: mx.array, logits: mx.array) -> mx.array:
         generated = tokens[prompt_tokens:]
         if generated.size == 0:
             return logits
         seen = (mx.zeros((logits.shape[-1],)).at[generated].add(1) > 0)[None]
         return mx.where(seen, mx.where(logits < 0, logits * penalty, logits / penalty), logits)
+
     return apply

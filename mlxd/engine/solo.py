@@ -16,12 +16,13 @@ import mlx.core as mx
 from mlx_lm.generate import generation_stream
 from mlx_lm.models.cache import make_prompt_cache
 
-SOLO_UID = -1   # BatchGenerator uids count up from 0
+SOLO_UID = -1  # BatchGenerator uids count up from 0
 
 
 @dataclass(frozen=True)
 class TokenOut:
     """Shaped like a BatchGenerator response, so the engine treats both paths alike."""
+
     uid: int
     token: int
     logprobs: mx.array
@@ -29,16 +30,26 @@ class TokenOut:
 
 
 class SoloRun:
-    def __init__(self, model, prompt_rest: list[int], cache, cached: list[int], sampler,
-                 processors: list, max_tokens: int, prefill_step: int, eos: set[int]) -> None:
+    def __init__(
+        self,
+        model,
+        prompt_rest: list[int],
+        cache,
+        cached: list[int],
+        sampler,
+        processors: list,
+        max_tokens: int,
+        prefill_step: int,
+        eos: set[int],
+    ) -> None:
         self.model = model
         self.cache = cache if cache is not None else make_prompt_cache(model)
-        self.fed = list(cached)           # tokens whose KV is in the cache
-        self.todo = list(prompt_rest)     # prompt tokens not fed yet
+        self.fed = list(cached)  # tokens whose KV is in the cache
+        self.todo = list(prompt_rest)  # prompt tokens not fed yet
         self.sampler, self.processors = sampler, processors
         self.max_tokens, self.prefill_step, self.eos = max_tokens, prefill_step, eos
-        self.context = mx.array(self.fed, dtype=mx.int32)   # what processors see
-        self.pending: tuple[mx.array, mx.array] | None = None   # sampled, not yet read
+        self.context = mx.array(self.fed, dtype=mx.int32)  # what processors see
+        self.pending: tuple[mx.array, mx.array] | None = None  # sampled, not yet read
         self.produced = 0
 
     def _forward(self, tokens: mx.array) -> tuple[mx.array, mx.array]:
@@ -55,14 +66,14 @@ class SoloRun:
     def step(self) -> TokenOut | None:
         """One engine step: a prefill chunk (None), or the next token."""
         with mx.stream(generation_stream):
-            if len(self.todo) > 1:        # prefill in chunks; the last prompt token samples
+            if len(self.todo) > 1:  # prefill in chunks; the last prompt token samples
                 chunk = self.todo[: min(self.prefill_step, len(self.todo) - 1)]
                 self.model(mx.array(chunk)[None], cache=self.cache)
                 mx.eval([c.state for c in self.cache])
                 if self.processors:
                     self.context = mx.concatenate([self.context, mx.array(chunk, dtype=mx.int32)])
                 self.fed += chunk
-                self.todo = self.todo[len(chunk):]
+                self.todo = self.todo[len(chunk) :]
                 return None
             if self.pending is None:
                 self.pending = self._forward(mx.array(self.todo))
@@ -70,7 +81,7 @@ class SoloRun:
                 self.todo = []
             token, logprobs = self.pending
             self.pending = None
-            if self.produced + 1 < self.max_tokens:   # queue the next step before reading
+            if self.produced + 1 < self.max_tokens:  # queue the next step before reading
                 self.pending = self._forward(token)
             return self._out(token, logprobs, fed_next=self.pending is not None)
 
@@ -79,8 +90,9 @@ class SoloRun:
         if fed_next:
             self.fed.append(value)
         self.produced += 1
-        reason = ("stop" if value in self.eos else
-                  "length" if self.produced >= self.max_tokens else None)
+        reason = (
+            "stop" if value in self.eos else "length" if self.produced >= self.max_tokens else None
+        )
         return TokenOut(SOLO_UID, value, logprobs[0], reason)
 
     def read_pending(self) -> TokenOut | None:
@@ -94,5 +106,9 @@ class SoloRun:
     def handoff(self, last: TokenOut | None) -> dict:
         """``BatchGenerator.insert`` arguments that continue this sequence in the batch."""
         prompt = self.todo if last is None else [last.token]
-        return {"prompt": prompt, "cache": self.cache, "all_tokens": list(self.fed),
-                "max_tokens": self.max_tokens - self.produced}
+        return {
+            "prompt": prompt,
+            "cache": self.cache,
+            "all_tokens": list(self.fed),
+            "max_tokens": self.max_tokens - self.produced,
+        }

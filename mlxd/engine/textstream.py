@@ -25,7 +25,7 @@ class StopScanner:
             self._held = ""
             return buf[: min(hits)], True
         keep = self._partial_tail(buf)
-        self._held = buf[len(buf) - keep:]
+        self._held = buf[len(buf) - keep :]
         return buf[: len(buf) - keep], False
 
     def flush(self) -> str:

@@ -15,14 +15,14 @@ import mlx.core as mx
 
 from mlxd.engine.sampling import SamplingParams, make_sampler
 
-TEXT = "Hello! Say something short."   # runs the prefill and decode kernels once
+TEXT = "Hello! Say something short."  # runs the prefill and decode kernels once
 DECODE_TOKENS = 4
-LONG_PROMPT = 512   # tokens; a full prefill chunk at the default --prefill-step-size
+LONG_PROMPT = 512  # tokens; a full prefill chunk at the default --prefill-step-size
 
 
 @dataclass(frozen=True)
 class WarmUp:
-    vocab_size: int            # the model's output width (often padded past the tokenizer's)
+    vocab_size: int  # the model's output width (often padded past the tokenizer's)
     kv_bytes_per_token: int
     seconds: float
 
@@ -41,16 +41,19 @@ def run(gen, tokenizer) -> WarmUp:
         groups.append([(base * (LONG_PROMPT // len(base) + 1))[:LONG_PROMPT]])
     vocab_size, kv_bytes = 0, 0
     for group in groups:
-        uids = gen.insert([list(p) for p in group], max_tokens=[DECODE_TOKENS] * len(group),
-                          samplers=[make_sampler(p) for p in (greedy, sampled)[: len(group)]],
-                          logits_processors=[[] for _ in group])
+        uids = gen.insert(
+            [list(p) for p in group],
+            max_tokens=[DECODE_TOKENS] * len(group),
+            samplers=[make_sampler(p) for p in (greedy, sampled)[: len(group)]],
+            logits_processors=[[] for _ in group],
+        )
         left = set(uids)
         while left:
             for r in gen.next()[1]:
                 vocab_size = r.logprobs.shape[-1]
                 if r.finish_reason is not None:
                     left.discard(r.uid)
-                    kv_bytes = kv_bytes_per_token(r.prompt_cache)   # holds exactly its tokens
+                    kv_bytes = kv_bytes_per_token(r.prompt_cache)  # holds exactly its tokens
     mx.clear_cache()
     return WarmUp(vocab_size, kv_bytes, time.perf_counter() - start)
 

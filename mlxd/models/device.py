@@ -13,15 +13,15 @@ import mlx.core as mx
 
 log = logging.getLogger("mlxd.memory")
 
-DEVICE_SHARE = 0.9          # of the device's memory, when no --memory-limit is given
-ACTIVATION_MARGIN = 0.1     # of what is left after the weights: logits, attention scratch
+DEVICE_SHARE = 0.9  # of the device's memory, when no --memory-limit is given
+ACTIVATION_MARGIN = 0.1  # of what is left after the weights: logits, attention scratch
 
 
 def device_info() -> dict:
     """MLX's description of the default device; empty where the backend has none."""
     try:
         return dict(mx.device_info())
-    except Exception:   # best effort on some backends and versions
+    except Exception:  # best effort on some backends and versions
         return {}
 
 
@@ -48,8 +48,11 @@ def kv_budget(memory_limit: int | None, prompt_cache_bytes: int) -> int | None:
     free = total - mx.get_active_memory() - prompt_cache_bytes
     budget = int(free * (1 - ACTIVATION_MARGIN))
     if budget <= 0:
-        log.warning("the model leaves no room for KV caches within %s; requests will be "
-                    "refused (raise --memory-limit or lower --prompt-cache-bytes)", human(total))
+        log.warning(
+            "the model leaves no room for KV caches within %s; requests will be "
+            "refused (raise --memory-limit or lower --prompt-cache-bytes)",
+            human(total),
+        )
         return 0
     return budget
 

@@ -28,11 +28,11 @@ class ModelLoadError(Exception):
 @dataclass(frozen=True)
 class LoadedModel:
     model: object
-    tokenizer: object          # mlx_lm TokenizerWrapper
+    tokenizer: object  # mlx_lm TokenizerWrapper
     config: dict
     path: Path
-    name: str                  # the id served in /v1/models
-    format: str                # "mlx" or "gguf"
+    name: str  # the id served in /v1/models
+    format: str  # "mlx" or "gguf"
     context_length: int
     load_seconds: float
     adapter: str | None = None  # the LoRA adapter directory applied at load (mlx-lm's format)
@@ -66,8 +66,17 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
         _apply_adapter(model, adapter)
     if not getattr(tokenizer, "has_chat_template", False):
         log.warning("%s has no chat template: /v1/chat/completions will refuse requests", name)
-    return LoadedModel(model, tokenizer, config, path, name, fmt,
-                       _context_length(config, tokenizer), time.perf_counter() - start, adapter)
+    return LoadedModel(
+        model,
+        tokenizer,
+        config,
+        path,
+        name,
+        fmt,
+        _context_length(config, tokenizer),
+        time.perf_counter() - start,
+        adapter,
+    )
 
 
 def _load_dir(path: Path):
@@ -83,8 +92,9 @@ def _apply_adapter(model, adapter: str) -> None:
     """Add the LoRA (or DoRA) layers an ``mlx_lm.lora`` run saved (adapter_config.json and
     adapters.safetensors) to a loaded model, MLX or GGUF alike."""
     if not (Path(adapter) / "adapter_config.json").is_file():
-        raise ModelLoadError(f"adapter {adapter}: no adapter_config.json (is this an mlx-lm "
-                             "adapter directory?)")
+        raise ModelLoadError(
+            f"adapter {adapter}: no adapter_config.json (is this an mlx-lm adapter directory?)"
+        )
     try:
         load_adapters(model, adapter)
     # mx.load raises RuntimeError for a missing or broken adapters.safetensors.

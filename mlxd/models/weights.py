@@ -26,15 +26,15 @@ from mlx_lm.utils import dequantize_model
 
 from mlxd.models.device import device_info, device_memory
 
-
 log = logging.getLogger("mlxd.weights")
 
-DENSE_MARGIN = 0.95        # dense must be at least 5% faster to be chosen (timing noise)
+DENSE_MARGIN = 0.95  # dense must be at least 5% faster to be chosen (timing noise)
 
 
 @dataclass(frozen=True)
 class Plan:
     """What calibration times: cached context per decode step, prefill chunk, repetitions."""
+
     batches: tuple[int, ...]
     context: int
     prefill: int
@@ -47,8 +47,9 @@ CPU_PLAN = Plan(batches=(1, 2, 4, 8), context=8, prefill=16, reps=1)
 
 
 def is_quantized(model: nn.Module) -> bool:
-    return any(isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))
-               for _, m in model.named_modules())
+    return any(
+        isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in model.named_modules()
+    )
 
 
 def dense_twin(model: nn.Module) -> nn.Module:
@@ -61,9 +62,9 @@ def dense_twin(model: nn.Module) -> nn.Module:
 
 @dataclass
 class Routing:
-    decode_dense_from: int | None = None   # smallest decode batch that runs dense; None: never
+    decode_dense_from: int | None = None  # smallest decode batch that runs dense; None: never
     prefill_dense: bool = False
-    table: tuple = ()                       # (kind, batch, quantized_s, dense_s) rows, for logs
+    table: tuple = ()  # (kind, batch, quantized_s, dense_s) rows, for logs
 
 
 class DualModel:
@@ -103,7 +104,9 @@ def prepare(model: nn.Module, policy: str) -> nn.Module:
     (776 vs 852 ms), so the result is kept on disk (``RoutingStore``) and later starts reuse it."""
     if policy == "quantized" or not is_quantized(model):
         return model
-    if any("LoRA" in type(m).__name__ or "DoRA" in type(m).__name__ for _, m in model.named_modules()):
+    if any(
+        "LoRA" in type(m).__name__ or "DoRA" in type(m).__name__ for _, m in model.named_modules()
+    ):
         # An adapter wraps the quantized layers; a dense twin of the base alone would drop it.
         log.info("weights: quantized (a LoRA adapter is loaded; no dense copy)")
         return model
@@ -129,14 +132,15 @@ def _dense_fits(model: nn.Module) -> bool:
         return False
     free = device - mx.get_active_memory()
     if dense > free // 2:
-        log.info("weights: quantized (a dense copy needs %d MiB; %d MiB free)", dense >> 20,
-                 free >> 20)
+        log.info(
+            "weights: quantized (a dense copy needs %d MiB; %d MiB free)", dense >> 20, free >> 20
+        )
         return False
     return True
 
 
 def _time(fn, reps: int) -> float:
-    fn()   # first run pays kernel compiles; not counted
+    fn()  # first run pays kernel compiles; not counted
     start = time.perf_counter()
     for _ in range(reps):
         fn()
@@ -152,8 +156,9 @@ def _decode_step_time(model: nn.Module, batch: int, plan: Plan) -> float:
 
     def one() -> None:
         mx.eval(model(step, cache=cache))
-        for c in trim:          # keep the cache length fixed from step to step
+        for c in trim:  # keep the cache length fixed from step to step
             c.trim(1)
+
     return _time(one, plan.reps)
 
 
@@ -172,12 +177,15 @@ def calibrate(dual: DualModel, max_batch: int, plan: Plan | None = None) -> Rout
     rows.append(("prefill", 1, pq, pd))
     dense_from = None
     for batch in [b for b in plan.batches if b <= max(max_batch, 1)]:
-        q, d = _decode_step_time(dual.quantized, batch, plan), _decode_step_time(dual.dense, batch, plan)
+        q, d = (
+            _decode_step_time(dual.quantized, batch, plan),
+            _decode_step_time(dual.dense, batch, plan),
+        )
         rows.append(("decode", batch, q, d))
         if d < q * DENSE_MARGIN:
             dense_from = batch if dense_from is None else dense_from
         else:
-            dense_from = None   # dense must keep winning from the crossover on
+            dense_from = None  # dense must keep winning from the crossover on
     mx.clear_cache()
     routing = Routing(dense_from, pd < pq * DENSE_MARGIN, tuple(rows))
     log_routing(routing, f"calibrated in {time.perf_counter() - start:.1f}s")
@@ -186,12 +194,21 @@ def calibrate(dual: DualModel, max_batch: int, plan: Plan | None = None) -> Rout
 
 def log_routing(routing: Routing, how: str) -> None:
     for kind, batch, q, d in routing.table:
-        log.info("calibration %s batch %d: quantized %.2f ms, dense %.2f ms -> %s", kind, batch,
-                 q * 1e3, d * 1e3, "dense" if d < q * DENSE_MARGIN else "quantized")
+        log.info(
+            "calibration %s batch %d: quantized %.2f ms, dense %.2f ms -> %s",
+            kind,
+            batch,
+            q * 1e3,
+            d * 1e3,
+            "dense" if d < q * DENSE_MARGIN else "quantized",
+        )
     dense_from = routing.decode_dense_from
-    log.info("weights: decode %s, prefill %s (%s)",
-             f"dense from batch {dense_from}" if dense_from else "quantized at every batch size",
-             "dense" if routing.prefill_dense else "quantized", how)
+    log.info(
+        "weights: decode %s, prefill %s (%s)",
+        f"dense from batch {dense_from}" if dense_from else "quantized at every batch size",
+        "dense" if routing.prefill_dense else "quantized",
+        how,
+    )
 
 
 class RoutingStore:
@@ -205,16 +222,28 @@ class RoutingStore:
         self.directory = directory
 
     @classmethod
-    def default(cls) -> "RoutingStore":
+    def default(cls) -> RoutingStore:
         base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
         return cls(Path(base) / "mlxd" / "calibration")
 
     def path(self, model_path: str, max_batch: int) -> Path:
         where = Path(model_path).resolve()
-        files = [where] if where.is_file() else sorted(
-            f for f in where.iterdir() if f.suffix in (".safetensors", ".gguf", ".json"))
-        parts = [str(self.VERSION), mx.__version__, str(mx.default_device()), _device_name(),
-                 str(os.cpu_count()), str(max_batch), str(where)]
+        files = (
+            [where]
+            if where.is_file()
+            else sorted(
+                f for f in where.iterdir() if f.suffix in (".safetensors", ".gguf", ".json")
+            )
+        )
+        parts = [
+            str(self.VERSION),
+            mx.__version__,
+            str(mx.default_device()),
+            _device_name(),
+            str(os.cpu_count()),
+            str(max_batch),
+            str(where),
+        ]
         parts += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
         key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
         return self.directory / f"{where.name}-{key}.json"
@@ -223,8 +252,11 @@ class RoutingStore:
     def load(path: Path) -> Routing | None:
         try:
             raw = json.loads(path.read_text())
-            return Routing(raw["decode_dense_from"], bool(raw["prefill_dense"]),
-                           tuple((str(k), int(b), float(q), float(d)) for k, b, q, d in raw["table"]))
+            return Routing(
+                raw["decode_dense_from"],
+                bool(raw["prefill_dense"]),
+                tuple((str(k), int(b), float(q), float(d)) for k, b, q, d in raw["table"]),
+            )
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as exc:
@@ -236,15 +268,25 @@ class RoutingStore:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps({"decode_dense_from": routing.decode_dense_from,
-                                       "prefill_dense": routing.prefill_dense,
-                                       "table": [list(row) for row in routing.table]}))
+            tmp.write_text(
+                json.dumps(
+                    {
+                        "decode_dense_from": routing.decode_dense_from,
+                        "prefill_dense": routing.prefill_dense,
+                        "table": [list(row) for row in routing.table],
+                    }
+                )
+            )
             os.replace(tmp, path)
-        except OSError as exc:   # a read-only home is no reason not to serve
+        except OSError as exc:  # a read-only home is no reason not to serve
             log.warning("could not keep the calibration in %s: %s", path, exc)
 
 
 def _device_name() -> str:
     info = device_info()
-    return str(info.get("device_name") or info.get("architecture") or platform.processor()
-               or platform.machine())
+    return str(
+        info.get("device_name")
+        or info.get("architecture")
+        or platform.processor()
+        or platform.machine()
+    )

@@ -13,30 +13,30 @@ import dataclasses
 import difflib
 import json
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Mapping
 
-DEFAULT_HOST = "127.0.0.1"     # local by default: nothing listens beyond this machine unasked
+DEFAULT_HOST = "127.0.0.1"  # local by default: nothing listens beyond this machine unasked
 DEFAULT_PORT = 8000
-DEFAULT_MAX_TOKENS = 512       # when a request names no max_tokens (capped by the context)
+DEFAULT_MAX_TOKENS = 512  # when a request names no max_tokens (capped by the context)
 DEFAULT_TEMPERATURE = 0.7
 DEFAULT_TOP_P = 1.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024   # a long chat history is well under this
-DEFAULT_QUEUE_SIZE = 64        # requests waiting for the engine before new ones are refused
+DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # a long chat history is well under this
+DEFAULT_QUEUE_SIZE = 64  # requests waiting for the engine before new ones are refused
 DEFAULT_MAX_BATCH_SIZE = 8
-DEFAULT_PREFILL_STEP = 512     # prompt tokens per sequence per engine step: streams keep flowing
-DEFAULT_PROMPT_CACHE_BYTES = 512 * 1024 ** 2
+DEFAULT_PREFILL_STEP = 512  # prompt tokens per sequence per engine step: streams keep flowing
+DEFAULT_PROMPT_CACHE_BYTES = 512 * 1024**2
 WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
-REASONING_FORMATS = ("auto", "deepseek", "none")   # as mlxd/reasoning.py (stdlib only here)
-SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3, "t": 1024 ** 4}
+REASONING_FORMATS = ("auto", "deepseek", "none")  # as mlxd/reasoning.py (stdlib only here)
+SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ENV_PREFIX = "MLXD_"
-ENV_ALIAS_PREFIX = "MLX_SERVER_"   # the seed server's names; MLXD_* wins when both are set
+ENV_ALIAS_PREFIX = "MLX_SERVER_"  # the seed server's names; MLXD_* wins when both are set
 ENV_CONFIG = ENV_PREFIX + "CONFIG"
-ENV_NOT_SETTINGS = {ENV_CONFIG, "MLXD_BUNDLE"}   # MLXD_BUNDLE: spec/mlxd.spec's build switch
+ENV_NOT_SETTINGS = {ENV_CONFIG, "MLXD_BUNDLE"}  # MLXD_BUNDLE: spec/mlxd.spec's build switch
 MASK = "***"
 
 
@@ -47,36 +47,36 @@ class ConfigError(Exception):
 @dataclass(frozen=True)
 class Config:
     model: str | None = None
-    adapter: str | None = None                 # LoRA adapter directory (mlx-lm's format)
+    adapter: str | None = None  # LoRA adapter directory (mlx-lm's format)
     host: str = DEFAULT_HOST
     port: int = DEFAULT_PORT
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
-    reasoning_format: str = "auto"             # "none": thinking stays in content
+    reasoning_format: str = "auto"  # "none": thinking stays in content
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
-    served_model_name: str | None = None      # the id in /v1/models; default from MODEL's name
+    served_model_name: str | None = None  # the id in /v1/models; default from MODEL's name
     # Access control (enforced in server.py / api.py).
     api_keys: tuple[str, ...] = ()
-    api_key_file: str | None = None            # already merged into api_keys
-    auth_health: bool = False                  # require the key on /health and /metrics too
+    api_key_file: str | None = None  # already merged into api_keys
+    auth_health: bool = False  # require the key on /health and /metrics too
     cors_origins: tuple[str, ...] = ()
     # Scheduling (reserved for the engine).
     queue_size: int = DEFAULT_QUEUE_SIZE
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     queue_timeout: float | None = None
     prefill_step_size: int = DEFAULT_PREFILL_STEP
-    prefill_batch_size: int | None = None      # None: auto (see engine.py)
+    prefill_batch_size: int | None = None  # None: auto (see engine.py)
     prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
-    memory_limit: int | None = None            # bytes for model + KV; None: from the device
-    weights: str = "auto"                      # quantized / dense twin / both, per step
+    memory_limit: int | None = None  # bytes for model + KV; None: from the device
+    weights: str = "auto"  # quantized / dense twin / both, per step
     request_timeout: float | None = None
     # Life cycle and logs.
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S
     log_level: str = "info"
     log_file: str | None = None
     log_format: str = "text"
-    pid_file: str | None = None                # None: no PID file ("{port}" is the bound port)
+    pid_file: str | None = None  # None: no PID file ("{port}" is the bound port)
     daemon: bool = False
 
     def to_json(self) -> dict:
@@ -88,6 +88,7 @@ class Config:
 
 
 # ----- value parsers: str (CLI, env) or JSON value (file) -> value, or ValueError -----
+
 
 def integer(low: int, high: int | None = None) -> Callable[[object], int]:
     def parse(raw: object) -> int:
@@ -101,12 +102,15 @@ def integer(low: int, high: int | None = None) -> Callable[[object], int]:
             span = f"{low}-{high}" if high is not None else f">= {low}"
             raise ValueError(f"{value} is out of range ({span})")
         return value
+
     return parse
 
 
-def number(low: float, high: float | None = None, *,
-           above: bool = False) -> Callable[[object], float]:
+def number(
+    low: float, high: float | None = None, *, above: bool = False
+) -> Callable[[object], float]:
     """A float in [low, high]; ``above`` makes the low end exclusive."""
+
     def parse(raw: object) -> float:
         if isinstance(raw, bool) or not isinstance(raw, (int, float, str)):
             raise ValueError(f"{raw!r} is not a number")
@@ -115,11 +119,12 @@ def number(low: float, high: float | None = None, *,
         except ValueError:
             raise ValueError(f"{raw!r} is not a number") from None
         too_low = value <= low if above else value < low
-        if value != value or too_low or (high is not None and value > high):   # NaN != NaN
+        if value != value or too_low or (high is not None and value > high):  # NaN != NaN
             bounds = [f"> {low}" if above else f">= {low}"]
             bounds += [f"<= {high}"] if high is not None else []
             raise ValueError(f"{raw!r} is out of range ({', '.join(bounds)})")
         return value
+
     return parse
 
 
@@ -136,17 +141,20 @@ def size(raw: object) -> int:
 
 def _unset_by(word: str):
     """A parser wrapper: JSON null or ``word`` gives None, anything else goes to ``parse``."""
+
     def wrap(parse: Callable[[object], object]) -> Callable[[object], object]:
         def parse_or_none(raw: object) -> object:
             if raw is None or (isinstance(raw, str) and raw.lower() == word):
                 return None
             return parse(raw)
+
         return parse_or_none
+
     return wrap
 
 
-optional = _unset_by("none")   # unset
-auto = _unset_by("auto")       # the server decides
+optional = _unset_by("none")  # unset
+auto = _unset_by("auto")  # the server decides
 
 
 def choice(values: tuple[str, ...]) -> Callable[[object], str]:
@@ -154,6 +162,7 @@ def choice(values: tuple[str, ...]) -> Callable[[object], str]:
         if not isinstance(raw, str) or raw.lower() not in values:
             raise ValueError(f"{raw!r} is not one of {', '.join(values)}")
         return raw.lower()
+
     return parse
 
 
@@ -166,8 +175,16 @@ def text(raw: object) -> str:
 def boolean(raw: object) -> bool:
     if isinstance(raw, bool):
         return raw
-    words = {"1": True, "true": True, "yes": True, "on": True,
-             "0": False, "false": False, "no": False, "off": False}
+    words = {
+        "1": True,
+        "true": True,
+        "yes": True,
+        "on": True,
+        "0": False,
+        "false": False,
+        "no": False,
+        "off": False,
+    }
     if isinstance(raw, str) and raw.strip().lower() in words:
         return words[raw.strip().lower()]
     raise ValueError(f"{raw!r} is not a boolean (true/false)")
@@ -187,12 +204,12 @@ def text_list(raw: object) -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Option:
     field: str
-    flag: str                       # "max-tokens": --max-tokens, key "max-tokens", MLXD_MAX_TOKENS
+    flag: str  # "max-tokens": --max-tokens, key "max-tokens", MLXD_MAX_TOKENS
     parse: Callable[[object], object]
     help: str
-    kind: str = "value"             # "value", "list" (repeatable, merged) or "bool"
+    kind: str = "value"  # "value", "list" (repeatable, merged) or "bool"
     metavar: str | None = None
-    is_path: bool = False           # relative paths in a config file are relative to the file
+    is_path: bool = False  # relative paths in a config file are relative to the file
 
     @property
     def env(self) -> str:
@@ -201,71 +218,187 @@ class Option:
 
 OPTIONS = (
     Option("model", "model", text, "model directory or .gguf file", is_path=True),
-    Option("adapter", "adapter", text, "LoRA adapter directory trained with mlx-lm "
-           "(adapter_config.json, adapters.safetensors), applied at load", metavar="PATH",
-           is_path=True),
+    Option(
+        "adapter",
+        "adapter",
+        text,
+        "LoRA adapter directory trained with mlx-lm "
+        "(adapter_config.json, adapters.safetensors), applied at load",
+        metavar="PATH",
+        is_path=True,
+    ),
     Option("host", "host", text, "address to bind (default %(default)s)"),
     Option("port", "port", integer(0, 65535), "port (default %(default)s; 0 picks a free one)"),
-    Option("max_tokens", "max-tokens", integer(1),
-           "completion length when a request names none (default %(default)s)", metavar="N"),
-    Option("temperature", "temperature", number(0.0, 2.0),
-           "sampling temperature when a request names none (default %(default)s)", metavar="T"),
-    Option("top_p", "top-p", number(0.0, 1.0),
-           "nucleus sampling when a request names none (default %(default)s)", metavar="P"),
-    Option("reasoning_format", "reasoning-format", choice(REASONING_FORMATS),
-           "thinking models: auto/deepseek split the thinking into reasoning_content, none "
-           "leaves it in content (default %(default)s)", metavar="FORMAT"),
-    Option("max_body_bytes", "max-body-bytes", integer(1),
-           "largest request body accepted (default %(default)s)", metavar="BYTES"),
-    Option("served_model_name", "served-model-name", text,
-           "model id clients see in /v1/models (default: MODEL's file or directory name)",
-           metavar="NAME"),
+    Option(
+        "max_tokens",
+        "max-tokens",
+        integer(1),
+        "completion length when a request names none (default %(default)s)",
+        metavar="N",
+    ),
+    Option(
+        "temperature",
+        "temperature",
+        number(0.0, 2.0),
+        "sampling temperature when a request names none (default %(default)s)",
+        metavar="T",
+    ),
+    Option(
+        "top_p",
+        "top-p",
+        number(0.0, 1.0),
+        "nucleus sampling when a request names none (default %(default)s)",
+        metavar="P",
+    ),
+    Option(
+        "reasoning_format",
+        "reasoning-format",
+        choice(REASONING_FORMATS),
+        "thinking models: auto/deepseek split the thinking into reasoning_content, none "
+        "leaves it in content (default %(default)s)",
+        metavar="FORMAT",
+    ),
+    Option(
+        "max_body_bytes",
+        "max-body-bytes",
+        integer(1),
+        "largest request body accepted (default %(default)s)",
+        metavar="BYTES",
+    ),
+    Option(
+        "served_model_name",
+        "served-model-name",
+        text,
+        "model id clients see in /v1/models (default: MODEL's file or directory name)",
+        metavar="NAME",
+    ),
     Option("api_keys", "api-key", text_list, "require this bearer key (repeatable)", "list", "KEY"),
-    Option("api_key_file", "api-key-file", text, "file of API keys, one per line (merged with "
-           "--api-key)", metavar="PATH", is_path=True),
-    Option("auth_health", "auth-health", boolean, "require the key on /health and /metrics too",
-           "bool"),
-    Option("cors_origins", "cors-origins", text_list,
-           "allowed CORS origins, comma-separated or repeated ('*' for any)", "list", "ORIGINS"),
-    Option("queue_size", "queue-size", integer(1),
-           "requests waiting for the engine before new ones are refused (default %(default)s)",
-           metavar="N"),
-    Option("max_batch_size", "max-batch-size", integer(1),
-           "most requests generated together (default %(default)s)", metavar="N"),
-    Option("queue_timeout", "queue-timeout", optional(number(0.0, above=True)),
-           "seconds a request may wait in the queue (default: no limit)", metavar="S"),
-    Option("prefill_step_size", "prefill-step-size", integer(1),
-           "prompt tokens prefilled per sequence between decode steps (default %(default)s)",
-           metavar="N"),
-    Option("prefill_batch_size", "prefill-batch-size", auto(integer(1)),
-           "new prompts prefilled together in one step; 'auto' (the default) takes as many as "
-           "keep one prefill step within 8 x --prefill-step-size tokens, up to --max-batch-size",
-           metavar="N|auto"),
-    Option("prompt_cache_bytes", "prompt-cache-bytes", size,
-           "KV cache kept for reuse by later prompts with the same prefix; 0 turns it off "
-           "(default 512M)", metavar="BYTES"),
-    Option("memory_limit", "memory-limit", optional(size),
-           "memory the model and its KV caches may use; requests beyond wait or get 503 "
-           "(default: 90%% of the device's memory)", metavar="BYTES"),
-    Option("weights", "weights", choice(WEIGHT_POLICIES),
-           "for a quantized model: keep the quantized weights, a dense copy, or both and pick "
-           "per step by batch size; auto calibrates at start and keeps the dense copy only "
-           "where it wins (default %(default)s)"),
-    Option("request_timeout", "request-timeout", optional(number(0.0, above=True)),
-           "seconds a request may take in all (default: no limit)", metavar="S"),
-    Option("shutdown_timeout", "shutdown-timeout", number(0.0),
-           "seconds in-flight requests get to finish on SIGTERM (default %(default)s)",
-           metavar="S"),
-    Option("log_level", "log-level", choice(LOG_LEVELS),
-           "debug, info, warning or error (default %(default)s)", metavar="LEVEL"),
-    Option("log_file", "log-file", text, "append logs to PATH (reopened after logrotate)",
-           metavar="PATH", is_path=True),
-    Option("log_format", "log-format", choice(LOG_FORMATS), "text or json lines (default "
-           "%(default)s)", metavar="FORMAT"),
-    Option("pid_file", "pid-file", text, "PID file (default: per port, see docs/SERVICE.md)",
-           metavar="PATH", is_path=True),
-    Option("daemon", "daemon", boolean, "detach and run in the background (needs no terminal)",
-           "bool"),
+    Option(
+        "api_key_file",
+        "api-key-file",
+        text,
+        "file of API keys, one per line (merged with --api-key)",
+        metavar="PATH",
+        is_path=True,
+    ),
+    Option(
+        "auth_health", "auth-health", boolean, "require the key on /health and /metrics too", "bool"
+    ),
+    Option(
+        "cors_origins",
+        "cors-origins",
+        text_list,
+        "allowed CORS origins, comma-separated or repeated ('*' for any)",
+        "list",
+        "ORIGINS",
+    ),
+    Option(
+        "queue_size",
+        "queue-size",
+        integer(1),
+        "requests waiting for the engine before new ones are refused (default %(default)s)",
+        metavar="N",
+    ),
+    Option(
+        "max_batch_size",
+        "max-batch-size",
+        integer(1),
+        "most requests generated together (default %(default)s)",
+        metavar="N",
+    ),
+    Option(
+        "queue_timeout",
+        "queue-timeout",
+        optional(number(0.0, above=True)),
+        "seconds a request may wait in the queue (default: no limit)",
+        metavar="S",
+    ),
+    Option(
+        "prefill_step_size",
+        "prefill-step-size",
+        integer(1),
+        "prompt tokens prefilled per sequence between decode steps (default %(default)s)",
+        metavar="N",
+    ),
+    Option(
+        "prefill_batch_size",
+        "prefill-batch-size",
+        auto(integer(1)),
+        "new prompts prefilled together in one step; 'auto' (the default) takes as many as "
+        "keep one prefill step within 8 x --prefill-step-size tokens, up to --max-batch-size",
+        metavar="N|auto",
+    ),
+    Option(
+        "prompt_cache_bytes",
+        "prompt-cache-bytes",
+        size,
+        "KV cache kept for reuse by later prompts with the same prefix; 0 turns it off "
+        "(default 512M)",
+        metavar="BYTES",
+    ),
+    Option(
+        "memory_limit",
+        "memory-limit",
+        optional(size),
+        "memory the model and its KV caches may use; requests beyond wait or get 503 "
+        "(default: 90%% of the device's memory)",
+        metavar="BYTES",
+    ),
+    Option(
+        "weights",
+        "weights",
+        choice(WEIGHT_POLICIES),
+        "for a quantized model: keep the quantized weights, a dense copy, or both and pick "
+        "per step by batch size; auto calibrates at start and keeps the dense copy only "
+        "where it wins (default %(default)s)",
+    ),
+    Option(
+        "request_timeout",
+        "request-timeout",
+        optional(number(0.0, above=True)),
+        "seconds a request may take in all (default: no limit)",
+        metavar="S",
+    ),
+    Option(
+        "shutdown_timeout",
+        "shutdown-timeout",
+        number(0.0),
+        "seconds in-flight requests get to finish on SIGTERM (default %(default)s)",
+        metavar="S",
+    ),
+    Option(
+        "log_level",
+        "log-level",
+        choice(LOG_LEVELS),
+        "debug, info, warning or error (default %(default)s)",
+        metavar="LEVEL",
+    ),
+    Option(
+        "log_file",
+        "log-file",
+        text,
+        "append logs to PATH (reopened after logrotate)",
+        metavar="PATH",
+        is_path=True,
+    ),
+    Option(
+        "log_format",
+        "log-format",
+        choice(LOG_FORMATS),
+        "text or json lines (default %(default)s)",
+        metavar="FORMAT",
+    ),
+    Option(
+        "pid_file",
+        "pid-file",
+        text,
+        "PID file (default: per port, see docs/SERVICE.md)",
+        metavar="PATH",
+        is_path=True,
+    ),
+    Option(
+        "daemon", "daemon", boolean, "detach and run in the background (needs no terminal)", "bool"
+    ),
 )
 BY_KEY = {name: opt for opt in OPTIONS for name in {opt.flag.replace("-", "_"), opt.field}}
 
@@ -280,6 +413,7 @@ def _unknown(key: str) -> str:
 
 
 # ----- the layers -----
+
 
 def from_file(path: str) -> dict[str, object]:
     """Settings from a JSON config file, parsed; errors name the file and the key."""
@@ -310,7 +444,7 @@ def from_env(environ: Mapping[str, str]) -> dict[str, object]:
     known = {opt.env: opt for opt in OPTIONS}
     values: dict[str, object] = {}
     for env, opt in known.items():
-        alias = ENV_ALIAS_PREFIX + env[len(ENV_PREFIX):]
+        alias = ENV_ALIAS_PREFIX + env[len(ENV_PREFIX) :]
         for name in (env, alias):
             if environ.get(name, "").strip():
                 values[opt.field] = _parse(opt, environ[name], name)
@@ -326,8 +460,10 @@ def env_warnings(environ: Mapping[str, str]) -> list[str]:
     for name in sorted(environ):
         if name.startswith(ENV_PREFIX) and name not in known:
             close = difflib.get_close_matches(name, known, n=1)
-            out.append(f"{name} is not a setting; ignored"
-                       + (f" (did you mean {close[0]}?)" if close else ""))
+            out.append(
+                f"{name} is not a setting; ignored"
+                + (f" (did you mean {close[0]}?)" if close else "")
+            )
     return out
 
 
@@ -345,13 +481,14 @@ def read_key_file(path: str) -> tuple[str, ...]:
     except OSError as exc:
         raise ConfigError(f"api key file {path}: cannot read: {exc.strerror or exc}") from None
     keys = tuple(s for line in lines if (s := line.strip()) and not s.startswith("#"))
-    if not keys:   # an empty file must not silently turn authentication off
+    if not keys:  # an empty file must not silently turn authentication off
         raise ConfigError(f"api key file {path}: holds no keys")
     return keys
 
 
-def resolve(cli: Mapping[str, object], environ: Mapping[str, str],
-            config_path: str | None = None) -> Config:
+def resolve(
+    cli: Mapping[str, object], environ: Mapping[str, str], config_path: str | None = None
+) -> Config:
     """defaults < file (``config_path`` or $MLXD_CONFIG) < env < CLI (already parsed values)."""
     path = config_path or environ.get(ENV_CONFIG, "").strip() or None
     values: dict[str, object] = {}
@@ -361,7 +498,7 @@ def resolve(cli: Mapping[str, object], environ: Mapping[str, str],
     values.update(cli)
     if values.get("api_key_file"):
         keys = tuple(values.get("api_keys", ())) + read_key_file(str(values["api_key_file"]))
-        values["api_keys"] = tuple(dict.fromkeys(keys))   # merged, first order kept
+        values["api_keys"] = tuple(dict.fromkeys(keys))  # merged, first order kept
     return Config(**values)
 
 

@@ -16,13 +16,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 
 from mlxd import __version__
 
 STOP_POLL_S = 0.05
-STOP_MARGIN_S = 10.0     # --stop waits the server's own shutdown timeout plus this
-EXIT_NOT_RUNNING = 3     # LSB's "program is not running", for --status and --stop
+STOP_MARGIN_S = 10.0  # --stop waits the server's own shutdown timeout plus this
+EXIT_NOT_RUNNING = 3  # LSB's "program is not running", for --status and --stop
 PORT_PLACEHOLDER = "{port}"
 
 
@@ -51,6 +52,7 @@ def pid_path(template: str, port: int) -> Path:
 
 # ----- is it (still) mlxd? -----
 
+
 def process_argv(pid: int) -> list[str] | None:
     """The command line of a live process; None when it is gone or a zombie."""
     try:
@@ -58,23 +60,24 @@ def process_argv(pid: int) -> list[str] | None:
     except ProcessLookupError:
         return None
     except PermissionError:
-        pass                     # alive, but another user's
+        pass  # alive, but another user's
     try:
         raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except FileNotFoundError:    # no procfs (macOS), or it just exited
+    except FileNotFoundError:  # no procfs (macOS), or it just exited
         if Path("/proc/self").exists():
             return None
         return _ps_argv(pid)
     except PermissionError:
         return _ps_argv(pid)
     argv = [a.decode(errors="replace") for a in raw.split(b"\0") if a]
-    return argv or None          # a zombie has an empty command line
+    return argv or None  # a zombie has an empty command line
 
 
 def _ps_argv(pid: int) -> list[str] | None:
     try:
-        out = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True,
-                             text=True, timeout=5).stdout.strip()
+        out = subprocess.run(
+            ["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, timeout=5
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     if not out or "<defunct>" in out:
@@ -85,6 +88,7 @@ def _ps_argv(pid: int) -> list[str] | None:
 def looks_like_mlxd(argv: list[str]) -> bool:
     """The binary (``mlxd``, ``mlxd-VERSION-...``), the console script run by its python, or
     ``python -m mlxd``."""
+
     def named_mlxd(arg: str) -> bool:
         name = os.path.basename(arg)
         return name == "mlxd" or name.startswith("mlxd-")
@@ -95,7 +99,7 @@ def looks_like_mlxd(argv: list[str]) -> bool:
         return True
     if os.path.basename(argv[0]).startswith("python") and len(argv) > 1 and named_mlxd(argv[1]):
         return True
-    return any(a == "-m" and b in ("mlxd", "mlxd.__main__") for a, b in zip(argv, argv[1:]))
+    return any(a == "-m" and b in ("mlxd", "mlxd.__main__") for a, b in pairwise(argv))
 
 
 def _is_mlxd(pid: int) -> bool:
@@ -105,13 +109,14 @@ def _is_mlxd(pid: int) -> bool:
 
 # ----- reading a PID file -----
 
+
 @dataclass(frozen=True)
 class Probe:
     path: Path
-    state: str                   # "running", "stale" or "absent"
+    state: str  # "running", "stale" or "absent"
     pid: int | None = None
     info: dict = field(default_factory=dict)
-    why: str = ""                # for "stale"
+    why: str = ""  # for "stale"
 
     @property
     def running(self) -> bool:
@@ -137,8 +142,9 @@ def probe(path: Path) -> Probe:
     if argv is None:
         return Probe(path, "stale", pid, info, f"pid {pid} is not running")
     if not looks_like_mlxd(argv):
-        return Probe(path, "stale", pid, info, f"pid {pid} is now {os.path.basename(argv[0])!r}, "
-                                               "not mlxd")
+        return Probe(
+            path, "stale", pid, info, f"pid {pid} is now {os.path.basename(argv[0])!r}, not mlxd"
+        )
     return Probe(path, "running", pid, info)
 
 
@@ -151,6 +157,7 @@ def remove_stale(found: Probe) -> None:
 
 
 # ----- writing one -----
+
 
 class PidFile:
     """The PID file of this process: written atomically, rewritten on state changes, removed
@@ -170,7 +177,7 @@ class PidFile:
             os.write(fd, data)
         finally:
             os.close(fd)
-        os.replace(tmp, self.path)   # readers see the old file or the new one, never half
+        os.replace(tmp, self.path)  # readers see the old file or the new one, never half
 
     def remove(self) -> None:
         try:
@@ -182,6 +189,7 @@ class PidFile:
 
 
 # ----- --status and --stop -----
+
 
 def _uptime(started: object) -> str:
     if not isinstance(started, (int, float)):
@@ -195,15 +203,23 @@ def status(path: Path) -> int:
     """Print whether the mlxd of ``path`` runs, and how: 0 it does, 3 it does not."""
     found = probe(path)
     if not found.running:
-        detail = f"stale PID file {path}: {found.why}" if found.state == "stale" else \
-            f"no PID file {path}"
+        detail = (
+            f"stale PID file {path}: {found.why}"
+            if found.state == "stale"
+            else f"no PID file {path}"
+        )
         print(f"mlxd is not running ({detail})")
         return EXIT_NOT_RUNNING
     info = found.info
     print(f"mlxd is running: pid {found.pid}")
-    rows = (("address", info.get("url", "?")), ("model", info.get("model", "?")),
-            ("state", info.get("state", "?")), ("uptime", _uptime(info.get("started"))),
-            ("version", info.get("version", "?")), ("pid file", path))
+    rows = (
+        ("address", info.get("url", "?")),
+        ("model", info.get("model", "?")),
+        ("state", info.get("state", "?")),
+        ("uptime", _uptime(info.get("started"))),
+        ("version", info.get("version", "?")),
+        ("pid file", path),
+    )
     for label, value in rows:
         print(f"  {label + ':':9} {value}")
     return 0
@@ -235,12 +251,15 @@ def stop(path: Path, timeout: float | None) -> int:
             print(f"mlxd: pid {found.pid} did not stop within {timeout:g}s", file=sys.stderr)
             return 1
         time.sleep(STOP_POLL_S)
-    print(f"mlxd: stopped pid {found.pid} ({found.info.get('url', path)}) in "
-          f"{time.monotonic() - start:.1f}s")
+    print(
+        f"mlxd: stopped pid {found.pid} ({found.info.get('url', path)}) in "
+        f"{time.monotonic() - start:.1f}s"
+    )
     return 0
 
 
 # ----- --daemon -----
+
 
 class Reporter:
     """The detached server's line back to the waiting parent: ``LISTEN``, ``READY``, ``ERROR``."""
@@ -253,7 +272,7 @@ class Reporter:
             return
         try:
             os.write(self._fd, f"{kind} {message}".replace("\n", " ").encode() + b"\n")
-        except OSError:          # the parent stopped waiting (Ctrl-C): carry on without it
+        except OSError:  # the parent stopped waiting (Ctrl-C): carry on without it
             self.close()
 
     def close(self) -> None:
@@ -278,7 +297,7 @@ def detach(log_file: str) -> Reporter:
     /dev/null, stdout/stderr to ``log_file`` (tracebacks and C-level output land there too).
     Returns in the detached process only; the original one waits for its report and exits."""
     read_fd, write_fd = os.pipe()
-    _flush_std()                 # or both processes would write what is still buffered
+    _flush_std()  # or both processes would write what is still buffered
     first = os.fork()
     if first:
         os.close(write_fd)
@@ -289,7 +308,7 @@ def detach(log_file: str) -> Reporter:
     os.close(read_fd)
     os.setsid()
     if os.fork():
-        os._exit(0)              # the session leader goes; its child can never regain a terminal
+        os._exit(0)  # the session leader goes; its child can never regain a terminal
     os.chdir("/")
     try:
         Path(log_file).expanduser().parent.mkdir(parents=True, exist_ok=True)
@@ -327,8 +346,9 @@ def _wait_for_report(fd: int, log_file: str) -> int:
                 elif kind == "ERROR":
                     errors.append(message)
     except KeyboardInterrupt:
-        print("mlxd: stopped waiting; the server goes on starting in the background",
-              file=sys.stderr)
+        print(
+            "mlxd: stopped waiting; the server goes on starting in the background", file=sys.stderr
+        )
         return 130
     for message in errors or ["the server exited during start-up"]:
         print(f"mlxd: {message}", file=sys.stderr)

@@ -31,7 +31,7 @@ class TextFormatter(logging.Formatter):
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
-    def formatMessage(self, record: logging.LogRecord) -> str:   # before any traceback
+    def formatMessage(self, record: logging.LogRecord) -> str:  # before any traceback
         fields = extras(record)
         line = super().formatMessage(record)
         return line + "".join(f" {k}={v}" for k, v in fields.items())
@@ -41,7 +41,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per line: time (UTC, ISO 8601), level, logger, message, extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        stamp = dt.datetime.fromtimestamp(record.created, dt.timezone.utc)
+        stamp = dt.datetime.fromtimestamp(record.created, dt.UTC)
         obj: dict[str, object] = {
             "time": stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
             "level": record.levelname.lower(),
@@ -58,8 +58,12 @@ class JsonFormatter(logging.Formatter):
 FORMATTERS = {"text": TextFormatter, "json": JsonFormatter}
 
 
-def setup(level: str = "info", log_file: str | None = None, fmt: str = "text",
-          stream: TextIO | None = None) -> logging.Handler:
+def setup(
+    level: str = "info",
+    log_file: str | None = None,
+    fmt: str = "text",
+    stream: TextIO | None = None,
+) -> logging.Handler:
     """Point the root logger at stderr (or ``stream``) or at ``log_file``, replacing what an
     earlier call installed. A ``WatchedFileHandler`` reopens the file when logrotate moves it."""
     root = logging.getLogger()
@@ -69,7 +73,8 @@ def setup(level: str = "info", log_file: str | None = None, fmt: str = "text",
     if log_file:
         Path(log_file).expanduser().parent.mkdir(parents=True, exist_ok=True)
         handler: logging.Handler = logging.handlers.WatchedFileHandler(
-            Path(log_file).expanduser(), encoding="utf-8")
+            Path(log_file).expanduser(), encoding="utf-8"
+        )
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(FORMATTERS[fmt]())
@@ -93,5 +98,5 @@ async def show_progress(label: str, stream: TextIO) -> None:
             stream.flush()
             await asyncio.sleep(PROGRESS_INTERVAL_S)
     finally:
-        stream.write("\r\x1b[K")   # carriage return, erase to end of line
+        stream.write("\r\x1b[K")  # carriage return, erase to end of line
         stream.flush()

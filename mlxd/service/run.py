@@ -13,38 +13,36 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from mlxd import __version__
-from mlxd.service import daemon
-from mlxd.service import logs
-from mlxd.models import device
-from mlxd.models import loader
-from mlxd.models import weights
 from mlxd.api.app import PUBLIC_PATHS, ROUTES, App, Defaults
-from mlxd.service.config import Config
 from mlxd.engine.loop import Engine, EngineSettings
+from mlxd.models import device, loader, weights
+from mlxd.service import daemon, logs
+from mlxd.service.config import Config
 from mlxd.transport.server import Server, ServerSettings
 
 log = logging.getLogger("mlxd")
 
-EXIT_INTERRUPTED = 130        # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 LOADER_THREAD = "mlxd-load"
 
 
 def run(config: Config, *, on_listening=None, on_ready=None) -> int:
     try:
         code = asyncio.run(serve(config, on_listening=on_listening, on_ready=on_ready))
-    except KeyboardInterrupt:   # Ctrl-C before the handlers were in place
+    except KeyboardInterrupt:  # Ctrl-C before the handlers were in place
         code = EXIT_INTERRUPTED
     logs.flush()
     if any(t.name == LOADER_THREAD and t.is_alive() for t in threading.enumerate()):
-        os._exit(code)          # stopped mid-load: do not wait for the loader to finish
+        os._exit(code)  # stopped mid-load: do not wait for the loader to finish
     return code
 
 
-async def serve(config: Config, *, on_listening=None, on_ready=None,
-                stop: asyncio.Event | None = None) -> int:
+async def serve(
+    config: Config, *, on_listening=None, on_ready=None, stop: asyncio.Event | None = None
+) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set). ``on_listening(addresses)`` runs once the
     socket is bound and the PID file written (it lets a caller learn a port-0 address);
     ``on_ready()`` once the model has warmed up."""
@@ -61,8 +59,9 @@ async def serve(config: Config, *, on_listening=None, on_ready=None,
     stop = stop or asyncio.Event()
     _install_signal_handlers(stop, pid_file)
     for host, port in addresses:
-        log.info("mlxd %s listening on %s (loading %s)", __version__, _url(host, port),
-                 config.model)
+        log.info(
+            "mlxd %s listening on %s (loading %s)", __version__, _url(host, port), config.model
+        )
     _warn_if_open(config)
     if on_listening is not None:
         on_listening(addresses)
@@ -84,12 +83,19 @@ async def serve(config: Config, *, on_listening=None, on_ready=None,
 
 
 def _build(config: Config) -> tuple[App, Server]:
-    app = App(name=config.served_model_name or loader.served_name(config.model),
-              defaults=Defaults(config.max_tokens, config.temperature, config.top_p,
-                                config.reasoning_format),
-              request_timeout=config.request_timeout)
-    settings = ServerSettings(max_body_bytes=config.max_body_bytes, api_keys=config.api_keys,
-                              auth_health=config.auth_health, cors_origins=config.cors_origins)
+    app = App(
+        name=config.served_model_name or loader.served_name(config.model),
+        defaults=Defaults(
+            config.max_tokens, config.temperature, config.top_p, config.reasoning_format
+        ),
+        request_timeout=config.request_timeout,
+    )
+    settings = ServerSettings(
+        max_body_bytes=config.max_body_bytes,
+        api_keys=config.api_keys,
+        auth_health=config.auth_health,
+        cors_origins=config.cors_origins,
+    )
     return app, Server(app, ROUTES, settings, public_paths=PUBLIC_PATHS, metrics=app.metrics)
 
 
@@ -98,26 +104,37 @@ def _engine_settings(config: Config, model) -> EngineSettings:
     calibration_file = None
     if isinstance(model, weights.DualModel):
         try:
-            calibration_file = str(weights.RoutingStore.default().path(config.model,
-                                                                       config.max_batch_size))
+            calibration_file = str(
+                weights.RoutingStore.default().path(config.model, config.max_batch_size)
+            )
         except OSError as exc:
             log.warning("calibration will not be kept: %s", exc)
-    log.info("memory: %s for KV caches of running requests (prompt cache up to %s)",
-             device.human(kv_budget), device.human(config.prompt_cache_bytes))
-    return EngineSettings(max_batch_size=config.max_batch_size, queue_size=config.queue_size,
-                          queue_timeout=config.queue_timeout,
-                          prefill_step_size=config.prefill_step_size,
-                          prefill_batch_size=config.prefill_batch_size,
-                          prompt_cache_bytes=config.prompt_cache_bytes, kv_budget_bytes=kv_budget,
-                          weights=config.weights, calibration_file=calibration_file)
+    log.info(
+        "memory: %s for KV caches of running requests (prompt cache up to %s)",
+        device.human(kv_budget),
+        device.human(config.prompt_cache_bytes),
+    )
+    return EngineSettings(
+        max_batch_size=config.max_batch_size,
+        queue_size=config.queue_size,
+        queue_timeout=config.queue_timeout,
+        prefill_step_size=config.prefill_step_size,
+        prefill_batch_size=config.prefill_batch_size,
+        prompt_cache_bytes=config.prompt_cache_bytes,
+        kv_budget_bytes=kv_budget,
+        weights=config.weights,
+        calibration_file=calibration_file,
+    )
 
 
-async def _serve(config: Config, app: App, server: Server, stop: asyncio.Event,
-                 ready: Callable[[], None]) -> int:
+async def _serve(
+    config: Config, app: App, server: Server, stop: asyncio.Event, ready: Callable[[], None]
+) -> int:
     """Load the model while serving what needs no model; then serve until ``stop``; shut down."""
     loading = asyncio.create_task(_load(app, config))
-    await asyncio.wait({loading, asyncio.create_task(stop.wait())},
-                       return_when=asyncio.FIRST_COMPLETED)
+    await asyncio.wait(
+        {loading, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
+    )
     code = 0
     if loading.done() and loading.exception() is not None:
         log.error("%s", loading.exception())
@@ -139,20 +156,25 @@ async def _load(app: App, config: Config) -> None:
     if config.log_file is None and not config.daemon and sys.stderr.isatty():
         progress = asyncio.create_task(logs.show_progress(f"loading {config.model}", sys.stderr))
     try:
-        loaded = await _in_thread(models.load, config.model, config.adapter)
+        loaded = await _in_thread(loader.load, config.model, config.adapter)
     finally:
         if progress is not None:
             progress.cancel()
             await asyncio.gather(progress, return_exceptions=True)
-    log.info("loaded %s (%s, context %d) in %.2fs", loaded.name, loaded.format,
-             loaded.context_length, loaded.load_seconds)
+    log.info(
+        "loaded %s (%s, context %d) in %.2fs",
+        loaded.name,
+        loaded.format,
+        loaded.context_length,
+        loaded.load_seconds,
+    )
     model = await _in_thread(weights.prepare, loaded.model, config.weights)
     engine = Engine(model, loaded.tokenizer, settings=_engine_settings(config, model))
     app.loaded, app.engine = loaded, engine
     engine.start()
     while not await asyncio.to_thread(engine.ready.wait, 0.5):
         if not engine.alive:
-            raise models.ModelLoadError("the model failed its warm-up generation (see above)")
+            raise loader.ModelLoadError("the model failed its warm-up generation (see above)")
     log.info("ready: serving %s", app.name)
 
 
@@ -166,9 +188,9 @@ async def _in_thread(fn: Callable, *args):
         result, error = None, None
         try:
             result = fn(*args)
-        except BaseException as exc:   # noqa: BLE001 - handed to the awaiting coroutine
+        except BaseException as exc:  # noqa: BLE001 - handed to the awaiting coroutine
             error = exc
-        with contextlib.suppress(RuntimeError):   # the loop has closed: nobody waits any more
+        with contextlib.suppress(RuntimeError):  # the loop has closed: nobody waits any more
             loop.call_soon_threadsafe(_settle, future, result, error)
 
     threading.Thread(target=work, name=LOADER_THREAD, daemon=True).start()
@@ -189,9 +211,18 @@ def _write_pid_file(config: Config, addresses) -> daemon.PidFile | None:
         return None
     host, port = addresses[0]
     path = daemon.pid_path(config.pid_file, port)
-    pid_file = daemon.PidFile(path, {
-        "host": host, "port": port, "url": _url(host, port), "model": config.model,
-        "started": time.time(), "state": "loading", "shutdown_timeout": config.shutdown_timeout})
+    pid_file = daemon.PidFile(
+        path,
+        {
+            "host": host,
+            "port": port,
+            "url": _url(host, port),
+            "model": config.model,
+            "started": time.time(),
+            "state": "loading",
+            "shutdown_timeout": config.shutdown_timeout,
+        },
+    )
     try:
         pid_file.write()
     except OSError as exc:
@@ -207,8 +238,10 @@ def _url(host: str, port: int) -> str:
 def _bind_error(config: Config, exc: OSError) -> str:
     where = f"{config.host}:{config.port}"
     if exc.errno == errno.EADDRINUSE:
-        return (f"cannot listen on {where}: the port is already in use by another program "
-                f"(pick another with --port)")
+        return (
+            f"cannot listen on {where}: the port is already in use by another program "
+            f"(pick another with --port)"
+        )
     if exc.errno == errno.EACCES:
         return f"cannot listen on {where}: permission denied (ports below 1024 need privileges)"
     return f"cannot listen on {where}: {exc.strerror or exc}"
@@ -225,8 +258,11 @@ def is_loopback(host: str) -> bool:
 
 def _warn_if_open(config: Config) -> None:
     if not config.api_keys and not is_loopback(config.host):
-        log.warning("listening on %s without an API key: anyone who can reach this address can "
-                    "use the model (set --api-key or --api-key-file)", config.host)
+        log.warning(
+            "listening on %s without an API key: anyone who can reach this address can "
+            "use the model (set --api-key or --api-key-file)",
+            config.host,
+        )
 
 
 def _install_signal_handlers(stop: asyncio.Event, pid_file: daemon.PidFile | None) -> None:

@@ -12,25 +12,34 @@ from mlxd.transport import h1
 from mlxd.transport.errors import AUTHENTICATION, HttpError
 
 CORS_MAX_AGE_S = "600"
-CORS_ALLOW_HEADERS = "Authorization, Content-Type, X-Request-Id, OpenAI-Organization, OpenAI-Project"
+CORS_ALLOW_HEADERS = (
+    "Authorization, Content-Type, X-Request-Id, OpenAI-Organization, OpenAI-Project"
+)
 
 
 def auth_error(head: h1.Head, api_keys: tuple[str, ...]) -> HttpError | None:
     """The 401 for a request without a valid ``Authorization: Bearer`` key, or None."""
-    if not api_keys or head.method == "OPTIONS":   # preflights carry no credentials (Fetch)
+    if not api_keys or head.method == "OPTIONS":  # preflights carry no credentials (Fetch)
         return None
     given = head.header("authorization") or ""
     scheme, _, token = given.partition(" ")
     token_bytes = token.strip().encode()
     # Compare against every key, always: the time taken says nothing about which matched.
-    ok = scheme.lower() == "bearer" and sum(
-        hmac.compare_digest(token_bytes, key.encode()) for key in api_keys) > 0
+    ok = (
+        scheme.lower() == "bearer"
+        and sum(hmac.compare_digest(token_bytes, key.encode()) for key in api_keys) > 0
+    )
     if ok:
         return None
-    return HttpError(401, AUTHENTICATION, "a valid API key is required: send "
-                     "'Authorization: Bearer <key>'" if not given else
-                     "Incorrect API key provided", code="invalid_api_key",
-                     headers=(("WWW-Authenticate", 'Bearer realm="mlxd"'),))
+    return HttpError(
+        401,
+        AUTHENTICATION,
+        "a valid API key is required: send 'Authorization: Bearer <key>'"
+        if not given
+        else "Incorrect API key provided",
+        code="invalid_api_key",
+        headers=(("WWW-Authenticate", 'Bearer realm="mlxd"'),),
+    )
 
 
 def cors_headers(head: h1.Head, allowed: tuple[str, ...]) -> list[tuple[str, str]]:
@@ -49,9 +58,11 @@ def cors_headers(head: h1.Head, allowed: tuple[str, ...]) -> list[tuple[str, str
 
 
 def preflight_headers(methods: list[str]) -> list[tuple[str, str]]:
-    return [("Access-Control-Allow-Methods", ", ".join(methods)),
-            ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
-            ("Access-Control-Max-Age", CORS_MAX_AGE_S)]
+    return [
+        ("Access-Control-Allow-Methods", ", ".join(methods)),
+        ("Access-Control-Allow-Headers", CORS_ALLOW_HEADERS),
+        ("Access-Control-Max-Age", CORS_MAX_AGE_S),
+    ]
 
 
 def content_type_error(head: h1.Head) -> HttpError | None:
@@ -62,10 +73,19 @@ def content_type_error(head: h1.Head) -> HttpError | None:
     if given is None:
         return None
     media, _, params = given.partition(";")
-    charset = next((v.strip().strip('"').lower() for k, _, v in
-                    (p.partition("=") for p in params.split(";")) if k.strip().lower() == "charset"),
-                   "utf-8")
+    charset = next(
+        (
+            v.strip().strip('"').lower()
+            for k, _, v in (p.partition("=") for p in params.split(";"))
+            if k.strip().lower() == "charset"
+        ),
+        "utf-8",
+    )
     if media.strip().lower() != "application/json" or charset not in ("utf-8", "utf8"):
-        return HttpError(415, "invalid_request_error", f"Content-Type must be application/json "
-                         f"(UTF-8), not {given!r}", code="unsupported_media_type")
+        return HttpError(
+            415,
+            "invalid_request_error",
+            f"Content-Type must be application/json (UTF-8), not {given!r}",
+            code="unsupported_media_type",
+        )
     return None

@@ -10,7 +10,7 @@ Chunked streaming is HTTP/1.1 only (RFC 9112 7.1): stream to an HTTP/1.0 client 
 from __future__ import annotations
 
 import re
-from typing import Iterable, Sequence
+from collections.abc import Iterable, Sequence
 
 # RFC 9110 15: the reason phrases of the statuses we may send.
 REASONS: dict[int, str] = {
@@ -61,8 +61,9 @@ def _has_no_content(status: int) -> bool:
     return status < 200 or status in (204, 304)
 
 
-def render_response(status: int, headers: Sequence[tuple[str, str]], body: bytes = b"", *,
-                    head_only: bool = False) -> bytes:
+def render_response(
+    status: int, headers: Sequence[tuple[str, str]], body: bytes = b"", *, head_only: bool = False
+) -> bytes:
     """A whole response with a computed Content-Length.
 
     ``head_only`` answers HEAD: Content-Length is that of ``body`` (what GET would send) and the
@@ -96,8 +97,9 @@ def render_chunk(data: bytes) -> bytes:
     return b"%x\r\n" % len(data) + bytes(data) + b"\r\n"
 
 
-def _render_head(status: int, headers: Iterable[tuple[str, str]],
-                 framing: tuple[str, str] | None = None) -> bytes:
+def _render_head(
+    status: int, headers: Iterable[tuple[str, str]], framing: tuple[str, str] | None = None
+) -> bytes:
     if not 100 <= status <= 599:
         raise ValueError(f"status {status} is not a three-digit HTTP status")
     # RFC 9112 4: status-line = HTTP-version SP status-code SP [ reason-phrase ].

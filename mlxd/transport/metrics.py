@@ -14,7 +14,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 # Seconds; local generation runs from milliseconds (TTFT on a GPU) to minutes (long CPU answers).
 TTFT_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
 DURATION_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
-RECENT_REQUESTS = 100   # tokens/s statistics cover the last this many generations
+RECENT_REQUESTS = 100  # tokens/s statistics cover the last this many generations
 
 
 @dataclass
@@ -35,7 +35,10 @@ class Histogram:
                 self.counts[i] += 1
 
     def lines(self, name: str) -> list[str]:
-        out = [f'{name}_bucket{{le="{_num(b)}"}} {c}' for b, c in zip(self.buckets, self.counts)]
+        out = [
+            f'{name}_bucket{{le="{_num(b)}"}} {c}'
+            for b, c in zip(self.buckets, self.counts, strict=True)
+        ]
         out.append(f'{name}_bucket{{le="+Inf"}} {self.n}')
         out.append(f"{name}_sum {_num(self.total)}")
         out.append(f"{name}_count {self.n}")
@@ -62,15 +65,22 @@ class Metrics:
         self.duration = Histogram(DURATION_BUCKETS)
         self.recent_tps: collections.deque[float] = collections.deque(maxlen=RECENT_REQUESTS)
 
-    def observe_request(self, method: str, route: str, status: int, seconds: float,
-                        error_type: str | None) -> None:
+    def observe_request(
+        self, method: str, route: str, status: int, seconds: float, error_type: str | None
+    ) -> None:
         self.requests[(method, route, status)] += 1
         self.duration.observe(seconds)
         if error_type:
             self.errors[error_type] += 1
 
-    def observe_generation(self, prompt: int, completion: int, cached: int,
-                           ttft: float | None, decode_seconds: float | None) -> None:
+    def observe_generation(
+        self,
+        prompt: int,
+        completion: int,
+        cached: int,
+        ttft: float | None,
+        decode_seconds: float | None,
+    ) -> None:
         self.prompt_tokens += prompt
         self.completion_tokens += completion
         self.cached_tokens += cached
@@ -88,34 +98,55 @@ class Metrics:
             "cached_prompt_tokens_total": self.cached_tokens,
             "tokens_per_second": {
                 "recent_average": sum(tps) / len(tps) if tps else None,
-                "min": min(tps) if tps else None, "max": max(tps) if tps else None,
-                "window": len(tps)},
+                "min": min(tps) if tps else None,
+                "max": max(tps) if tps else None,
+                "window": len(tps),
+            },
             "errors": dict(self.errors),
         }
 
     def exposition(self, gauges: dict[str, tuple[str, float]]) -> str:
         """The Prometheus text format; ``gauges`` maps name -> (help, value), read at scrape."""
-        out = ["# HELP mlxd_requests_total HTTP requests answered, by route and status.",
-               "# TYPE mlxd_requests_total counter"]
+        out = [
+            "# HELP mlxd_requests_total HTTP requests answered, by route and status.",
+            "# TYPE mlxd_requests_total counter",
+        ]
         for (method, route, status), count in sorted(self.requests.items()):
-            out.append(f'mlxd_requests_total{{method="{_escape(method)}",'
-                       f'route="{_escape(route)}",status="{status}"}} {count}')
-        out += ["# HELP mlxd_errors_total Error responses, by OpenAI error type.",
-                "# TYPE mlxd_errors_total counter"]
-        out += [f'mlxd_errors_total{{type="{_escape(kind)}"}} {count}'
-                for kind, count in sorted(self.errors.items())]
+            out.append(
+                f'mlxd_requests_total{{method="{_escape(method)}",'
+                f'route="{_escape(route)}",status="{status}"}} {count}'
+            )
+        out += [
+            "# HELP mlxd_errors_total Error responses, by OpenAI error type.",
+            "# TYPE mlxd_errors_total counter",
+        ]
+        out += [
+            f'mlxd_errors_total{{type="{_escape(kind)}"}} {count}'
+            for kind, count in sorted(self.errors.items())
+        ]
         for name, help_text, value in (
-                ("mlxd_prompt_tokens_total", "Prompt tokens processed.", self.prompt_tokens),
-                ("mlxd_completion_tokens_total", "Completion tokens generated.",
-                 self.completion_tokens),
-                ("mlxd_cached_prompt_tokens_total", "Prompt tokens served from the prompt cache.",
-                 self.cached_tokens)):
+            ("mlxd_prompt_tokens_total", "Prompt tokens processed.", self.prompt_tokens),
+            (
+                "mlxd_completion_tokens_total",
+                "Completion tokens generated.",
+                self.completion_tokens,
+            ),
+            (
+                "mlxd_cached_prompt_tokens_total",
+                "Prompt tokens served from the prompt cache.",
+                self.cached_tokens,
+            ),
+        ):
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} counter", f"{name} {value}"]
-        out += ["# HELP mlxd_time_to_first_token_seconds Time from request to first token.",
-                "# TYPE mlxd_time_to_first_token_seconds histogram"]
+        out += [
+            "# HELP mlxd_time_to_first_token_seconds Time from request to first token.",
+            "# TYPE mlxd_time_to_first_token_seconds histogram",
+        ]
         out += self.ttft.lines("mlxd_time_to_first_token_seconds")
-        out += ["# HELP mlxd_request_duration_seconds Time from request to last byte.",
-                "# TYPE mlxd_request_duration_seconds histogram"]
+        out += [
+            "# HELP mlxd_request_duration_seconds Time from request to last byte.",
+            "# TYPE mlxd_request_duration_seconds histogram",
+        ]
         out += self.duration.lines("mlxd_request_duration_seconds")
         for name, (help_text, value) in gauges.items():
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_num(value)}"]

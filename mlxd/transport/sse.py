@@ -30,5 +30,9 @@ def text_event(text: str) -> bytes:
 
 def comment(text: str = "") -> bytes:
     """A comment line: ignored by clients, useful as a keep-alive ping."""
-    return b"".join(b": " + line.encode("utf-8") + b"\n"
-                    for line in text.replace("\r", "\n").split("\n")) + b"\n"
+    return (
+        b"".join(
+            b": " + line.encode("utf-8") + b"\n" for line in text.replace("\r", "\n").split("\n")
+        )
+        + b"\n"
+    )

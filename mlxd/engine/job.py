@@ -1,0 +1,42 @@
+"""What the engine runs: a ``Job`` (one request, from the event loop) and a ``Seq`` (one choice of
+a job while it runs on the generation thread)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+from mlxd.engine.sampling import SamplingParams
+from mlxd.engine.textstream import TextStream
+
+
+class Job:
+    """One request: ``n`` choices of one prompt. The owner may ``cancel()`` it from any thread."""
+
+    def __init__(self, prompt: list[int], params: SamplingParams, emit) -> None:
+        self.prompt = prompt
+        self.params = params
+        self.emit = emit
+        self.submitted = time.monotonic()
+        self._cancelled = threading.Event()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._cancelled.is_set()
+
+
+@dataclass
+class Seq:
+    """One choice of one job while it runs (engine thread only)."""
+
+    job: Job
+    index: int
+    text: TextStream
+    reserved: int  # KV bytes counted against the budget
+    cached_tokens: int = 0
+    produced: int = 0
+    to_prefill: int = 0  # prompt tokens the batch still had to prefill when it joined

@@ -1,0 +1,19 @@
+"""The engine's settings, shared by the generation thread (loop.py) and admission (admission.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineSettings:
+    max_batch_size: int = 8  # sequences decoding at once
+    prefill_batch_size: int | None = None  # prompts prefilled together; None: auto, see loop.py
+    prefill_step_size: int = 512  # prompt tokens per sequence per step
+    queue_size: int = 64  # jobs waiting to start; past that, 429
+    queue_timeout: float | None = None  # seconds a job may wait to start
+    prompt_cache_bytes: int = 512 * 1024 * 1024
+    kv_budget_bytes: int | None = None  # KV cache bytes all running sequences may hold
+    weights: str = "auto"  # see weights.py; with a DualModel: keep both or calibrate
+    solo: bool = True  # a lone sequence decodes outside the batch (solo.py)
+    calibration_file: str | None = None  # where a weight-routing calibration is kept/reused

@@ -1,0 +1,77 @@
+"""The route table lookup: (method, path) -> handler, path parameter, route label, or 404/405.
+
+The table is a dict like mlxd.api.app.ROUTES: ``(method, path) -> handler``. A path ending in
+"/" is a prefix; the rest of a request path under it is the path parameter (``ex.path_param``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from typing import NamedTuple
+
+from mlxd.transport.errors import NOT_FOUND, HttpError
+
+Handler = Callable[..., Awaitable[None]]
+Routes = Mapping[tuple[str, str], Handler]
+
+
+class Routed(NamedTuple):
+    """What a request path routed to: a handler to run, or the error to answer instead."""
+
+    handler: Handler | None
+    param: str  # the path parameter: the rest of the path under a prefix route
+    label: str  # the route pattern ("/v1/models/{id}"), a metrics label
+    error: HttpError | None
+
+
+def _under_prefix(pattern: str, path: str) -> bool:
+    return pattern.endswith("/") and path.startswith(pattern) and len(path) > len(pattern)
+
+
+def handlers_for(routes: Routes, path: str) -> tuple[dict[str, Handler], str, str]:
+    """({method: handler}, path parameter, route label) for ``path``; no handlers if no route.
+
+    An exact path wins; otherwise every prefix route that ``path`` extends matches."""
+    exact = {m: h for (m, p), h in routes.items() if p == path}
+    if exact:
+        return exact, "", path
+    handlers: dict[str, Handler] = {}
+    param, label = "", "other"
+    for (m, p), h in routes.items():
+        if _under_prefix(p, path):
+            handlers[m], param, label = h, path[len(p) :], p + "{id}"
+    return handlers, param, label
+
+
+def methods_for(routes: Routes, path: str) -> list[str]:
+    """The methods routed on ``path``, sorted (for a CORS preflight)."""
+    return sorted(handlers_for(routes, path)[0])
+
+
+def route(routes: Routes, method: str, path: str, *, preflight: Handler | None = None) -> Routed:
+    """The handler for ``method`` on ``path`` (HEAD runs GET's), or the 404/405 to answer.
+
+    ``preflight``, when given, answers an OPTIONS on a known path that has no OPTIONS route."""
+    handlers, param, label = handlers_for(routes, path)
+    if not handlers:
+        return Routed(
+            None, "", "other", HttpError(404, NOT_FOUND, f"no route for {path}", code="not_found")
+        )
+    lookup = "GET" if method == "HEAD" else method
+    if lookup in handlers:
+        return Routed(handlers[lookup], param, label, None)
+    if method == "OPTIONS" and preflight is not None:
+        return Routed(preflight, "", label, None)
+    allowed = set(handlers) | ({"HEAD"} if "GET" in handlers else set())
+    return Routed(
+        None,
+        "",
+        label,
+        HttpError(
+            405,
+            "invalid_request_error",
+            f"{method} is not allowed on {path}",
+            code="method_not_allowed",
+            headers=(("Allow", ", ".join(sorted(allowed))),),
+        ),
+    )

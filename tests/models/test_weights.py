@@ -1,0 +1,147 @@
+"""The weight-format policy: a dense twin next to quantized weights, routed per step."""
+
+from __future__ import annotations
+
+import logging
+
+import mlx.core as mx
+import pytest
+
+from mlxd.models.weights import (
+    CPU_PLAN,
+    DualModel,
+    Plan,
+    Routing,
+    calibrate,
+    dense_twin,
+    is_quantized,
+    prepare,
+)
+
+
+@pytest.fixture(scope="module")
+def quantized(tmp_path_factory):
+    from mlx_lm import load
+
+    from tinymodel import build_tiny_model
+
+    model, _tok = load(str(build_tiny_model(tmp_path_factory.mktemp("q4") / "q4", quantize_bits=4)))
+    return model
+
+
+def test_dense_twin_matches_quantized_logits(quantized):
+    assert is_quantized(quantized)
+    twin = dense_twin(quantized)
+    assert not is_quantized(twin)
+    tokens = mx.array([[5, 6, 7, 8]])
+    a, b = quantized(tokens), twin(tokens)
+    assert a.dtype == b.dtype
+    assert mx.allclose(a, b, atol=1e-3, rtol=1e-3).item()
+
+
+def test_routing_by_batch_and_length(quantized):
+    calls = []
+
+    class Spy:
+        def __init__(self, name):
+            self.name = name
+
+        def __call__(self, inputs, cache=None):
+            calls.append(self.name)
+
+    dual = DualModel(Spy("q"), Spy("d"), Routing(decode_dense_from=4, prefill_dense=True))
+    dual(mx.zeros((1, 1))), dual(mx.zeros((3, 1))), dual(mx.zeros((4, 1))), dual(mx.zeros((9, 1)))
+    dual(mx.zeros((1, 30)))
+    assert calls == ["q", "q", "d", "d", "d"]
+    dual.routing = Routing()
+    dual(mx.zeros((64, 1))), dual(mx.zeros((1, 30)))
+    assert calls[-2:] == ["q", "q"]
+
+
+def test_prepare_policies(quantized):
+    assert prepare(quantized, "quantized") is quantized
+    assert not is_quantized(prepare(quantized, "dense"))
+    both = prepare(quantized, "both")
+    assert isinstance(both, DualModel) and both.quantized is quantized
+    auto = prepare(quantized, "auto")  # fits: calibration will decide
+    assert isinstance(auto, DualModel) and auto.quantized is quantized
+
+
+def test_calibration_routes_and_generation_agrees(quantized):
+    dual = prepare(quantized, "both")
+    routing = calibrate(
+        dual, max_batch=4, plan=Plan(batches=(1, 2, 4), context=4, prefill=8, reps=1)
+    )
+    assert [row[:2] for row in routing.table] == [
+        ("prefill", 1),
+        ("decode", 1),
+        ("decode", 2),
+        ("decode", 4),
+    ]
+    assert all(q > 0 and d > 0 for _k, _b, q, d in routing.table)
+    # Whatever the routing, a forced mixed routing gives the same greedy tokens as quantized.
+    from mlx_lm.generate import generate_step
+
+    dual.routing = Routing(decode_dense_from=1, prefill_dense=True)
+    prompt = mx.array([5, 6, 7, 8, 9])
+    q_tokens = [t for t, _ in generate_step(prompt, quantized, max_tokens=8)]
+    d_tokens = [t for t, _ in generate_step(prompt, dual, max_tokens=8)]
+    assert q_tokens == d_tokens
+    assert CPU_PLAN.reps >= 1
+
+
+def test_engine_serves_through_a_dual_model(quantized, tiny_model_dir):
+    import queue
+
+    from mlx_lm import load
+
+    from mlxd.engine.events import Finished
+    from mlxd.engine.loop import Engine, EngineSettings, Job
+    from mlxd.engine.sampling import SamplingParams
+
+    _model, tokenizer = load(str(tiny_model_dir))
+    engine = Engine(prepare(quantized, "both"), tokenizer, EngineSettings(weights="both"))
+    engine.start()
+    try:
+        assert engine.ready.wait(60)
+        assert isinstance(engine.model, DualModel) and engine.model.routing.table
+        events: queue.Queue = queue.Queue()
+        engine.submit(Job([5, 6, 7], SamplingParams(max_tokens=4, temperature=0.0), events.put))
+        while not isinstance(ev := events.get(timeout=30), Finished):
+            pass
+        assert ev.completion_tokens <= 4
+    finally:
+        engine.shutdown(5)
+
+
+def test_a_calibration_is_kept_and_reused(quantized, tiny_model_dir, tmp_path, caplog):
+    """The first start times both copies and keeps the routing on disk; the next start with the
+    same model, device and batch limit reuses it (logged, with the file to delete)."""
+    from mlx_lm import load
+
+    from mlxd.engine.loop import Engine, EngineSettings
+    from mlxd.models.weights import RoutingStore
+
+    caplog.set_level(logging.INFO, logger="mlxd.weights")
+    _model, tokenizer = load(str(tiny_model_dir))
+    store = RoutingStore(tmp_path)
+    path = store.path(str(tiny_model_dir), 8)
+    assert path == store.path(str(tiny_model_dir), 8) != store.path(str(tiny_model_dir), 16)
+    routings = []
+    for _ in range(2):
+        engine = Engine(
+            prepare(quantized, "both"),
+            tokenizer,
+            EngineSettings(weights="both", calibration_file=str(path)),
+        )
+        engine.start()
+        try:
+            assert engine.ready.wait(60)
+            routings.append(engine.model.routing)
+        finally:
+            engine.shutdown(5)
+        assert path.exists()
+    assert routings[0] == routings[1] and routings[0].table
+    assert "calibration reused from" in caplog.text
+    path.write_text("{not json")
+    assert RoutingStore.load(path) is None  # a damaged file is measured again
