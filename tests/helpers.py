@@ -37,11 +37,15 @@ class SlowModel:
 
 
 class ServerThread:
-    """An mlxd server on 127.0.0.1:0 in a background thread with its own event loop."""
+    """An mlxd server on 127.0.0.1:0 in a background thread with its own event loop.
 
-    def __init__(self, config, *, model_wrapper=None) -> None:
+    ``model_wrapper`` wraps the loaded model (e.g. ``SlowModel``); ``engine_kwargs`` go to the
+    Engine (e.g. ``probe=`` to inject failures): both through serve()'s engine factory seam."""
+
+    def __init__(self, config, *, model_wrapper=None, engine_kwargs=None) -> None:
         self.config = config
         self.model_wrapper = model_wrapper
+        self.engine_kwargs = engine_kwargs or {}
         self.port: int | None = None
         self.code: int | None = None
         self._listening = threading.Event()
@@ -50,25 +54,26 @@ class ServerThread:
     def _main(self) -> None:
         asyncio.run(self._serve())
 
+    def _engine(self, model, tokenizer, **kw):
+        from mlxd.engine.loop import Engine
+
+        if self.model_wrapper is not None:
+            model = self.model_wrapper(model)
+        return Engine(model, tokenizer, **kw, **self.engine_kwargs)
+
     async def _serve(self) -> None:
-        from mlxd.service import run as serve_mod
+        from mlxd.service.run import serve
 
         self.loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()
-        if self.model_wrapper is not None:
-            original = serve_mod.Engine
-
-            def engine_factory(model, tokenizer, **kw):
-                return original(self.model_wrapper(model), tokenizer, **kw)
-
-            serve_mod.Engine = engine_factory
         try:
-            self.code = await serve_mod.serve(
-                self.config, on_listening=self._on_listening, stop=self.stop
+            self.code = await serve(
+                self.config,
+                on_listening=self._on_listening,
+                stop=self.stop,
+                engine_factory=self._engine,
             )
         finally:
-            if self.model_wrapper is not None:
-                serve_mod.Engine = original
             self._listening.set()
 
     def _on_listening(self, addresses) -> None:
@@ -108,3 +113,26 @@ def get_json(url: str, body: dict | None = None, timeout: float = 30):
         return err.code, json.loads(err.read() or b"null")
     except (urllib.error.URLError, ConnectionError):
         return None, None
+
+
+class Fault:
+    """Raises at the armed probe points, ``times`` times each (the test seam Engine offers)."""
+
+    def __init__(self) -> None:
+        self.armed: dict[str, int] = {}
+        self.hits: list[str] = []
+        self.lock = threading.Lock()
+
+    def arm(self, *points: str, times: int = 1) -> None:
+        from mlxd.engine.loop import PROBE_POINTS
+
+        assert set(points) <= set(PROBE_POINTS)
+        with self.lock:
+            self.armed.update(dict.fromkeys(points, times))
+
+    def __call__(self, point: str) -> None:
+        with self.lock:
+            if self.armed.get(point, 0) > 0:
+                self.armed[point] -= 1
+                self.hits.append(point)
+                raise RuntimeError(f"injected at {point}")

@@ -5,15 +5,13 @@ writes the script's tokens and then the end of sequence.
 Good for one request at a time with the prompt cache off: a forward pass over more than one
 token is a prefill, and the script starts over after it.
 
-``serve.Engine`` is swapped for a factory that wraps only the models of registered scripted
-directories (known by their tokenizer's path), so scripted and ordinary servers may run side by
-side (``ServerThread(model_wrapper=...)`` wraps whatever server starts while it runs).
+Each scripted server wraps its own model through serve()'s engine factory seam
+(``ServerThread(model_wrapper=...)``), so scripted and ordinary servers run side by side.
 """
 
 from __future__ import annotations
 
 import contextlib
-import threading
 from pathlib import Path
 
 import mlx.core as mx
@@ -67,39 +65,20 @@ class _ScriptedModel:
         return getattr(self._model, name)
 
 
-_SCRIPTS: dict[str, Scripted] = {}  # model directory -> its script
-_LOCK = threading.Lock()
-_ORIGINAL = []
-
-
-def _engine(model, tokenizer, **kwargs):
-    script = _SCRIPTS.get(str(Path(getattr(tokenizer, "name_or_path", "")).resolve()))
-    return _ORIGINAL[0](script.wrap(model) if script else model, tokenizer, **kwargs)
-
-
 @contextlib.contextmanager
 def scripted_server(tmp_path_factory, template: str, **config):
-    from mlxd.service import run as serve
     from mlxd.service.config import Config
 
     model_dir = build_tiny_model(
         tmp_path_factory.mktemp(template) / f"tiny-{template}", template=template
     )
     script = Scripted(model_dir)
-    with _LOCK:
-        if not _SCRIPTS:
-            _ORIGINAL[:] = [serve.Engine]
-            serve.Engine = _engine
-        _SCRIPTS[str(model_dir.resolve())] = script
     script.server = ServerThread(
-        Config(model=str(model_dir), port=0, max_tokens=64, prompt_cache_bytes=0, **config)
+        Config(model=str(model_dir), port=0, max_tokens=64, prompt_cache_bytes=0, **config),
+        model_wrapper=script.wrap,
     )
     try:
         script.server.start()
         yield script
     finally:
         script.server.close()
-        with _LOCK:
-            del _SCRIPTS[str(model_dir.resolve())]
-            if not _SCRIPTS:
-                serve.Engine = _ORIGINAL.pop()

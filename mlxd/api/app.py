@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 
 from mlxd import __version__
 from mlxd.api.chatplan import ChatPlan, ModelTraits, plan_chat
+from mlxd.api.errors import http_error
 from mlxd.api.logprobs import ChatLogprobs, TextLogprobs
 from mlxd.api.reply import Reply, ReplySpec
 from mlxd.api.schema import ChatRequest, CompletionRequest, Sampling, context_error
@@ -23,10 +24,17 @@ from mlxd.api.shapes import ChatShape, Choice, Shape, TextShape, usage
 from mlxd.api.status import gauges, queue_state, status_report
 from mlxd.constrain.enforce import Enforce, processor
 from mlxd.constrain.index import TokenVocabulary
+from mlxd.engine.errors import EngineDead, EngineError, out_of_vocabulary, vocabulary_error
 from mlxd.engine.events import Courier, Delta, Event, Failed, Finished
 from mlxd.engine.loop import Engine, Job
 from mlxd.engine.sampling import SamplingParams
 from mlxd.models.loader import LoadedModel
+from mlxd.service.config import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_REASONING_FORMAT,
+    DEFAULT_TEMPERATURE,
+    DEFAULT_TOP_P,
+)
 from mlxd.transport import sse
 from mlxd.transport.errors import NOT_FOUND, UNAVAILABLE, HttpError, bad_request
 from mlxd.transport.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -41,10 +49,10 @@ NOT_READY_RETRY_AFTER_S = "5"
 class Defaults:
     """Server-side defaults for fields a request leaves out (CLI/config)."""
 
-    max_tokens: int = 512
-    temperature: float = 0.7
-    top_p: float = 1.0
-    reasoning_format: str = "auto"  # "none": leave thinking in content
+    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float = DEFAULT_TEMPERATURE
+    top_p: float = DEFAULT_TOP_P
+    reasoning_format: str = DEFAULT_REASONING_FORMAT  # "none": leave thinking in content
 
 
 @dataclass
@@ -64,9 +72,16 @@ class App:
 
     @property
     def ready(self) -> bool:
-        return self.engine is not None and self.engine.ready.is_set()
+        return self.engine is not None and self.engine.ready.is_set() and not self.failure
+
+    @property
+    def failure(self) -> str | None:
+        """Why the generation thread died, once it has: the process only answers 503 now."""
+        return None if self.engine is None else self.engine.failure
 
     def require_ready(self) -> None:
+        if self.failure:
+            raise http_error(EngineDead(f"the generation thread died: {self.failure}"))
         if not self.ready:
             raise HttpError(
                 503,
@@ -77,9 +92,9 @@ class App:
 
     def check_token_ids(self, ids, param: str) -> None:
         vocab = self.engine.vocab_size
-        bad = next((t for t in ids if not 0 <= t < vocab), None)
+        bad = out_of_vocabulary(ids, vocab)
         if bad is not None:
-            raise bad_request(f"token id {bad} is outside the vocabulary (0-{vocab - 1})", param)
+            raise http_error(vocabulary_error(bad, vocab, param))
 
     def token_text(self, token: int) -> str:
         """One token as text, for logprobs (memoised: the same ids come back all the time)."""
@@ -244,7 +259,10 @@ def start_job(app: App, prompt: list[int], params: SamplingParams):
     """Submit a job; its events arrive on the returned asyncio queue."""
     events: asyncio.Queue[Event] = asyncio.Queue()
     job = Job(prompt, params, functools.partial(app.courier.send, events.put_nowait))
-    app.engine.submit(job)
+    try:
+        app.engine.submit(job)
+    except EngineError as exc:
+        raise http_error(exc) from None
     return job, events
 
 
@@ -312,7 +330,7 @@ async def _collect(
             case Finished():
                 finished[ev.index] = ev
             case Failed(error):
-                raise error
+                raise http_error(error)
     done = [finished[i] for i in range(len(replies))]
     use = _usage(done)
     ex.note_tokens(use["prompt_tokens"], use["completion_tokens"])
@@ -355,8 +373,9 @@ async def _stream(
                 await ex.send_chunk(sse.event(shape.final_chunk(index, reason)))
             case Failed(error):
                 # Headers are gone already: the error travels as a last event (OpenAI's shape).
-                ex.note_error(error)
-                await ex.send_chunk(sse.event(error.to_json()))
+                err = http_error(error)
+                ex.note_error(err)
+                await ex.send_chunk(sse.event(err.to_json()))
     if len(finished) == len(replies):
         use = _usage(sorted(finished, key=lambda f: f.index))
         ex.note_tokens(use["prompt_tokens"], use["completion_tokens"])
@@ -395,7 +414,11 @@ async def get_model(app: App, ex) -> None:
 
 async def health(app: App, ex) -> None:
     body = {"status": "ok" if app.ready else "loading", "model": app.name, "version": __version__}
-    headers = () if app.ready else (("Retry-After", NOT_READY_RETRY_AFTER_S),)
+    headers: tuple[tuple[str, str], ...] = ()
+    if app.failure:  # no Retry-After: this process will not recover, its supervisor restarts it
+        body.update(status="failed", reason=app.failure)
+    elif not app.ready:
+        headers = (("Retry-After", NOT_READY_RETRY_AFTER_S),)
     await ex.send_json(200 if app.ready else 503, body, headers)
 
 

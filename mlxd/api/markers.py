@@ -13,6 +13,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
+from mlxd.engine.textstream import partial_tail
+
 NORMAL, REASONING, TOOL = "normal", "reasoning", "tool"
 
 
@@ -64,7 +66,7 @@ class MarkerMachine:
             self._switched = self.state
             self.state, buf = new, buf[i + len(marker) :]
             yield Switch(self._switched, new, marker)
-        keep = _partial_tail(buf, [m for m, _ in self.transitions.get(self.state, ())])
+        keep = partial_tail(buf, [m for m, _ in self.transitions.get(self.state, ())])
         self._held = buf[len(buf) - keep :]
         if len(buf) > keep:
             yield Run(self.state, buf[: len(buf) - keep])
@@ -77,14 +79,3 @@ class MarkerMachine:
         """The text held back for a marker that never completed."""
         held, self._held = self._held, ""
         return [Run(self.state, held)] if held else []
-
-
-def _partial_tail(buf: str, markers: list[str]) -> int:
-    """Length of the longest tail of ``buf`` that is a proper prefix of some marker."""
-    best = 0
-    for marker in markers:
-        for n in range(min(len(marker) - 1, len(buf)), best, -1):
-            if marker.startswith(buf[-n:]):
-                best = n
-                break
-    return best

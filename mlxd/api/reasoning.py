@@ -11,8 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-# llama.cpp's names: "deepseek" puts thoughts in reasoning_content, "none" leaves them in content.
-REASONING_FORMATS = ("auto", "deepseek", "none")
+# The formats (llama.cpp's names) are a setting: mlxd/service/config.py REASONING_FORMATS.
 GENERATION_PROMPT_TOKENS = 32  # templates append at most a few tokens after the last message
 
 

@@ -20,8 +20,8 @@ from mlxd.api.messages import messages as _messages
 from mlxd.api.messages import parallel_tool_calls as _parallel_tool_calls
 from mlxd.api.messages import tool_choice as _tool_choice
 from mlxd.api.messages import tools as _tools
-from mlxd.api.reasoning import REASONING_FORMATS
 from mlxd.constrain.json_schema import SchemaError, compile_schema
+from mlxd.service.config import REASONING_FORMATS
 from mlxd.transport.errors import HttpError, bad_request
 
 MAX_STOP_SEQUENCES = 4  # OpenAI's limit

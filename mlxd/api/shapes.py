@@ -35,6 +35,12 @@ class Shape:
     model: str
     include_usage: bool = False  # streamed: every chunk says "usage": null, a last one has it
     created: int = field(default_factory=lambda: int(time.time()))
+    id: str = ""  # set by each kind: chatcmpl-..., cmpl-...
+    chunk_type = ""  # the "object" of a streamed chunk
+
+    def usage_chunk(self, use: dict) -> dict:
+        """The last streamed chunk (stream_options.include_usage): no choices, the usage."""
+        return self._envelope(self.chunk_type, [], usage=use)
 
     def _envelope(self, obj_type: str, choices: list, **extra) -> dict:
         body = {
@@ -72,9 +78,6 @@ class ChatShape(Shape):
     def final_chunk(self, index: int, reason: str) -> dict:
         return self._chunk(index, {}, reason)
 
-    def usage_chunk(self, use: dict) -> dict:
-        return self._envelope(self.chunk_type, [], usage=use)
-
     def whole(self, choices: list[Choice], use: dict) -> dict:
         return self._envelope(
             "chat.completion",
@@ -110,9 +113,6 @@ class TextShape(Shape):
 
     def final_chunk(self, index: int, reason: str) -> dict:
         return self._chunk(index, "", reason)
-
-    def usage_chunk(self, use: dict) -> dict:
-        return self._envelope(self.chunk_type, [], usage=use)
 
     def whole(self, choices: list[Choice], use: dict) -> dict:
         return self._envelope(

@@ -15,10 +15,10 @@ import threading
 import time
 from collections.abc import Callable
 
+from mlxd.engine.errors import EngineError, OverBudget, QueueFull, QueueTimeout, ShuttingDown
 from mlxd.engine.events import Failed
 from mlxd.engine.job import Job
 from mlxd.engine.settings import EngineSettings
-from mlxd.transport.errors import UNAVAILABLE, HttpError
 
 IDLE_POLL_S = 0.05  # how often a blocked admission loop re-checks timeouts
 
@@ -38,6 +38,7 @@ class Admission:
         self._pending_lock = threading.Lock()
         self._pending = 0  # submitted, not started yet (any thread reads)
         self._waiting: collections.deque[Job] = collections.deque()  # generation thread only
+        self._refusal: EngineError | None = None  # set once no new job may be queued
 
     @property
     def pending(self) -> int:
@@ -57,33 +58,35 @@ class Admission:
 
     def submit(self, job: Job) -> None:
         """Queue a job, or raise the 429/503 that says why it cannot be queued."""
+        if self._refusal is not None:
+            raise type(self._refusal)(self._refusal.message)
         s = self._settings()
         budget = s.kv_budget_bytes
         need = self.need(job) * job.params.n
         if budget is not None and need > budget:
-            raise HttpError(
-                503,
-                UNAVAILABLE,
+            raise OverBudget(
                 f"this request needs about {need >> 20} MiB of KV "
                 f"cache, more than the {budget >> 20} MiB the server may use; lower "
                 "max_tokens or shorten the prompt",
-                code="insufficient_memory",
             )
         with self._pending_lock:
             if self._pending >= s.queue_size:
-                raise HttpError(
-                    429,
-                    "rate_limit_exceeded",
+                raise QueueFull(
                     f"the server is busy: {self._pending} requests are already waiting",
-                    code="queue_full",
-                    headers=(("Retry-After", "1"),),
                 )
             self._pending += 1
         self._inbox.put(job)
 
     def close(self) -> None:
-        """Ask the generation thread to stop: ``take`` answers False once it gets here."""
+        """Ask the generation thread to stop: ``take`` answers False once it gets here; from now
+        on ``submit`` refuses."""
+        self.refuse(ShuttingDown("the server is shutting down"))
         self._inbox.put(_SHUTDOWN)
+
+    def refuse(self, error: EngineError) -> None:
+        """Every later ``submit`` raises (a copy of) ``error``; the first refusal stays."""
+        if self._refusal is None:
+            self._refusal = error
 
     # ----- the generation thread -----
 
@@ -114,17 +117,7 @@ class Admission:
             self._waiting.remove(job)
             self._unpend()
             if not job.cancelled:
-                job.emit(
-                    Failed(
-                        HttpError(
-                            503,
-                            UNAVAILABLE,
-                            f"the request waited {limit:g}s without starting",
-                            code="queue_timeout",
-                            headers=(("Retry-After", "1"),),
-                        )
-                    )
-                )
+                job.emit(Failed(QueueTimeout(f"the request waited {limit:g}s without starting")))
 
     def next_to_start(self, running: int, reserved: int) -> tuple[Job, int] | None:
         """Take the oldest waiting job off the line if it may start beside ``running`` sequences
@@ -140,6 +133,21 @@ class Admission:
         self._waiting.popleft()
         self._unpend()
         return job, need
+
+    def fail_all(self, error: EngineError) -> None:
+        """Fail every job not started yet, inbox included (generation thread, at its end)."""
+        while True:
+            try:
+                item = self._inbox.get_nowait()
+            except queue.Empty:
+                break
+            if item is not _SHUTDOWN:
+                self._waiting.append(item)
+        while self._waiting:
+            job = self._waiting.popleft()
+            self._unpend()
+            if not job.cancelled:
+                job.emit(Failed(error))
 
     def _unpend(self) -> None:
         with self._pending_lock:

@@ -11,8 +11,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from mlxd.transport.errors import HttpError
-
 
 @dataclass(frozen=True)
 class TokenLogprob:
@@ -42,7 +40,10 @@ class Finished:
 
 @dataclass(frozen=True)
 class Failed:
-    error: HttpError
+    """Ends a job: an ``EngineError`` from the engine, or an error the API itself raised
+    (a request timeout); ``mlxd/api/errors.py`` maps either to what the client gets."""
+
+    error: Exception
 
 
 Event = Delta | Finished | Failed

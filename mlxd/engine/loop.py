@@ -16,6 +16,7 @@ import copy
 import gc
 import logging
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +26,14 @@ from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
 from mlxd.engine import attention, warmup
 from mlxd.engine.admission import Admission
+from mlxd.engine.errors import (
+    EngineDead,
+    EngineError,
+    GenerationFailed,
+    ShuttingDown,
+    out_of_vocabulary,
+    vocabulary_error,
+)
 from mlxd.engine.events import Delta, Failed, Finished, TokenLogprob
 from mlxd.engine.job import Job, Seq
 from mlxd.engine.sampling import SamplingParams, make_processors, make_sampler
@@ -32,7 +41,6 @@ from mlxd.engine.settings import EngineSettings
 from mlxd.engine.solo import SOLO_UID, SoloRun
 from mlxd.engine.textstream import StopScanner, TextStream
 from mlxd.models.weights import DualModel, RoutingStore, calibrate, log_routing
-from mlxd.transport.errors import SERVER_ERROR, HttpError, bad_request
 
 # Re-exported: callers and tests import these from here.
 __all__ = ["Delta", "Engine", "EngineSettings", "Failed", "Finished", "Job", "SamplingParams"]
@@ -48,12 +56,35 @@ CLEAR_CACHE_EVERY = 256  # decode steps between returns of MLX's buffer cache
 PREFILL_CHUNKS_PER_STEP = 8
 
 
+# Probe points: where a test may inject a failure (``Engine(probe=...)``), one per kind of work
+# the loop does between two decode steps.
+PROBE_POINTS = ("iteration", "admit", "handoff", "followers", "step", "emit", "finish", "recover")
+
+
+def _no_probe(point: str) -> None:
+    pass
+
+
 class Engine:
-    def __init__(self, model, tokenizer, settings: EngineSettings | None = None) -> None:
+    """``probe(point)`` runs at each of PROBE_POINTS (a test seam: raise there to inject a
+    failure); ``on_failure(reason)`` runs on the generation thread if it dies after ready."""
+
+    def __init__(
+        self,
+        model,
+        tokenizer,
+        settings: EngineSettings | None = None,
+        *,
+        probe: Callable[[str], None] | None = None,
+        on_failure: Callable[[str], None] | None = None,
+    ) -> None:
         self.model = model
         self.tokenizer = tokenizer
         self.settings = settings or EngineSettings()
         self.ready = threading.Event()
+        self.failure: str | None = None  # why the generation thread ended, if it failed
+        self._probe = probe or _no_probe
+        self._on_failure = on_failure
         self._thread = threading.Thread(target=self._run, name="mlxd-generate", daemon=True)
         self._admission = Admission(lambda: self.settings, self.kv_bytes)
         # Generation-thread state.
@@ -100,7 +131,19 @@ class Engine:
     # ----- the generation thread -----
 
     def _run(self) -> None:
-        s = self.settings
+        try:
+            if not self._prepare():
+                return
+            self.ready.set()
+            self._serve_jobs()
+        except BaseException as exc:  # noqa: BLE001 - a dead thread must be seen, never silent
+            self._die(exc)
+            return
+        log.debug("generation thread stopped")
+
+    def _prepare(self) -> bool:
+        """Attention, weight routing, the batch generator and the warm-up; False (with
+        ``failure`` set) when the model cannot serve."""
         if attention.wanted():
             base = self.model.quantized if isinstance(self.model, DualModel) else self.model
             if attention.install(base):
@@ -111,31 +154,50 @@ class Engine:
                 )
         try:
             self._route_weights()
-        except Exception:
+        except Exception as exc:
             log.exception("weight calibration failed")
-            return
-        self._gen = BatchGenerator(
+            self.failure = f"weight calibration failed: {exc}"
+            return False
+        self._gen = self._new_generator()
+        try:
+            self._warm_up()
+        except Exception as exc:  # a model that cannot generate must not look ready
+            log.exception("warm-up failed")
+            self.failure = f"warm-up failed: {exc}"
+            return False
+        return True
+
+    def _new_generator(self) -> BatchGenerator:
+        s = self.settings
+        return BatchGenerator(
             self.model,
             stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
             completion_batch_size=s.max_batch_size,
             prefill_batch_size=min(s.prefill_batch_size or s.max_batch_size, s.max_batch_size),
             prefill_step_size=s.prefill_step_size,
         )
-        try:
-            self._warm_up()
-        except Exception:  # a model that cannot generate must not look ready
-            log.exception("warm-up failed")
-            return
-        self.ready.set()
+
+    def _serve_jobs(self) -> None:
+        """Admit, drop, step, until shutdown; a failed iteration fails what was in flight and
+        the loop goes on with a fresh batch (``_recover``)."""
         while self._admission.take(block=not self._seqs):
-            self._admission.expire()
-            self._drop_cancelled()
-            if self._solo is not None and self._admission.has_waiting:
-                self._hand_solo_to_batch()
-            self._start_waiting()
-            if self._seqs:
-                self._step()
-        log.debug("generation thread stopped")
+            try:
+                self._probe("iteration")
+                self._iteration()
+            except Exception as exc:
+                self._recover(exc)
+        stopping = ShuttingDown("the server shut down before this request finished")
+        self._fail_in_flight(stopping)
+        self._admission.fail_all(stopping)
+
+    def _iteration(self) -> None:
+        self._admission.expire()
+        self._drop_cancelled()
+        if self._solo is not None and self._admission.has_waiting:
+            self._hand_solo_to_batch()
+        self._start_waiting()
+        if self._seqs:
+            self._step()
 
     def _route_weights(self) -> None:
         """With a quantized model and its dense twin: calibrate which serves which step; under
@@ -191,19 +253,13 @@ class Engine:
                 self._insert(job, need)
             except Exception as exc:
                 log.exception("could not start a job")
-                job.emit(Failed(HttpError(500, SERVER_ERROR, f"could not start: {exc}")))
+                job.emit(Failed(GenerationFailed(f"could not start: {exc}")))
 
     def _insert(self, job: Job, need: int) -> None:
-        bad = next((t for t in job.prompt if not 0 <= t < self.vocab_size), None)
-        if bad is not None:  # an out-of-range id would read outside the embedding table
-            job.emit(
-                Failed(
-                    bad_request(
-                        f"token id {bad} is outside the vocabulary (0-{self.vocab_size - 1})",
-                        "prompt",
-                    )
-                )
-            )
+        self._probe("admit")
+        bad = out_of_vocabulary(job.prompt, self.vocab_size)
+        if bad is not None:
+            job.emit(Failed(vocabulary_error(bad, self.vocab_size, "prompt")))
             return
         cache, rest = self._prompt_cache.fetch_nearest_cache(id(self.model), job.prompt)
         if cache is not None and not rest:  # all cached: recompute the last token for logits
@@ -259,7 +315,7 @@ class Engine:
             out = self._solo.step()
         except Exception as exc:
             log.exception("generation step failed")
-            seq.job.emit(Failed(HttpError(500, SERVER_ERROR, f"generation failed: {exc}")))
+            seq.job.emit(Failed(GenerationFailed(f"generation failed: {exc}")))
             self._solo = None
             self._release(SOLO_UID)
             return
@@ -273,6 +329,7 @@ class Engine:
 
     def _hand_solo_to_batch(self) -> None:
         """Another request arrived: the lone sequence continues inside the batch."""
+        self._probe("handoff")
         solo, seq = self._solo, self._seqs[SOLO_UID]
         last = solo.read_pending()
         if last is not None and self._on_token(seq, last):
@@ -292,6 +349,7 @@ class Engine:
 
     def _start_followers(self, job: Job, leader) -> None:
         """n > 1: once the first choice has prefilled the prompt, the others copy its cache."""
+        self._probe("followers")
         del self._followers[job]
         if leader.prompt_cache is not None:  # the leader already ended (eos or max_tokens 1)
             cache, tokens = copy.deepcopy(leader.prompt_cache), leader.all_tokens
@@ -310,11 +368,8 @@ class Engine:
             self._solo_step()
             return
         self._size_prefill_batch()
-        try:
-            _prompt_progress, responses = self._gen.next()
-        except Exception as exc:
-            self._fail_all(exc)
-            return
+        self._probe("step")
+        _prompt_progress, responses = self._gen.next()
         self._steps += 1
         if self._steps % CLEAR_CACHE_EVERY == 0:
             mx.clear_cache()
@@ -345,6 +400,7 @@ class Engine:
 
     def _on_token(self, seq: Seq, r) -> bool:
         """Emit what token ``r`` adds; True when the sequence has ended."""
+        self._probe("emit")
         seq.produced += 1
         logprobs = self._logprobs(seq, r)
         if r.finish_reason == "stop":  # end of sequence: the eos token is not text
@@ -384,6 +440,7 @@ class Engine:
 
     def _finish_seq(self, r) -> None:
         """Forget a finished sequence; keep its KV cache for prompts that share its prefix."""
+        self._probe("finish")
         if r.finish_reason is not None and r.prompt_cache is not None:
             cache, tokens = r.prompt_cache, r.all_tokens
         else:  # ended by a stop string: still decoding inside the batch, take it out
@@ -400,16 +457,48 @@ class Engine:
         seq = self._seqs.pop(uid)
         self._reserved -= seq.reserved
 
-    def _fail_all(self, exc: Exception) -> None:
-        """A failed batch step leaves the batch in an unknown state: fail its jobs, start over."""
-        log.exception("generation step failed")
-        err = HttpError(500, SERVER_ERROR, f"generation failed: {exc}")
-        for seq in self._seqs.values():
-            seq.job.emit(Failed(err))
-        self._gen.remove(list(self._seqs))
+    def _recover(self, exc: Exception) -> None:
+        """A failed iteration leaves the batch in an unknown state: fail every job in flight
+        (waiting jobs stay in line) and go on with a fresh batch generator."""
+        log.error(
+            "engine step failed; failing %d requests in flight",
+            len(self._in_flight()),
+            exc_info=exc,
+        )
+        self._probe("recover")
+        self._fail_in_flight(GenerationFailed(f"generation failed: {exc}"))
+        self._gen = self._new_generator()
+
+    def _in_flight(self) -> set[Job]:
+        return {seq.job for seq in self._seqs.values()} | set(self._followers)
+
+    def _fail_in_flight(self, error: EngineError) -> None:
+        for job in self._in_flight():
+            job.emit(Failed(error))
+        self._solo = None
         self._seqs.clear()
         self._followers.clear()
         self._reserved = 0
+
+    def _die(self, exc: BaseException) -> None:
+        """The thread cannot go on: say why, fail what was running (500) and waiting (503),
+        refuse new work (503), and tell the service, which exits non-zero after its shutdown
+        grace so that a supervisor restarts it."""
+        self.failure = f"{type(exc).__name__}: {exc}"
+        log.critical("the generation thread died: %s", self.failure, exc_info=exc)
+        dead = EngineDead(f"the generation thread died ({self.failure}); the server must restart")
+        self._admission.refuse(dead)
+        running = GenerationFailed(f"generation failed: {self.failure}")
+        for step in (
+            lambda: self._fail_in_flight(running),
+            lambda: self._admission.fail_all(dead),
+        ):
+            try:
+                step()
+            except Exception:
+                log.exception("while failing requests after the generation thread died")
+        if self._on_failure is not None and self.ready.is_set():
+            self._on_failure(self.failure)
 
     def prompt_cache_nbytes(self) -> int:
         return self._prompt_cache.nbytes

@@ -4,15 +4,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlxd.service.config import (
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_PREFILL_STEP,
+    DEFAULT_PROMPT_CACHE_BYTES,
+    DEFAULT_QUEUE_SIZE,
+)
+
 
 @dataclass(frozen=True)
 class EngineSettings:
-    max_batch_size: int = 8  # sequences decoding at once
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE  # sequences decoding at once
     prefill_batch_size: int | None = None  # prompts prefilled together; None: auto, see loop.py
-    prefill_step_size: int = 512  # prompt tokens per sequence per step
-    queue_size: int = 64  # jobs waiting to start; past that, 429
+    prefill_step_size: int = DEFAULT_PREFILL_STEP  # prompt tokens per sequence per step
+    queue_size: int = DEFAULT_QUEUE_SIZE  # jobs waiting to start; past that, 429
     queue_timeout: float | None = None  # seconds a job may wait to start
-    prompt_cache_bytes: int = 512 * 1024 * 1024
+    prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
     kv_budget_bytes: int | None = None  # KV cache bytes all running sequences may hold
     weights: str = "auto"  # see weights.py; with a DualModel: keep both or calibrate
     solo: bool = True  # a lone sequence decodes outside the batch (solo.py)

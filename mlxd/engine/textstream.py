@@ -24,7 +24,7 @@ class StopScanner:
         if hits:
             self._held = ""
             return buf[: min(hits)], True
-        keep = self._partial_tail(buf)
+        keep = partial_tail(buf, self._stops)
         self._held = buf[len(buf) - keep :]
         return buf[: len(buf) - keep], False
 
@@ -33,15 +33,18 @@ class StopScanner:
         held, self._held = self._held, ""
         return held
 
-    def _partial_tail(self, buf: str) -> int:
-        """Length of the longest tail of ``buf`` that is a proper prefix of some stop string."""
-        best = 0
-        for stop in self._stops:
-            for n in range(min(len(stop) - 1, len(buf)), best, -1):
-                if stop.startswith(buf[-n:]):
-                    best = n
-                    break
-        return best
+
+def partial_tail(buf: str, markers: tuple[str, ...] | list[str]) -> int:
+    """Length of the longest tail of ``buf`` that is a proper prefix of some marker: what must
+    be held back because it may still grow into one (stop strings here, tool/think markers in
+    ``mlxd/api/markers.py``)."""
+    best = 0
+    for marker in markers:
+        for n in range(min(len(marker) - 1, len(buf)), best, -1):
+            if marker.startswith(buf[-n:]):
+                best = n
+                break
+    return best
 
 
 @dataclass

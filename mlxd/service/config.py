@@ -29,7 +29,9 @@ DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_PREFILL_STEP = 512  # prompt tokens per sequence per engine step: streams keep flowing
 DEFAULT_PROMPT_CACHE_BYTES = 512 * 1024**2
 WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
-REASONING_FORMATS = ("auto", "deepseek", "none")  # as mlxd/reasoning.py (stdlib only here)
+# thinking models: auto/deepseek split the thinking into reasoning_content (mlxd/api/reasoning.py)
+REASONING_FORMATS = ("auto", "deepseek", "none")
+DEFAULT_REASONING_FORMAT = "auto"
 SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
@@ -53,7 +55,7 @@ class Config:
     max_tokens: int = DEFAULT_MAX_TOKENS
     temperature: float = DEFAULT_TEMPERATURE
     top_p: float = DEFAULT_TOP_P
-    reasoning_format: str = "auto"  # "none": thinking stays in content
+    reasoning_format: str = DEFAULT_REASONING_FORMAT  # "none": thinking stays in content
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     served_model_name: str | None = None  # the id in /v1/models; default from MODEL's name
     # Access control (enforced in server.py / api.py).

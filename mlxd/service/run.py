@@ -26,6 +26,11 @@ from mlxd.transport.server import Server, ServerSettings
 log = logging.getLogger("mlxd")
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
+EXIT_ENGINE_FAILED = 70  # sysexits' EX_SOFTWARE: the generation thread died; restart us
+
+# Makes the engine from (model, tokenizer, settings=..., on_failure=...): the seam tests use to
+# wrap the model or inject failures, instead of swapping module globals.
+EngineFactory = Callable[..., Engine]
 LOADER_THREAD = "mlxd-load"
 
 
@@ -41,10 +46,16 @@ def run(config: Config, *, on_listening=None, on_ready=None) -> int:
 
 
 async def serve(
-    config: Config, *, on_listening=None, on_ready=None, stop: asyncio.Event | None = None
+    config: Config,
+    *,
+    on_listening=None,
+    on_ready=None,
+    stop: asyncio.Event | None = None,
+    engine_factory: EngineFactory | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT (or ``stop`` is set). ``on_listening(addresses)`` runs once the
-    socket is bound and the PID file written (it lets a caller learn a port-0 address);
+    """Serve until SIGTERM/SIGINT (or ``stop`` is set), or until the generation thread dies
+    (then exit EXIT_ENGINE_FAILED after the shutdown grace). ``on_listening(addresses)`` runs
+    once the socket is bound and the PID file written (it lets a caller learn a port-0 address);
     ``on_ready()`` once the model has warmed up."""
     app, server = _build(config)
     try:
@@ -76,7 +87,7 @@ async def serve(
             on_ready()
 
     try:
-        return await _serve(config, app, server, stop, ready)
+        return await _serve(config, app, server, stop, ready, engine_factory or Engine)
     finally:
         if pid_file is not None:
             pid_file.remove()
@@ -128,20 +139,28 @@ def _engine_settings(config: Config, model) -> EngineSettings:
 
 
 async def _serve(
-    config: Config, app: App, server: Server, stop: asyncio.Event, ready: Callable[[], None]
+    config: Config,
+    app: App,
+    server: Server,
+    stop: asyncio.Event,
+    ready: Callable[[], None],
+    engine_factory: EngineFactory,
 ) -> int:
-    """Load the model while serving what needs no model; then serve until ``stop``; shut down."""
-    loading = asyncio.create_task(_load(app, config))
-    await asyncio.wait(
-        {loading, asyncio.create_task(stop.wait())}, return_when=asyncio.FIRST_COMPLETED
-    )
+    """Load the model while serving what needs no model; then serve until ``stop`` or until the
+    engine fails; shut down."""
+    failed = asyncio.Event()
+    loading = asyncio.create_task(_load(app, config, engine_factory, failed))
+    await _first(loading, stop.wait())
     code = 0
     if loading.done() and loading.exception() is not None:
         log.error("%s", loading.exception())
         code = 1
     elif loading.done():
         ready()
-        await stop.wait()
+        await _first(stop.wait(), failed.wait())
+        if failed.is_set():
+            log.error("exiting with %d: %s", EXIT_ENGINE_FAILED, app.failure)
+            code = EXIT_ENGINE_FAILED
     log.info("shutting down")
     await server.shutdown(config.shutdown_timeout)
     if app.engine is not None:
@@ -151,7 +170,18 @@ async def _serve(
     return code
 
 
-async def _load(app: App, config: Config) -> None:
+async def _first(*aws) -> None:
+    """Wait until the first of ``aws`` is done; cancel the rest (but never a Task passed in)."""
+    tasks = [a if isinstance(a, asyncio.Task) else asyncio.ensure_future(a) for a in aws]
+    _done, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        if task not in aws:
+            task.cancel()
+
+
+async def _load(
+    app: App, config: Config, engine_factory: EngineFactory, failed: asyncio.Event
+) -> None:
     progress = None
     if config.log_file is None and not config.daemon and sys.stderr.isatty():
         progress = asyncio.create_task(logs.show_progress(f"loading {config.model}", sys.stderr))
@@ -169,12 +199,24 @@ async def _load(app: App, config: Config) -> None:
         loaded.load_seconds,
     )
     model = await _in_thread(weights.prepare, loaded.model, config.weights)
-    engine = Engine(model, loaded.tokenizer, settings=_engine_settings(config, model))
+    loop = asyncio.get_running_loop()
+
+    def on_failure(_reason: str) -> None:  # from the generation thread, as it dies
+        with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting anyway
+            loop.call_soon_threadsafe(failed.set)
+
+    engine = engine_factory(
+        model,
+        loaded.tokenizer,
+        settings=_engine_settings(config, model),
+        on_failure=on_failure,
+    )
     app.loaded, app.engine = loaded, engine
     engine.start()
     while not await asyncio.to_thread(engine.ready.wait, 0.5):
         if not engine.alive:
-            raise loader.ModelLoadError("the model failed its warm-up generation (see above)")
+            why = engine.failure or "the model failed its warm-up generation (see above)"
+            raise loader.ModelLoadError(why)
     log.info("ready: serving %s", app.name)
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mlxd.service.config import DEFAULT_MAX_BODY_BYTES
 from mlxd.transport.errors import HttpError
 from mlxd.transport.h1_body import (  # limits re-exported
     MAX_CHUNK_LINE_BYTES,
@@ -77,7 +78,7 @@ __all__ = [
 # request line live in h1_head, those of a body in h1_body; the public ones are re-exported here.
 MAX_HEAD_BYTES = 16 * 1024  # 431; request line + field lines + CRLFs; h11's default
 MAX_HEADER_COUNT = 100  # 431; an SDK sends about 15 field lines
-DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # 413; a long chat history is well under 1 MiB
+# DEFAULT_MAX_BODY_BYTES (413) is a setting: mlxd/service/config.py has it, with its reason.
 MAX_LEADING_EMPTY_LINES = 8  # 400; RFC 9112 2.2 asks us to skip at least one (old POST habits)
 
 

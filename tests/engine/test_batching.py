@@ -9,10 +9,11 @@ import time
 
 import pytest
 
+from mlxd.api.errors import http_error
+from mlxd.engine.errors import EngineError
 from mlxd.engine.events import Delta, Failed, Finished
 from mlxd.engine.loop import Engine, EngineSettings, Job
 from mlxd.engine.sampling import SamplingParams
-from mlxd.transport.errors import HttpError
 
 from helpers import SlowModel
 
@@ -60,7 +61,7 @@ class Run:
                 out["finished"][ev.index] = ev
                 open_choices -= 1
             elif isinstance(ev, Failed):
-                out["failed"] = ev.error
+                out["failed"] = http_error(ev.error)
                 return out
         return out
 
@@ -150,9 +151,10 @@ def test_queue_full_is_429_and_cancel_frees_the_slot_at_once(loaded):
         )  # no eos; a Delta per token
         long.events.get(timeout=30)  # running
         waiting = Run(eng, [4, 5], max_tokens=3)
-        with pytest.raises(HttpError) as info:
+        with pytest.raises(EngineError) as info:
             Run(eng, [6, 7], max_tokens=3)
-        assert info.value.status == 429 and dict(info.value.headers).get("Retry-After")
+        err = http_error(info.value)
+        assert err.status == 429 and dict(err.headers).get("Retry-After")
         started = time.monotonic()
         long.job.cancel()
         assert waiting.result(timeout=30)["finished"][0].reason in ("stop", "length")
@@ -184,9 +186,10 @@ def test_memory_budget_refuses_and_queues(loaded):
     # Room for one 100-token sequence at a time.
     eng.settings = EngineSettings(max_batch_size=8, kv_budget_bytes=per_token * 150)
     try:
-        with pytest.raises(HttpError) as info:
+        with pytest.raises(EngineError) as info:
             Run(eng, [1, 2], max_tokens=400)
-        assert info.value.status == 503 and info.value.code == "insufficient_memory"
+        err = http_error(info.value)
+        assert err.status == 503 and err.code == "insufficient_memory"
         a = Run(
             eng, [1, 2], max_tokens=90, logit_bias={150: 100.0}, logprobs=0
         )  # no eos; a Delta per token

@@ -6,6 +6,7 @@ import queue
 
 import pytest
 
+from mlxd.api.errors import http_error
 from mlxd.engine.loop import Delta, Engine, Failed, Finished, Job, SamplingParams
 from mlxd.engine.textstream import StopScanner
 
@@ -84,7 +85,8 @@ def test_cancelled_job_stops_and_next_job_runs(engine):
 def test_out_of_range_token_fails_cleanly_and_thread_survives(engine):
     bad = run(engine, [1, 10**9], max_tokens=3)  # would read outside the embedding table
     assert isinstance(bad[-1], Failed)
-    assert bad[-1].error.status == 400 and bad[-1].error.param == "prompt"
+    err = http_error(bad[-1].error)
+    assert err.status == 400 and err.param == "prompt"
     good = run(engine, [1, 2], max_tokens=2, temperature=0.0)
     assert isinstance(good[-1], Finished)
 
