@@ -26,6 +26,7 @@ from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
 from mlxd.engine import attention, warmup
 from mlxd.engine.admission import Admission
+from mlxd.engine.emit import emit_token
 from mlxd.engine.errors import (
     EngineDead,
     EngineError,
@@ -34,7 +35,7 @@ from mlxd.engine.errors import (
     out_of_vocabulary,
     vocabulary_error,
 )
-from mlxd.engine.events import Delta, Failed, Finished, TokenLogprob
+from mlxd.engine.events import Delta, Failed, Finished
 from mlxd.engine.job import Job, Seq
 from mlxd.engine.sampling import SamplingParams, make_processors, make_sampler
 from mlxd.engine.settings import EngineSettings
@@ -401,42 +402,7 @@ class Engine:
     def _on_token(self, seq: Seq, r) -> bool:
         """Emit what token ``r`` adds; True when the sequence has ended."""
         self._probe("emit")
-        seq.produced += 1
-        logprobs = self._logprobs(seq, r)
-        if r.finish_reason == "stop":  # end of sequence: the eos token is not text
-            piece, _hit = seq.text.finish()
-            return self._end(seq, piece, logprobs, "stop")
-        piece, hit = seq.text.push(r.token)
-        if hit:
-            return self._end(seq, piece, logprobs, "stop")
-        if r.finish_reason == "length":
-            tail, hit = seq.text.finish()
-            return self._end(seq, piece + tail, logprobs, "stop" if hit else "length")
-        if piece or logprobs:
-            seq.job.emit(Delta(seq.index, piece, logprobs))
-        return False
-
-    def _end(self, seq: Seq, piece: str, logprobs, reason: str) -> bool:
-        if piece or logprobs:
-            seq.job.emit(Delta(seq.index, piece, logprobs))
-        seq.job.emit(
-            Finished(seq.index, reason, len(seq.job.prompt), seq.produced, seq.cached_tokens)
-        )
-        return True
-
-    def _logprobs(self, seq: Seq, r) -> tuple[TokenLogprob, ...]:
-        k = seq.job.params.logprobs
-        if k is None:
-            return ()
-        lp = r.logprobs
-        top = []
-        if k > 0:
-            ids = mx.argpartition(-lp, kth=k - 1)[:k]
-            values = lp[ids]
-            order = mx.argsort(-values).tolist()
-            ids, values = ids.tolist(), values.tolist()
-            top = [(ids[i], values[i]) for i in order]
-        return (TokenLogprob(r.token, lp[r.token].item(), tuple(top)),)
+        return emit_token(seq, r)
 
     def _finish_seq(self, r) -> None:
         """Forget a finished sequence; keep its KV cache for prompts that share its prefix."""

@@ -16,7 +16,8 @@ import time
 from collections.abc import Callable
 
 from mlxd import __version__
-from mlxd.api.app import PUBLIC_PATHS, ROUTES, App, Defaults
+from mlxd.api.app import App, Defaults
+from mlxd.api.routes import PUBLIC_PATHS, ROUTES
 from mlxd.engine.loop import Engine, EngineSettings
 from mlxd.models import device, loader, weights
 from mlxd.service import daemon, logs

@@ -1,6 +1,6 @@
 """The route table lookup: (method, path) -> handler, path parameter, route label, or 404/405.
 
-The table is a dict like mlxd.api.app.ROUTES: ``(method, path) -> handler``. A path ending in
+The table is a dict like mlxd.api.routes.ROUTES: ``(method, path) -> handler``. A path ending in
 "/" is a prefix; the rest of a request path under it is the path parameter (``ex.path_param``).
 """
 

@@ -2,7 +2,7 @@
 
 Parsing and rendering HTTP live in mlxd/transport/h1.py, server-sent events in
 mlxd/transport/sse.py, answering one request in mlxd/transport/exchange.py, the route lookup in
-mlxd/transport/routing.py, and everything OpenAI-shaped in mlxd/api/app.py (whose ROUTES this
+mlxd/transport/routing.py, and everything OpenAI-shaped in mlxd/api/ (whose routes.py ROUTES this
 server is given); this module only moves bytes and decides when a connection lives or dies.
 """
 

@@ -102,7 +102,8 @@ def test_health_names_the_reason_once_the_engine_is_dead():
 
     import pytest
 
-    from mlxd.api.app import App, health
+    from mlxd.api.app import App
+    from mlxd.api.ops import health
     from mlxd.transport.errors import HttpError
 
     app = App(name="m")

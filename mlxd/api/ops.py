@@ -1,0 +1,58 @@
+"""Operational routes: the model list, health, status, stats and Prometheus metrics."""
+
+from __future__ import annotations
+
+from mlxd import __version__
+from mlxd.api.app import NOT_READY_RETRY_AFTER_S, App
+from mlxd.api.status import gauges, queue_state, status_report
+from mlxd.transport.errors import NOT_FOUND, HttpError
+from mlxd.transport.metrics import CONTENT_TYPE as METRICS_TYPE
+
+
+def model_card(app: App) -> dict:
+    card = {"id": app.name, "object": "model", "created": int(app.started), "owned_by": "mlxd"}
+    if app.loaded is not None and app.loaded.adapter is not None:
+        card["adapter"] = app.loaded.adapter
+    return card
+
+
+async def list_models(app: App, ex) -> None:
+    await ex.send_json(200, {"object": "list", "data": [model_card(app)]})
+
+
+async def get_model(app: App, ex) -> None:
+    model_id = ex.path_param
+    if model_id != app.name:
+        raise HttpError(
+            404,
+            NOT_FOUND,
+            f"The model '{model_id}' does not exist",
+            param="model",
+            code="model_not_found",
+        )
+    await ex.send_json(200, model_card(app))
+
+
+async def health(app: App, ex) -> None:
+    body = {"status": "ok" if app.ready else "loading", "model": app.name, "version": __version__}
+    headers: tuple[tuple[str, str], ...] = ()
+    if app.failure:  # no Retry-After: this process will not recover, its supervisor restarts it
+        body.update(status="failed", reason=app.failure)
+    elif not app.ready:
+        headers = (("Retry-After", NOT_READY_RETRY_AFTER_S),)
+    await ex.send_json(200 if app.ready else 503, body, headers)
+
+
+async def status(app: App, ex) -> None:
+    await ex.send_json(200, status_report(app))
+
+
+async def stats(app: App, ex) -> None:
+    await ex.send_json(200, {**app.metrics.stats(), **queue_state(app)})
+
+
+async def metrics(app: App, ex) -> None:
+    await ex.send(200, app.metrics.exposition(gauges(app)).encode(), METRICS_TYPE)
+
+
+# (method, path) -> handler. A path ending in "/" is a prefix whose rest is ``ex.path_param``.

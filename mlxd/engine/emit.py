@@ -1,0 +1,50 @@
+"""What one generated token adds to a sequence: text deltas (stop strings held back and cut out),
+log-probabilities when asked for, and the end of the sequence (eos, a stop string or length)."""
+
+from __future__ import annotations
+
+import mlx.core as mx
+
+from mlxd.engine.events import Delta, Finished, TokenLogprob
+from mlxd.engine.job import Seq
+
+
+def emit_token(seq: Seq, r) -> bool:
+    """Emit what token ``r`` (a generation response: token, logprobs, finish_reason) adds to
+    ``seq``'s text; True when the sequence has ended."""
+    seq.produced += 1
+    logprobs = token_logprobs(seq, r)
+    if r.finish_reason == "stop":  # end of sequence: the eos token is not text
+        piece, _hit = seq.text.finish()
+        return _end(seq, piece, logprobs, "stop")
+    piece, hit = seq.text.push(r.token)
+    if hit:
+        return _end(seq, piece, logprobs, "stop")
+    if r.finish_reason == "length":
+        tail, hit = seq.text.finish()
+        return _end(seq, piece + tail, logprobs, "stop" if hit else "length")
+    if piece or logprobs:
+        seq.job.emit(Delta(seq.index, piece, logprobs))
+    return False
+
+
+def _end(seq: Seq, piece: str, logprobs, reason: str) -> bool:
+    if piece or logprobs:
+        seq.job.emit(Delta(seq.index, piece, logprobs))
+    seq.job.emit(Finished(seq.index, reason, len(seq.job.prompt), seq.produced, seq.cached_tokens))
+    return True
+
+
+def token_logprobs(seq: Seq, r) -> tuple[TokenLogprob, ...]:
+    k = seq.job.params.logprobs
+    if k is None:
+        return ()
+    lp = r.logprobs
+    top = []
+    if k > 0:
+        ids = mx.argpartition(-lp, kth=k - 1)[:k]
+        values = lp[ids]
+        order = mx.argsort(-values).tolist()
+        ids, values = ids.tolist(), values.tolist()
+        top = [(ids[i], values[i]) for i in order]
+    return (TokenLogprob(r.token, lp[r.token].item(), tuple(top)),)
