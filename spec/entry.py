@@ -1,7 +1,8 @@
 """The frozen executable's entry point (spec/mlxd.spec).
 
-Not mlxd/__main__.py: PyInstaller puts the entry script's folder on its search path, and mlxd/http.py
-would then shadow the standard library's http package for every module in the binary.
+Not mlxd/__main__.py: PyInstaller puts the entry script's folder on its search path, so mlxd's own
+subpackages (api, engine, models, ...) would become top-level names in the binary; from here
+nothing inside the package can shadow another module.
 """
 
 import sys
