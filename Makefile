@@ -12,11 +12,17 @@ ARGS ?=
 
 setup: $(VENV)/.installed
 
+# mlx-vlm for the vision tests (tests/vision/), without the dependencies of its other features
+# (OpenCV, datasets, pandas, mlx-audio, FastAPI, ...: ~300 MB that mlxd never imports); what it
+# needs to serve images, Pillow and transformers, comes with the dev extras.
+VISION_PKG := mlx-vlm==0.7.10
+
 # Re-install whenever pyproject.toml changes; the stamp keeps `make test` quick otherwise.
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "$(VISION_PKG)"
 	touch $@
 
 model: $(SMOLLM)

@@ -13,9 +13,12 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from mlxd.api import visionchat
 from mlxd.api.chatplan import ChatPlan, ModelTraits, plan_chat
 from mlxd.api.errors import http_error
+from mlxd.api.images import ImageLimits
 from mlxd.api.logprobs import ChatLogprobs, TextLogprobs
+from mlxd.api.messages import image_refs
 from mlxd.api.reply import ReplySpec
 from mlxd.api.respond import respond
 from mlxd.api.schema import ChatRequest, CompletionRequest, Sampling, context_error
@@ -61,6 +64,7 @@ class App:
     loaded: LoadedModel | None = None
     engine: Engine | None = None
     request_timeout: float | None = None
+    image_limits: ImageLimits = field(default_factory=ImageLimits)
     metrics: Metrics = field(default_factory=Metrics)
     parameter_count: int | None = None  # computed on the first /v1/mlx/status
     started: float = field(default_factory=time.time)
@@ -156,7 +160,7 @@ async def chat_completions(app: App, ex) -> None:
     req = ChatRequest.from_json(ex.request.body)
     tokenizer = app.loaded.tokenizer
     plan: ChatPlan = plan_chat(req, app.traits, app.defaults.reasoning_format)
-    prompt = await asyncio.to_thread(render_chat, tokenizer, req.messages, plan.template_tools)
+    prompt, vision = await chat_prompt(app, req, plan)
     plan = plan.after_render(tokenizer, prompt)
     params = await app.constrained(
         app.sampling_params(req.sampling, len(prompt), "messages", plan.stop), plan.enforce
@@ -170,6 +174,27 @@ async def chat_completions(app: App, ex) -> None:
         req.stream,
         ChatLogprobs,
         plan.reply,
+        vision=vision,
+    )
+
+
+async def chat_prompt(app: App, req: ChatRequest, plan: ChatPlan):
+    """(prompt ids, VisionInput or None): a VLM's prompt goes through its processor with the
+    images; a text model's through its template, and an image part is a 400."""
+    refs, vision = image_refs(req.messages), app.loaded.vision
+    tokenizer = app.loaded.tokenizer
+    if vision is None:
+        visionchat.refuse_without_vision(refs, app.name)
+        prompt = await asyncio.to_thread(render_chat, tokenizer, req.messages, plan.template_tools)
+        return prompt, None
+    return await asyncio.to_thread(
+        visionchat.prepare,
+        vision,
+        tokenizer,
+        req.messages,
+        plan.template_tools,
+        refs,
+        app.image_limits,
     )
 
 

@@ -13,6 +13,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from mlxd.api import images
 from mlxd.transport.errors import bad_request
 
 
@@ -95,26 +96,45 @@ def _message(msg: Any, where: str) -> dict:
     return out
 
 
-def _content(content: Any, where: str) -> str:
+def _content(content: Any, where: str) -> str | list[dict]:
+    """A string, or the text of text parts joined; with image parts, the parts in order:
+    ``{"type": "text", "text"}`` and ``{"type": "image", "ref": ImageRef}`` (VLM templates read
+    the first two keys; ``ref`` says where the image comes from)."""
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
         raise bad_request(
-            f"'{where}' must be a string or an array of text parts, not {kind(content)}", where
+            f"'{where}' must be a string or an array of content parts, not {kind(content)}", where
         )
-    texts = []
+    parts: list[dict] = []
     for i, part in enumerate(content):
         here = f"{where}[{i}]"
-        if not isinstance(part, dict) or part.get("type") != "text":
-            part_kind = part.get("type") if isinstance(part, dict) else kind(part)
+        part_kind = part.get("type") if isinstance(part, dict) else kind(part)
+        if part_kind == "image_url":
+            parts.append({"type": "image", "ref": images.chat_part(part, here)})
+            continue
+        if part_kind != "text":
             raise bad_request(
-                f"'{here}' must be a text part; {part_kind!r} parts are not supported",
+                f"'{here}' must be a text or image_url part; {part_kind!r} parts are not supported",
                 f"{here}.type",
             )
         if not isinstance(part.get("text"), str) or set(part) - {"type", "text"}:
             raise bad_request(f'\'{here}\' must be {{"type": "text", "text": string}}', here)
-        texts.append(part["text"])
-    return "".join(texts)
+        parts.append({"type": "text", "text": part["text"]})
+    if any(p["type"] == "image" for p in parts):
+        return parts
+    return "".join(p["text"] for p in parts)
+
+
+def image_refs(messages: tuple[dict, ...]) -> list[images.ImageRef]:
+    """The image parts of validated messages, in order."""
+    return [
+        part["ref"]
+        for m in messages
+        if isinstance(m["content"], list)
+        for part in m["content"]
+        if part["type"] == "image"
+    ]
 
 
 def _history_calls(calls: Any, where: str) -> list[dict]:

@@ -11,6 +11,8 @@ from mlxd.transport.metrics import CONTENT_TYPE as METRICS_TYPE
 
 def model_card(app: App) -> dict:
     card = {"id": app.name, "object": "model", "created": int(app.started), "owned_by": "mlxd"}
+    if app.loaded is not None:
+        card["capabilities"] = app.loaded.capabilities
     if app.loaded is not None and app.loaded.adapter is not None:
         card["adapter"] = app.loaded.adapter
     return card

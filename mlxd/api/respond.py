@@ -18,6 +18,7 @@ from mlxd.engine.errors import EngineError
 from mlxd.engine.events import Delta, Event, Failed, Finished
 from mlxd.engine.loop import Job
 from mlxd.engine.sampling import SamplingParams
+from mlxd.engine.vision import VisionInput
 from mlxd.transport import sse
 from mlxd.transport.errors import HttpError
 
@@ -35,8 +36,9 @@ async def respond(
     logprob_kind,
     reply: ReplySpec,
     prefix: str = "",
+    vision: VisionInput | None = None,
 ) -> None:
-    job, events = start_job(app, prompt, params)  # raises 429/503 before any byte is sent
+    job, events = start_job(app, prompt, params, vision)  # 429/503 before any byte is sent
     formatters = (
         [logprob_kind(app.token_text, len(prefix)) for _ in range(params.n)]
         if params.logprobs is not None
@@ -56,10 +58,13 @@ async def respond(
             timer.cancel()
 
 
-def start_job(app: App, prompt: list[int], params: SamplingParams):
-    """Submit a job; its events arrive on the returned asyncio queue."""
+def start_job(
+    app: App, prompt: list[int], params: SamplingParams, vision: VisionInput | None = None
+):
+    """Submit a job (``vision``: the images in its prompt); its events arrive on the returned
+    asyncio queue."""
     events: asyncio.Queue[Event] = asyncio.Queue()
-    job = Job(prompt, params, functools.partial(app.courier.send, events.put_nowait))
+    job = Job(prompt, params, functools.partial(app.courier.send, events.put_nowait), vision)
     try:
         app.engine.submit(job)
     except EngineError as exc:

@@ -52,6 +52,7 @@ def _model_info(app) -> dict:
         "format": loaded.format,
         "adapter": loaded.adapter,
         "type": config.get("model_type"),
+        "capabilities": loaded.capabilities,
         "quantization": config.get("quantization"),
         "parameters": app.parameter_count,
         "context_length": loaded.context_length,

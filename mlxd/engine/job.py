@@ -9,15 +9,19 @@ from dataclasses import dataclass
 
 from mlxd.engine.sampling import SamplingParams
 from mlxd.engine.textstream import TextStream
+from mlxd.engine.vision import VisionInput
 
 
 class Job:
     """One request: ``n`` choices of one prompt. The owner may ``cancel()`` it from any thread."""
 
-    def __init__(self, prompt: list[int], params: SamplingParams, emit) -> None:
+    def __init__(
+        self, prompt: list[int], params: SamplingParams, emit, vision: VisionInput | None = None
+    ) -> None:
         self.prompt = prompt
         self.params = params
         self.emit = emit
+        self.vision = vision  # images in the prompt (engine/vision.py)
         self.submitted = time.monotonic()
         self._cancelled = threading.Event()
 

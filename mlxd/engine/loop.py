@@ -24,7 +24,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
-from mlxd.engine import attention, warmup
+from mlxd.engine import attention, vision, warmup
 from mlxd.engine.admission import Admission
 from mlxd.engine.emit import emit_token
 from mlxd.engine.errors import (
@@ -78,9 +78,11 @@ class Engine:
         *,
         probe: Callable[[str], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
+        vlm=None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
+        self.vlm = vlm  # a VLM's mlx-vlm model: embeds the images of vision jobs at insert
         self.settings = settings or EngineSettings()
         self.ready = threading.Event()
         self.failure: str | None = None  # why the generation thread ended, if it failed
@@ -262,18 +264,32 @@ class Engine:
         if bad is not None:
             job.emit(Failed(vocabulary_error(bad, self.vocab_size, "prompt")))
             return
-        cache, rest = self._prompt_cache.fetch_nearest_cache(id(self.model), job.prompt)
-        if cache is not None and not rest:  # all cached: recompute the last token for logits
-            trim_prompt_cache(cache, 1)
-            rest = job.prompt[-1:]
-        cached = len(job.prompt) - len(rest)
+        cache, cached, hit = self._cached_prefix(job)
+        rest = job.prompt[cached:]
         alone = not self._seqs and not self._admission.has_waiting
         if self.settings.solo and job.params.n == 1 and alone:
             self._start_solo(job, rest, cache, job.prompt[:cached], need)
+            self._seqs[SOLO_UID].cached_tokens = hit
             return
         uid = self._insert_choice(job, 0, rest, cache, job.prompt[:cached], need)
+        self._seqs[uid].cached_tokens = hit
         if job.params.n > 1:
             self._followers[job] = [uid]
+
+    def _cached_prefix(self, job: Job) -> tuple[list | None, int, int]:
+        """(KV cache, prompt tokens it holds, of which the prompt cache gave): the longest cached
+        prefix, then, for a vision job, its images prefilled after it (engine/vision.py)."""
+        key = vision.cache_key(job.prompt, job.vision)
+        cache, rest = self._prompt_cache.fetch_nearest_cache(id(self.model), key)
+        if cache is not None and not rest:  # all cached: recompute the last token for logits
+            trim_prompt_cache(cache, 1)
+            rest = key[-1:]
+        hit = cached = len(job.prompt) - len(rest)
+        if job.vision is not None and vision.needs_prefill(job.prompt, job.vision, cached):
+            step = self.settings.prefill_step_size
+            cache = vision.prefill(self.vlm, self.model, job.prompt, job.vision, cache, cached, step)
+            cached = len(job.prompt) - 1
+        return cache, cached, hit
 
     def _insert_choice(self, job: Job, index: int, rest, cache, cached_tokens, need: int) -> int:
         p = job.params
@@ -325,7 +341,7 @@ class Engine:
 
     def _end_solo(self) -> None:
         solo, self._solo = self._solo, None
-        self._keep_cache(solo.fed, solo.cache)
+        self._keep_cache(self._seqs[SOLO_UID].job, solo.fed, solo.cache)
         self._release(SOLO_UID)
 
     def _hand_solo_to_batch(self) -> None:
@@ -411,13 +427,15 @@ class Engine:
             cache, tokens = r.prompt_cache, r.all_tokens
         else:  # ended by a stop string: still decoding inside the batch, take it out
             ((cache, tokens),) = self._gen.remove([r.uid], return_prompt_caches=True).values()
-        self._keep_cache(tokens, cache)
+        self._keep_cache(self._seqs[r.uid].job, tokens, cache)
         self._release(r.uid)
 
-    def _keep_cache(self, tokens, cache) -> None:
-        """Offer a finished sequence's KV cache to prompts that share its prefix."""
+    def _keep_cache(self, job: Job, tokens, cache) -> None:
+        """Offer a finished sequence's KV cache to prompts that share its prefix (images keyed
+        by their hash)."""
         if self.settings.prompt_cache_bytes > 0 and tokens:
-            self._prompt_cache.insert_cache(id(self.model), list(tokens), cache)
+            key = vision.cache_tokens(job.prompt, job.vision, list(tokens))
+            self._prompt_cache.insert_cache(id(self.model), key, cache)
 
     def _release(self, uid: int) -> None:
         seq = self._seqs.pop(uid)

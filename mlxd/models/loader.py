@@ -14,7 +14,7 @@ import mlx.core as mx
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load as load_mlx_dir
 
-from mlxd.models import gguf
+from mlxd.models import gguf, vlm
 
 log = logging.getLogger("mlxd.models")
 
@@ -36,6 +36,12 @@ class LoadedModel:
     context_length: int
     load_seconds: float
     adapter: str | None = None  # the LoRA adapter directory applied at load (mlx-lm's format)
+    vision: vlm.Vision | None = None  # a vision-language model's image side (models/vlm.py)
+
+    @property
+    def capabilities(self) -> list[str]:
+        """What the model takes, for /v1/models and /v1/mlx/status."""
+        return ["text", "vision"] if self.vision is not None else ["text"]
 
 
 def served_name(path: str | Path) -> str:
@@ -50,7 +56,11 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
     name = served_name(path)
     if not path.exists():
         raise ModelLoadError(f"model not found: {path}")
-    if path.is_dir():
+    vision = None
+    if path.is_dir() and (vconfig := vlm.vlm_config(path)) is not None:
+        model, tokenizer, config, vision = _load_vlm(path, vconfig, adapter)
+        fmt = "mlx"
+    elif path.is_dir():
         model, tokenizer, config = _load_dir(path)
         fmt = "mlx"
     elif path.suffix.lower() == ".gguf":
@@ -76,6 +86,7 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
         _context_length(config, tokenizer),
         time.perf_counter() - start,
         adapter,
+        vision,
     )
 
 
@@ -86,6 +97,21 @@ def _load_dir(path: Path):
         return load_mlx_dir(str(path), return_config=True)
     except (FileNotFoundError, ValueError) as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
+
+
+def _load_vlm(path: Path, config: dict, adapter):
+    try:
+        vlm.check_available(path, config)
+    except vlm.VisionUnavailable as exc:
+        raise ModelLoadError(str(exc)) from None
+    if adapter is not None:
+        raise ModelLoadError(
+            f"{path.name}: --adapter is not supported with a vision-language model"
+        )
+    try:
+        return vlm.load_vlm(path, config)
+    except (FileNotFoundError, ValueError, KeyError) as exc:
+        raise ModelLoadError(f"{path}: a vision-language model mlxd cannot serve: {exc}") from exc
 
 
 def _apply_adapter(model, adapter: str) -> None:

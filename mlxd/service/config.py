@@ -42,6 +42,12 @@ DEFAULT_QUEUE_SIZE = 64  # requests waiting for the engine before new ones are r
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_PREFILL_STEP = 512  # prompt tokens per sequence per engine step: streams keep flowing
 DEFAULT_PROMPT_CACHE_BYTES = 512 * 1024**2
+# Images (vision-language models; mlxd/api/images.py). OpenAI takes up to 500 images and 50 MB
+# per request; a local server's memory is the tighter bound, so fewer and smaller by default.
+DEFAULT_MAX_IMAGES = 8  # image parts per request
+DEFAULT_MAX_IMAGE_BYTES = 20 * 1024**2  # encoded bytes per image (OpenAI's per-image limit)
+DEFAULT_MAX_IMAGE_PIXELS = 6000 * 6000  # width x height, read from the header before decoding
+DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0  # a remote image must arrive whole within this
 WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
 # thinking models: auto/deepseek split the thinking into reasoning_content (mlxd/api/reasoning.py)
 REASONING_FORMATS = ("auto", "deepseek", "none")
@@ -85,6 +91,13 @@ class Config:
     memory_limit: int | None = None  # bytes for model + KV; None: from the device
     weights: str = "auto"  # quantized / dense twin / both, per step
     request_timeout: float | None = None
+    # Images (vision-language models).
+    max_images: int = DEFAULT_MAX_IMAGES
+    max_image_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    allow_image_files: str | None = None  # a directory local image paths must resolve inside
+    allow_image_urls: bool = False  # fetch http(s) image URLs (off: no network is assumed)
+    image_url_timeout: float = DEFAULT_IMAGE_URL_TIMEOUT_S
     # Life cycle and logs.
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S
     log_level: str = "info"
@@ -242,6 +255,49 @@ OPTIONS = (
         "request-timeout",
         optional(number(0.0, above=True)),
         "seconds a request may take in all (default: no limit)",
+        metavar="S",
+    ),
+    Option(
+        "max_images",
+        "max-images-per-request",
+        integer(1),
+        "image parts one request may carry (default %(default)s)",
+        metavar="N",
+    ),
+    Option(
+        "max_image_bytes",
+        "max-image-bytes",
+        size,
+        "largest image accepted, encoded (default 20M)",
+        metavar="BYTES",
+    ),
+    Option(
+        "max_image_pixels",
+        "max-image-pixels",
+        integer(1),
+        "largest image accepted, width x height, checked before decoding (default %(default)s)",
+        metavar="N",
+    ),
+    Option(
+        "allow_image_files",
+        "allow-image-files",
+        text,
+        "accept local image paths (file:// URLs or absolute paths) that resolve inside DIR",
+        metavar="DIR",
+        is_path=True,
+    ),
+    Option(
+        "allow_image_urls",
+        "allow-image-urls",
+        boolean,
+        "fetch http(s) image URLs (within --max-image-bytes and --image-url-timeout)",
+        "bool",
+    ),
+    Option(
+        "image_url_timeout",
+        "image-url-timeout",
+        number(0.0, above=True),
+        "seconds a remote image may take to arrive (default %(default)s)",
         metavar="S",
     ),
     Option(

@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from mlxd import __version__
 from mlxd.api.app import App, Defaults
+from mlxd.api.images import ImageLimits
 from mlxd.api.routes import PUBLIC_PATHS, ROUTES
 from mlxd.engine.loop import Engine, EngineSettings
 from mlxd.models import device, loader, weights
@@ -101,6 +102,14 @@ def _build(config: Config) -> tuple[App, Server]:
             config.max_tokens, config.temperature, config.top_p, config.reasoning_format
         ),
         request_timeout=config.request_timeout,
+        image_limits=ImageLimits(
+            config.max_images,
+            config.max_image_bytes,
+            config.max_image_pixels,
+            config.allow_image_files,
+            config.allow_image_urls,
+            config.image_url_timeout,
+        ),
     )
     settings = ServerSettings(
         max_body_bytes=config.max_body_bytes,
@@ -193,9 +202,10 @@ async def _load(
             progress.cancel()
             await asyncio.gather(progress, return_exceptions=True)
     log.info(
-        "loaded %s (%s, context %d) in %.2fs",
+        "loaded %s (%s%s, context %d) in %.2fs",
         loaded.name,
         loaded.format,
+        f", vision: {loaded.vision.model_type}" if loaded.vision else "",
         loaded.context_length,
         loaded.load_seconds,
     )
@@ -211,6 +221,7 @@ async def _load(
         loaded.tokenizer,
         settings=_engine_settings(config, model),
         on_failure=on_failure,
+        vlm=loaded.vision.model if loaded.vision else None,
     )
     app.loaded, app.engine = loaded, engine
     engine.start()

@@ -120,7 +120,11 @@ def test_nulls_mean_not_given():
         ({"messages": [{"role": "user", "content": 5}]}, "messages[0].content"),
         ({"messages": [{"role": "user"}]}, "messages[0].content"),
         (
-            {"messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {}}]}]},
+            {
+                "messages": [
+                    {"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}
+                ]
+            },
             "messages[0].content[0].type",
         ),
         ({"messages": [{"role": "user", "content": "x", "name": "bob"}]}, "messages[0].name"),
