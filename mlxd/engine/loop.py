@@ -287,7 +287,9 @@ class Engine:
         hit = cached = len(job.prompt) - len(rest)
         if job.vision is not None and vision.needs_prefill(job.prompt, job.vision, cached):
             step = self.settings.prefill_step_size
-            cache = vision.prefill(self.vlm, self.model, job.prompt, job.vision, cache, cached, step)
+            cache = vision.prefill(
+                self.vlm, self.model, job.prompt, job.vision, cache, cached, step
+            )
             cached = len(job.prompt) - 1
         return cache, cached, hit
 
