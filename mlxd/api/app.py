@@ -181,8 +181,9 @@ async def chat_completions(app: App, ex) -> None:
 async def chat_prompt(app: App, req: ChatRequest, plan: ChatPlan):
     """(prompt ids, VisionInput or None): a VLM's prompt goes through its processor with the
     images; a text model's through its template, and an image part is a 400."""
-    refs, vision = image_refs(req.messages), app.loaded.vision
-    tokenizer = app.loaded.tokenizer
+    loaded = app.loaded
+    assert loaded is not None  # require_ready() passed
+    refs, vision, tokenizer = image_refs(req.messages), loaded.vision, loaded.tokenizer
     if vision is None:
         visionchat.refuse_without_vision(refs, app.name)
         prompt = await asyncio.to_thread(render_chat, tokenizer, req.messages, plan.template_tools)
