@@ -9,6 +9,7 @@ import json
 import logging
 import os
 import sys
+from typing import Any
 
 from mlxd import __version__
 from mlxd.service import daemon, logs
@@ -114,7 +115,7 @@ def cli_values(args: argparse.Namespace) -> dict[str, object]:
 def with_cli_defaults(config: Config) -> Config:
     """What the command adds to the library defaults: a PID file per port, and a log file for a
     daemon (which has no terminal to log to)."""
-    changes: dict[str, object] = {}
+    changes: dict[str, Any] = {}
     if config.pid_file is None:
         changes["pid_file"] = daemon.default_pid_file(config.port)
     if config.daemon and config.log_file is None:
@@ -136,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(config.to_json(), indent=2))
         return 0
     if args.stop or args.status:
+        assert config.pid_file is not None  # with_cli_defaults always names one
         if daemon.PORT_PLACEHOLDER in config.pid_file and config.port == 0:
             parser.error(
                 "with --port 0, name the port the server bound (its log and PID file "
@@ -155,6 +157,7 @@ def export_mlx(config: Config, out_dir: str) -> int:
     from mlxd.models.gguf import UnsupportedModelError
     from mlxd.models.gguf import export_mlx as export
 
+    assert config.model is not None  # main() refused a missing MODEL
     try:
         out = export(config.model, out_dir)
     except (UnsupportedModelError, OSError) as exc:
@@ -166,6 +169,7 @@ def export_mlx(config: Config, out_dir: str) -> int:
 
 def serve(config: Config) -> int:
     """Refuse a second server on the same PID file, detach if asked, then load and serve."""
+    assert config.pid_file is not None  # with_cli_defaults always names one
     if daemon.PORT_PLACEHOLDER not in config.pid_file:  # port 0 can never clash
         found = daemon.probe(daemon.pid_path(config.pid_file, config.port))
         if found.running:
@@ -182,6 +186,7 @@ def serve(config: Config) -> int:
     reporter = None
     if config.daemon:
         config = absolute_paths(config)
+        assert config.log_file is not None  # with_cli_defaults names one for a daemon
         reporter = daemon.detach(config.log_file)
     logs.setup(config.log_level, config.log_file, config.log_format)
     if reporter is None:

@@ -90,8 +90,20 @@ class App:
                 headers=(("Retry-After", NOT_READY_RETRY_AFTER_S),),
             )
 
+    @property
+    def model(self) -> LoadedModel:
+        """The loaded model; model routes reach it after ``require_ready()``."""
+        assert self.loaded is not None, "require_ready() first"
+        return self.loaded
+
+    @property
+    def ready_engine(self) -> Engine:
+        """The engine; model routes reach it after ``require_ready()``."""
+        assert self.engine is not None, "require_ready() first"
+        return self.engine
+
     def check_token_ids(self, ids, param: str) -> None:
-        vocab = self.engine.vocab_size
+        vocab = self.ready_engine.vocab_size
         bad = out_of_vocabulary(ids, vocab)
         if bad is not None:
             raise http_error(vocabulary_error(bad, vocab, param))
@@ -100,7 +112,7 @@ class App:
         """One token as text, for logprobs (memoised: the same ids come back all the time)."""
         text = self._token_texts.get(token)
         if text is None:
-            text = self._token_texts[token] = self.loaded.tokenizer.decode([token])
+            text = self._token_texts[token] = self.model.tokenizer.decode([token])
         return text
 
     @functools.cached_property
@@ -110,14 +122,14 @@ class App:
 
     @functools.cached_property
     def traits(self) -> ModelTraits:
-        return ModelTraits.of(self.loaded.tokenizer)
+        return ModelTraits.of(self.model.tokenizer)
 
     async def constrained(self, params: SamplingParams, enforce: Enforce | None) -> SamplingParams:
         """``params`` with a factory of fresh constraint processors (one per choice, made on the
         generation thread), when there is something to enforce."""
         if enforce is None:
             return params
-        tokenizer = self.loaded.tokenizer
+        tokenizer = self.model.tokenizer
         # Built once per tokenizer (about 0.1 s at a 49k vocabulary), then cached.
         vocab = await asyncio.to_thread(TokenVocabulary.for_tokenizer, tokenizer)
         make = functools.partial(
@@ -128,7 +140,7 @@ class App:
     def sampling_params(
         self, s: Sampling, prompt_tokens: int, prompt_param: str, extra_stop: tuple[str, ...] = ()
     ) -> SamplingParams:
-        context = self.loaded.context_length
+        context = self.model.context_length
         if prompt_tokens >= context:
             raise context_error(prompt_tokens, s.max_tokens or 1, context, prompt_param)
         if s.max_tokens is not None and prompt_tokens + s.max_tokens > context:
@@ -158,7 +170,7 @@ class App:
 async def chat_completions(app: App, ex) -> None:
     app.require_ready()
     req = ChatRequest.from_json(ex.request.body)
-    tokenizer = app.loaded.tokenizer
+    tokenizer = app.model.tokenizer
     plan: ChatPlan = plan_chat(req, app.traits, app.defaults.reasoning_format)
     prompt, vision = await chat_prompt(app, req, plan)
     plan = plan.after_render(tokenizer, prompt)
@@ -202,7 +214,7 @@ async def chat_prompt(app: App, req: ChatRequest, plan: ChatPlan):
 async def completions(app: App, ex) -> None:
     app.require_ready()
     req = CompletionRequest.from_json(ex.request.body)
-    tokenizer = app.loaded.tokenizer
+    tokenizer = app.model.tokenizer
     if isinstance(req.prompt, str):
         prompt = await asyncio.to_thread(tokenizer.encode, req.prompt)
     else:

@@ -106,7 +106,7 @@ class Reply:
     def feed(self, text: str) -> list[dict]:
         """The deltas that ``text`` adds: ``{"content"}``, ``{"reasoning_content"}`` or
         ``{"tool_calls"}`` objects, in order."""
-        if self.plain:
+        if self._machine is None:  # plain
             if text:
                 self.content.append(text)
             return [{"content": text}] if text else []
@@ -118,7 +118,7 @@ class Reply:
     def finish(self, reason: str) -> tuple[list[dict], str]:
         """The deltas held back until the end, and the finish reason to report."""
         out: list[dict] = []
-        if not self.plain:
+        if self._machine is not None:  # not plain
             for ev in self._machine.finish():
                 self._apply(ev, out)
             if self._machine.state == TOOL:  # a block the end of generation closed
@@ -164,6 +164,7 @@ class Reply:
         """Parse the block that ``end_marker`` closes (None: the end of generation closes it).
         A marker after text that does not parse is taken as part of the block (a JSON string may
         hold "</tool_call>"); False then, and the block goes on."""
+        assert self._machine is not None and self.spec.tools is not None  # only tools open blocks
         text = "".join(self._block)
         calls = parse_block(self.spec.tools, text, self.spec.tool_defs)
         if calls is None and end_marker is not None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import time
 import uuid
+from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
@@ -31,7 +33,7 @@ class Choice:
 
 
 @dataclass
-class Shape:
+class Shape(ABC):
     model: str
     include_usage: bool = False  # streamed: every chunk says "usage": null, a last one has it
     created: int = field(default_factory=lambda: int(time.time()))
@@ -59,7 +61,7 @@ class Shape:
 
 @dataclass
 class ChatShape(Shape):
-    id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex)
+    id_prefix = "chatcmpl-"
     chunk_type = "chat.completion.chunk"
 
     def _chunk(self, index: int, delta: dict, reason: str | None = None, logprobs=None) -> dict:
@@ -96,7 +98,7 @@ class ChatShape(Shape):
 
 @dataclass
 class TextShape(Shape):
-    id: str = field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex)
+    id_prefix = "cmpl-"
     chunk_type = "text_completion"
 
     def _chunk(self, index: int, text: str, reason: str | None = None, logprobs=None) -> dict:

@@ -102,8 +102,7 @@ def tool_format(tokenizer) -> ToolFormat | None:
             name = _infer_tool_parser(tokenizer)
         except Exception:  # an odd tokenizer without get_vocab: no tool calling, not a crash
             name = None
-    module = PARSERS.get(name)
-    if module is None:
+    if name is None or (module := PARSERS.get(name)) is None:
         return None
     return ToolFormat(name, module.tool_call_start, module.tool_call_end, module.parse_tool_call)
 

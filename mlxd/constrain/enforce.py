@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import mlx.core as mx
 
@@ -59,7 +59,8 @@ class _Triggered:
             return logits
         if self._inner is None:
             k = len(self.enforce.trigger)
-            if n - self._origin < k or tuple(tokens[n - k :].tolist()) != self.enforce.trigger:
+            tail = cast(list[int], tokens[n - k :].tolist())  # 1-D: token ids
+            if n - self._origin < k or tuple(tail) != self.enforce.trigger:
                 return logits
             self._inner = Constraint(
                 self.enforce.grammar,
@@ -70,6 +71,7 @@ class _Triggered:
                 self.max_tokens - (n - self._origin),
             )
             self._inner_processor = self._inner.processor()
+        assert self._inner_processor is not None  # made with self._inner
         masked = self._inner_processor(tokens, logits)
         if self._inner.done and not self._inner.ended and self._inner.error is None:
             # The block is complete (its suffix written): free text again.

@@ -139,7 +139,7 @@ class Grammar:
                 else:
                     todo.append(st[:-1])
         if len(out) > MAX_STACKS:  # keep the cheapest to finish; each alone stays completable
-            out = sorted(out, key=self.cost)[:MAX_STACKS]
+            out = set(sorted(out, key=self.cost)[:MAX_STACKS])
         result = frozenset(out)
         _remember(self._closure, stack, result)
         return result

@@ -29,6 +29,7 @@ import math
 from bisect import bisect_left
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import cast
 
 import mlx.core as mx
 import numpy as np
@@ -321,7 +322,7 @@ class Constraint:
                 self._origin = n - self._tokens
             new = n - self._origin - self._tokens
             if new > 0:
-                for token in tokens[n - new :].tolist():
+                for token in cast(list[int], tokens[n - new :].tolist()):  # 1-D: ids
                     self.advance(token)
             return mx.where(self.mask(logits.shape[-1]), logits, -math.inf)
 

@@ -242,7 +242,7 @@ class Builder:
             return self.add(m)
         # Count items only as far as the bounds need; past min_items (no max) one state loops.
         top = max_items if max_items is not None else max(min_items, 1)
-        after = [None] + [m.state() for _ in range(top)]
+        after = [opened] + [m.state() for _ in range(top)]  # after[k]: k items read
         m.call(opened, item, after[1])
         for k in range(1, top + 1):
             if k >= min_items:

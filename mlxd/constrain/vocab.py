@@ -67,8 +67,8 @@ class TokenVocabulary:
                 "no single-byte token for %r: a constraint may be unable to finish",
                 bytes(sorted(missing)),
             )
-        self._matrix = None
-        self._leaves: dict[tuple[str, int], LeafTable] = {}
+        self._matrix: tuple[np.ndarray, np.ndarray, list[int]] | None = None
+        self._leaves: dict[tuple[str | None, int], LeafTable] = {}
         self.grammar_indexes: OrderedDict = OrderedDict()  # constrain.GrammarIndex, LRU
 
     @classmethod
@@ -111,9 +111,9 @@ class TokenVocabulary:
         ids, matrix, longer = self._tokens_matrix()
         dead = len(machine.final)
         table = np.full((dead + 1, 256), dead, dtype=np.int32)
-        for s, edges in enumerate(machine.edges):
+        for src, edges in enumerate(machine.edges):
             for b, t in edges.items():
-                table[s, b] = t
+                table[src, b] = t
         final = np.array(machine.final + [False])
         state = np.full(len(ids), start, dtype=np.int32)
         alive = np.ones(len(ids), dtype=bool)

@@ -92,7 +92,7 @@ def install(model: nn.Module) -> int:
             module is not None
             and getattr(module, "scaled_dot_product_attention", None) is _ORIGINAL
         ):
-            module.scaled_dot_product_attention = _prefill_aware
+            vars(module)["scaled_dot_product_attention"] = _prefill_aware  # a module attribute
             patched += 1
     return patched
 

@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import cast
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
@@ -94,12 +95,12 @@ class Engine:
         self._seqs: dict[int, Seq] = {}
         self._followers: dict[Job, list[int]] = {}  # n > 1: choices waiting for the prefill
         self._reserved = 0
-        self._gen: BatchGenerator | None = None
+        self._gen: BatchGenerator  # made by _run, before the first job
         self._solo: SoloRun | None = None  # the lone sequence, while nothing else runs
         self._prompt_cache = LRUPromptCache(max_bytes=self.settings.prompt_cache_bytes)
         self._steps = 0
         # Learnt at warm-up.
-        self.vocab_size: int | None = None
+        self.vocab_size = 0  # the model's output width
         self.kv_bytes_per_token: int = 0
         self.warmup_seconds: float | None = None
 
@@ -209,9 +210,10 @@ class Engine:
             return
         dual = self.model
         kept = self.settings.calibration_file and Path(self.settings.calibration_file)
-        dual.routing = RoutingStore.load(kept) if kept else None
-        if dual.routing is not None:
-            log_routing(dual.routing, f"calibration reused from {kept}; delete it to measure again")
+        reused = RoutingStore.load(kept) if kept else None
+        if reused is not None:
+            dual.routing = reused
+            log_routing(reused, f"calibration reused from {kept}; delete it to measure again")
         else:
             dual.routing = calibrate(dual, self.settings.max_batch_size)
             if kept:
@@ -329,9 +331,10 @@ class Engine:
         self._track(SOLO_UID, job, 0, need, cached_tokens=len(cached_tokens))
 
     def _solo_step(self) -> None:
-        seq = self._seqs[SOLO_UID]
+        seq, solo = self._seqs[SOLO_UID], self._solo
+        assert solo is not None  # _step checked
         try:
-            out = self._solo.step()
+            out = solo.step()
         except Exception as exc:
             log.exception("generation step failed")
             seq.job.emit(Failed(GenerationFailed(f"generation failed: {exc}")))
@@ -343,6 +346,7 @@ class Engine:
 
     def _end_solo(self) -> None:
         solo, self._solo = self._solo, None
+        assert solo is not None  # only a running solo ends
         self._keep_cache(self._seqs[SOLO_UID].job, solo.fed, solo.cache)
         self._release(SOLO_UID)
 
@@ -350,6 +354,7 @@ class Engine:
         """Another request arrived: the lone sequence continues inside the batch."""
         self._probe("handoff")
         solo, seq = self._solo, self._seqs[SOLO_UID]
+        assert solo is not None  # _run checked
         last = solo.read_pending()
         if last is not None and self._on_token(seq, last):
             self._end_solo()

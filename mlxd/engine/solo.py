@@ -11,6 +11,7 @@ seeded or constrained request comes out the same whichever way it ran.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import cast
 
 import mlx.core as mx
 from mlx_lm.generate import generation_stream
@@ -86,7 +87,7 @@ class SoloRun:
             return self._out(token, logprobs, fed_next=self.pending is not None)
 
     def _out(self, token: mx.array, logprobs: mx.array, fed_next: bool) -> TokenOut:
-        value = token.item()
+        value = cast(int, token.item())  # a sampled token id (mx's stub: any scalar)
         if fed_next:
             self.fed.append(value)
         self.produced += 1

@@ -8,6 +8,10 @@ could still grow into a stop string, so the stop text itself never reaches the c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the import pulls in transformers; the type is all we need here
+    from mlx_lm.tokenizer_utils import StreamingDetokenizer
 
 
 class StopScanner:
@@ -51,7 +55,7 @@ def partial_tail(buf: str, markers: tuple[str, ...] | list[str]) -> int:
 class TextStream:
     """Detokenizes one sequence incrementally and applies its stop strings."""
 
-    detokenizer: object  # an mlx_lm StreamingDetokenizer, one per sequence
+    detokenizer: StreamingDetokenizer  # one per sequence
     scanner: StopScanner
 
     def push(self, token: int) -> tuple[str, bool]:

@@ -57,9 +57,10 @@ def kv_budget(memory_limit: int | None, prompt_cache_bytes: int) -> int | None:
     return budget
 
 
-def human(n: int | None) -> str:
-    if n is None:
+def human(nbytes: int | None) -> str:
+    if nbytes is None:
         return "unlimited"
+    n = float(nbytes)
     for unit in ("B", "KiB", "MiB", "GiB"):
         if abs(n) < 1024:
             return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlx.core as mx
+from mlx_lm.tokenizer_utils import TokenizerWrapper
 from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load as load_mlx_dir
 
@@ -28,7 +29,7 @@ class ModelLoadError(Exception):
 @dataclass(frozen=True)
 class LoadedModel:
     model: object
-    tokenizer: object  # mlx_lm TokenizerWrapper
+    tokenizer: TokenizerWrapper
     config: dict
     path: Path
     name: str  # the id served in /v1/models

@@ -94,7 +94,7 @@ class DualModel:
         return getattr(self.quantized, name)
 
 
-def prepare(model: nn.Module, policy: str) -> nn.Module:
+def prepare(model: nn.Module, policy: str) -> nn.Module | DualModel:
     """The model object to serve under ``policy`` (calibration happens later, on the thread
     that will generate; see ``calibrate``).
 
@@ -237,7 +237,7 @@ class RoutingStore:
         )
         parts = [
             str(self.VERSION),
-            mx.__version__,
+            mx.__version__,  # type: ignore[attr-defined]  # mlx.core's stub leaves it out
             str(mx.default_device()),
             _device_name(),
             str(os.cpu_count()),

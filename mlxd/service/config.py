@@ -16,6 +16,7 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from mlxd.service.options import (
     ENV_PREFIX,
@@ -374,7 +375,7 @@ def from_file(path: str) -> dict[str, object]:
         if opt is None:
             raise ConfigError(f"{where}: {_unknown(key)}")
         value = _parse(opt, raw, f"{where}: key {key!r}")
-        if opt.is_path and value is not None:
+        if opt.is_path and isinstance(value, str):  # is_path options parse to str or None
             value = str(base / Path(value).expanduser())
         values[opt.field] = value
     return values
@@ -432,7 +433,7 @@ def resolve(
 ) -> Config:
     """defaults < file (``config_path`` or $MLXD_CONFIG) < env < CLI (already parsed values)."""
     path = config_path or environ.get(ENV_CONFIG, "").strip() or None
-    values: dict[str, object] = {}
+    values: dict[str, Any] = {}  # field -> value of that field's type (each option's parser)
     if path:
         values.update(from_file(path))
     values.update(from_env(environ))

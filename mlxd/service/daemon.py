@@ -235,6 +235,7 @@ def stop(path: Path, timeout: float | None) -> int:
         print(f"mlxd: not running; removed stale PID file {path} ({found.why})")
         found.path.unlink(missing_ok=True)
         return EXIT_NOT_RUNNING
+    assert found.pid is not None  # a running probe read its pid
     if timeout is None:
         grace = found.info.get("shutdown_timeout")
         timeout = (grace if isinstance(grace, (int, float)) else 30.0) + STOP_MARGIN_S

@@ -19,6 +19,7 @@ from typing import TextIO
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PROGRESS_INTERVAL_S = 0.1
+HANDLER_NAME = "mlxd"  # marks the handler setup() installed, so a second call replaces it
 
 
 def extras(record: logging.LogRecord) -> dict[str, object]:
@@ -67,7 +68,7 @@ def setup(
     """Point the root logger at stderr (or ``stream``) or at ``log_file``, replacing what an
     earlier call installed. A ``WatchedFileHandler`` reopens the file when logrotate moves it."""
     root = logging.getLogger()
-    for old in [h for h in root.handlers if getattr(h, "mlxd", False)]:
+    for old in [h for h in root.handlers if h.name == HANDLER_NAME]:
         root.removeHandler(old)
         old.close()
     if log_file:
@@ -78,7 +79,7 @@ def setup(
     else:
         handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(FORMATTERS[fmt]())
-    handler.mlxd = True
+    handler.name = HANDLER_NAME
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
     return handler

@@ -96,6 +96,7 @@ async def serve(
 
 
 def _build(config: Config) -> tuple[App, Server]:
+    assert config.model is not None  # the command line refuses to serve without one
     app = App(
         name=config.served_model_name or loader.served_name(config.model),
         defaults=Defaults(
@@ -124,6 +125,7 @@ def _engine_settings(config: Config, model) -> EngineSettings:
     kv_budget = device.kv_budget(config.memory_limit, config.prompt_cache_bytes)
     calibration_file = None
     if isinstance(model, weights.DualModel):
+        assert config.model is not None  # _build checked
         try:
             calibration_file = str(
                 weights.RoutingStore.default().path(config.model, config.max_batch_size)

@@ -158,7 +158,9 @@ def _sniff_chunk_line(buf: bytearray) -> None:
     partial = bytes(buf[: MAX_CHUNK_LINE_BYTES + 2])
     if partial.endswith(b"\r"):  # may be the CR of CRLF
         partial = partial[:-1]
-    digits = _HEX_RE.match(partial).end()
+    hex_digits = _HEX_RE.match(partial)
+    assert hex_digits is not None  # "*": matches the empty string too
+    digits = hex_digits.end()
     if digits < len(partial) and (digits == 0 or partial[digits] != 0x3B):
         raise fail(400, "malformed chunk-size line")
     if len(partial) > MAX_CHUNK_LINE_BYTES:

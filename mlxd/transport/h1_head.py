@@ -83,7 +83,9 @@ def sniff_request_line(sniff: bytes, length: int) -> None:
     are checked in the order of the byte that reveals them, so feeding a line whole or a byte at
     a time raises the same status.
     """
-    method_end = _TCHARS_RE.match(sniff).end()
+    method = _TCHARS_RE.match(sniff)
+    assert method is not None  # "*": matches the empty string too
+    method_end = method.end()
     if method_end < len(sniff) and (method_end == 0 or sniff[method_end] != 0x20):
         if sniff[:1] == b"\x16":
             raise fail(400, "TLS handshake on a plain-HTTP port; use http://, not https://")

@@ -148,6 +148,6 @@ class Metrics:
             "# TYPE mlxd_request_duration_seconds histogram",
         ]
         out += self.duration.lines("mlxd_request_duration_seconds")
-        for name, (help_text, value) in gauges.items():
-            out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_num(value)}"]
+        for name, (help_text, level) in gauges.items():
+            out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_num(level)}"]
         return "\n".join(out) + "\n"

@@ -237,6 +237,7 @@ class Server:
                 raise refusal
             if self.closing:
                 raise HttpError(503, UNAVAILABLE, "the server is shutting down", close=True)
+            assert handler is not None  # route() gives a handler or an error
             await handler(self.app, ex)
         except HttpError as exc:
             if ex.status is None:

@@ -238,8 +238,8 @@ def test_not_ready_answers_503_with_retry_after(tiny_model_dir):
     srv = ServerThread(
         Config(model=str(tiny_model_dir), port=0), model_wrapper=lambda m: SlowModel(m, 1.0)
     ).start(wait_ready=False)
+    conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
     try:
-        conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
         conn.request("GET", "/health")
         resp = conn.getresponse()
         assert resp.status == 503 and resp.getheader("Retry-After")
@@ -250,6 +250,7 @@ def test_not_ready_answers_503_with_retry_after(tiny_model_dir):
         assert resp.getheader("Retry-After")
         assert get_json(srv.url + "/v1/models")[0] == 200
     finally:
+        conn.close()
         srv.close()
 
 
@@ -279,6 +280,7 @@ def test_shutdown_with_streams_in_flight_ends_each_cleanly(tiny_model_dir):
             ),
         )
         raw = conn.getresponse().read().decode()
+        conn.close()
         raws.append(raw)
         outcomes.append("error" if '"error"' in raw else "done")
 

@@ -200,8 +200,9 @@ def test_processor_catches_up_on_several_tokens(tiny):
     process = c.processor()
     ids = tokenizer.encode('{"a": [1, 2]}')
     process(mx.array([1, 2]), mx.zeros((1, vocab.size)))
+    assert not c.done
     process(mx.array([1, 2] + ids), mx.zeros((1, vocab.size)))
-    assert c.done
+    assert c.done and c.error is None
 
 
 def test_refused_token_breaks_the_constraint_to_eos_only(tiny):
@@ -271,7 +272,10 @@ def test_masks_are_cached_per_state(tiny):
     for c in (a, b):
         for token in tokenizer.encode('{"name":"ab'):
             c.advance(token)
-    assert a.mask() is b.mask()
+    mask = a.mask()
+    assert b.mask() is mask  # one GrammarIndex per grammar: the same state, the same array
+    allowed = np.array(mask)
+    assert allowed.dtype == bool and 0 < allowed.sum() < vocab.size
 
 
 # ----- generation with the tiny model -----

@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from mlxd.constrain.grammar import STATE_MASK
+from mlxd.constrain.grammar import INF, STATE_MASK, Grammar
 from mlxd.constrain.json_schema import SchemaError, ValidationError, compile_schema, validate
 
 from samples import PERSON, RICH, TREE
@@ -37,7 +37,10 @@ def _schema(name: str) -> dict:
 
 @pytest.mark.parametrize("name", SCHEMAS)
 def test_supported_schemas_compile(name):
-    assert compile_schema(SCHEMAS[name]) is compile_schema(SCHEMAS[name])  # cached
+    grammar = compile_schema(SCHEMAS[name])
+    assert isinstance(grammar, Grammar)
+    assert 0 < grammar.state_cost(grammar.initial) < INF  # some text completes it; "" does not
+    assert compile_schema(SCHEMAS[name]) is grammar  # cached
 
 
 REFUSED = [
@@ -294,6 +297,7 @@ def test_random_texts_parse_and_validate(name):
 
 def test_frames_fit_their_bits():
     grammar = compile_schema(RICH)
+    assert len(grammar.machines) > 1
     assert all(len(m.final) <= STATE_MASK for m in grammar.machines)
 
 

@@ -253,13 +253,22 @@ def test_stop_reports_a_server_that_will_not_stop(tmp_path, env, spawn):
 
 
 def test_start_status_refuse_second_stop(tiny_model_dir, tmp_path, env, spawn):
-    log = open(tmp_path / "stderr.log", "w")
-    proc = spawn(
-        [sys.executable, "-m", "mlxd", tiny_model_dir, "--port", "0", "--shutdown-timeout", "5"],
-        cwd=ROOT,
-        env=env,
-        stderr=log,
-    )
+    with open(tmp_path / "stderr.log", "w") as log:  # the child keeps its own descriptor
+        proc = spawn(
+            [
+                sys.executable,
+                "-m",
+                "mlxd",
+                tiny_model_dir,
+                "--port",
+                "0",
+                "--shutdown-timeout",
+                "5",
+            ],
+            cwd=ROOT,
+            env=env,
+            stderr=log,
+        )
     path = ready_pid_file(tmp_path, proc)
     info = read_info(path)
     port = info["port"]
@@ -284,7 +293,9 @@ def test_start_status_refuse_second_stop(tiny_model_dir, tmp_path, env, spawn):
     assert "SIGTERM received" in (tmp_path / "stderr.log").read_text()
 
 
-def stream(port: int, max_tokens: int):
+def stream(
+    port: int, max_tokens: int
+) -> tuple[http.client.HTTPConnection, http.client.HTTPResponse]:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
     conn.request(
         "POST",
@@ -305,27 +316,19 @@ def stream(port: int, max_tokens: int):
     resp = conn.getresponse()
     assert resp.status == 200
     assert resp.readline().startswith(b"data: ")  # the generation is under way
-    return resp
+    return conn, resp
 
 
 def start_slow(tiny_model_dir, tmp_path, env, spawn, *args):
     path = tmp_path / "slow.pid"
-    proc = spawn(
-        [
-            sys.executable,
-            "-c",
-            SLOW_SERVER,
-            tiny_model_dir,
-            "--port",
-            "0",
-            "--pid-file",
-            path,
-            *args,
-        ],
-        cwd=ROOT,
-        env=env,
-        stderr=open(tmp_path / "stderr.log", "w"),
-    )
+    with open(tmp_path / "stderr.log", "w") as log:  # the child keeps its own descriptor
+        proc = spawn(
+            [sys.executable, "-c", SLOW_SERVER, tiny_model_dir, "--port", "0", "--pid-file", path]
+            + list(args),
+            cwd=ROOT,
+            env=env,
+            stderr=log,
+        )
     ready_pid_file(tmp_path, proc, path.name)
     return proc, path, read_info(path)["port"]
 
@@ -335,11 +338,12 @@ def test_sigterm_lets_the_request_finish(tiny_model_dir, tmp_path, env, spawn):
     write_pid_file(tmp_path / "slow.pid", sleeper.pid)
     proc, path, port = start_slow(tiny_model_dir, tmp_path, env, spawn, "--shutdown-timeout", "30")
     assert sleeper.poll() is None and read_info(path)["pid"] == proc.pid
-    resp = stream(port, 20)
+    conn, resp = stream(port, 20)
     proc.send_signal(signal.SIGTERM)
     events = [
         json.loads(line[6:]) for line in resp.read().splitlines() if line.startswith(b"data: {")
     ]
+    conn.close()
     assert events[-1]["choices"][0]["finish_reason"] == "length"
     assert proc.wait(30) == 0 and not path.exists()
     log = (tmp_path / "stderr.log").read_text()
@@ -348,12 +352,13 @@ def test_sigterm_lets_the_request_finish(tiny_model_dir, tmp_path, env, spawn):
 
 def test_second_sigint_exits_at_once(tiny_model_dir, tmp_path, env, spawn):
     proc, path, port = start_slow(tiny_model_dir, tmp_path, env, spawn, "--shutdown-timeout", "60")
-    stream(port, 900)  # 45 s of generation: the grace period would wait for it
+    conn, _ = stream(port, 900)  # 45 s of generation: the grace period would wait for it
     proc.send_signal(signal.SIGINT)
     wait_for(lambda: "SIGINT received" in (tmp_path / "stderr.log").read_text(), proc, 10)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
     assert proc.wait(10) == 130 and time.monotonic() - started < 3
+    conn.close()
     assert not path.exists()
     assert "exiting now" in (tmp_path / "stderr.log").read_text()
 

@@ -17,7 +17,7 @@ def restore_root():
     root = logging.getLogger()
     handlers, level = list(root.handlers), root.level
     yield
-    for h in [h for h in root.handlers if getattr(h, "mlxd", False)]:
+    for h in [h for h in root.handlers if h.name == logs.HANDLER_NAME]:
         root.removeHandler(h)
         h.close()
     root.handlers[:] = handlers

@@ -11,6 +11,7 @@ import json
 import re
 from collections import Counter
 from pathlib import Path
+from typing import Any, cast
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -88,7 +89,7 @@ def unpermute_rows(w: mx.array, n_heads: int) -> mx.array:
 
 def read_tensors(path: Path, header: GgufHeader) -> dict[str, mx.array]:
     """Every tensor of the file under its GGUF name, BF16 kept BF16."""
-    tensors = mx.load(str(path))
+    tensors = cast(dict[str, mx.array], mx.load(str(path)))  # a .gguf loads as a dict
     for info in header.tensors.values():
         if info.ggml_type == GGML_BF16:
             tensors[info.name] = _read_bf16(path, info)
@@ -119,8 +120,11 @@ def mlx_weights(tensors: dict[str, mx.array], config: dict) -> dict[str, mx.arra
 def module_quantization(model: nn.Module, weights: dict[str, mx.array]) -> dict[str, dict | bool]:
     """Per quantizable module: its MLX quantization params (read off the packed shapes), or
     False."""
-    params = {}
-    for path, module in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
+    params: dict[str, dict | bool] = {}
+    leaves = cast(
+        list[tuple[str, Any]], tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module)
+    )
+    for path, module in leaves:
         if not hasattr(module, "to_quantized"):
             continue
         if (scales := weights.get(f"{path}.scales")) is None:
