@@ -13,6 +13,8 @@ import logging
 import time
 from dataclasses import dataclass, field
 
+from mlx_lm.utils import get_total_parameters
+
 from mlxd.api import visionchat
 from mlxd.api.chatplan import ChatPlan, ModelTraits, plan_chat
 from mlxd.api.errors import http_error
@@ -66,7 +68,6 @@ class App:
     request_timeout: float | None = None
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     metrics: Metrics = field(default_factory=Metrics)
-    parameter_count: int | None = None  # computed on the first /v1/mlx/status
     started: float = field(default_factory=time.time)
     _token_texts: dict = field(default_factory=dict)
 
@@ -119,6 +120,11 @@ class App:
     def courier(self) -> Courier:
         """Carries engine events to the loop serving this app (made on first use, on it)."""
         return Courier(asyncio.get_running_loop())
+
+    @functools.cached_property
+    def parameter_count(self) -> int:
+        """The model's parameters: a walk over every weight, so counted on first use, then kept."""
+        return int(get_total_parameters(self.model.model))
 
     @functools.cached_property
     def traits(self) -> ModelTraits:

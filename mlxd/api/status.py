@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 
 import mlx.core as mx
-from mlx_lm.utils import get_total_parameters
 
 from mlxd import __version__
 from mlxd.models.device import device_info
@@ -43,8 +42,6 @@ def _model_info(app) -> dict:
     loaded = app.loaded
     if loaded is None:
         return info
-    if app.parameter_count is None:
-        app.parameter_count = int(get_total_parameters(loaded.model))
     config = loaded.config
     return {
         **info,

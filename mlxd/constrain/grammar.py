@@ -180,11 +180,6 @@ class Grammar:
             _remember(self._cost, stack, hit)
         return hit
 
-    @property
-    def min_bytes(self) -> int:
-        """Bytes of the shortest complete text: a max_tokens below it cannot be honoured."""
-        return self.state_cost(self.initial)
-
     def state_cost(self, state: State) -> int:
         return min(map(self.cost, state), default=INF)
 
@@ -197,16 +192,13 @@ class Grammar:
         return any(len(st) == 1 and root.final[st[0] & STATE_MASK] for st in state)
 
     def walk(self, data: bytes, state: State | None = None) -> State:
-        """The state after ``data`` (empty if rejected); for tests and prefix checks."""
+        """The state after ``data`` (empty if rejected)."""
         state = self.initial if state is None else state
         for b in data:
             state = self.step(state, b)
             if not state:
                 break
         return state
-
-    def matches(self, data: bytes) -> bool:
-        return self.accepting(self.walk(data))
 
 
 def _remember(memo: dict, key, value) -> None:

@@ -15,9 +15,9 @@ Termination (``max_tokens``): every state knows the bytes of its shortest comple
 byte has a single-byte token, so a state costing c bytes can always finish within c tokens. When
 the tokens left get close to that, the mask keeps only tokens after which the completion still
 fits (eos stays allowed at a complete state). Output is thus complete within ``max_tokens``
-whenever ``max_tokens >= grammar.min_bytes`` (prefix + shortest value + suffix, in bytes); below
-that the mask keeps the tokens that shorten the completion most, best effort. Without
-``max_tokens`` nothing bounds strings or arrays.
+whenever ``max_tokens >= grammar.state_cost(grammar.initial)`` (prefix + shortest value +
+suffix, in bytes); below that the mask keeps the tokens that shorten the completion most, best
+effort. Without ``max_tokens`` nothing bounds strings or arrays.
 
 The processor assumes each call's context grows by the tokens sampled since the last call, as in
 ``generate_step`` and ``BatchGenerator``; it cannot rewind (no speculative decoding).
@@ -35,33 +35,18 @@ import mlx.core as mx
 import numpy as np
 
 from mlxd.constrain.grammar import FRAME_BITS, STATE_MASK, Grammar, State
-from mlxd.constrain.json_schema import SchemaError, compile_schema
-from mlxd.constrain.jsongrammar import LEAVES
 from mlxd.constrain.vocab import PieceIndex, TokenVocabulary, log
 
 __all__ = [
     "Constraint",
     "GrammarIndex",
     "TokenVocabulary",
-    "SchemaError",
-    "compile_schema",
-    "prepare_vocabulary",
 ]
 
 STATE_CACHE = 256  # masks kept per grammar: ~100 KB each at a 49k vocabulary
 STACK_CACHE = 4096  # per-stack token groups (small: leaf tables are shared, not copied)
 GRAMMARS_PER_VOCAB = 32  # GrammarIndex objects kept per vocabulary
 PROBE_RATIO = 4  # probe allowed bytes with bisect when they are this much fewer
-
-
-def prepare_vocabulary(tokenizer) -> TokenVocabulary:
-    """The tokenizer's vocabulary with every leaf table computed. Call once at model load (about
-    0.3 s for a 49k vocabulary on a 2-core CPU) so that no request pays for it."""
-    vocab = TokenVocabulary.for_tokenizer(tokenizer)
-    for machine in LEAVES.values():
-        for state in range(len(machine.final)):
-            vocab.leaf_table(machine, state)
-    return vocab
 
 
 class _Entry:
@@ -265,18 +250,6 @@ class Constraint:
         self._origin: int | None = None  # context length at the processor's first call
         self.ended = False  # eos taken at a complete state
         self.error: str | None = None  # a token the grammar refused arrived; only eos since
-
-    @classmethod
-    def for_schema(
-        cls,
-        schema: dict | None,
-        vocab: TokenVocabulary,
-        eos_ids,
-        prefix: str = "",
-        suffix: str = "",
-        max_tokens: int | None = None,
-    ) -> Constraint:
-        return cls(compile_schema(schema), vocab, eos_ids, prefix, suffix, max_tokens)
 
     @property
     def done(self) -> bool:

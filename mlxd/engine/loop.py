@@ -102,7 +102,6 @@ class Engine:
         # Learnt at warm-up.
         self.vocab_size = 0  # the model's output width
         self.kv_bytes_per_token: int = 0
-        self.warmup_seconds: float | None = None
 
     # ----- called from the event loop -----
 
@@ -235,7 +234,6 @@ class Engine:
     def _warm_up(self) -> None:
         done = warmup.run(self._gen, self.tokenizer)
         self.vocab_size, self.kv_bytes_per_token = done.vocab_size, done.kv_bytes_per_token
-        self.warmup_seconds = done.seconds
         log.info(
             "warm-up done in %.2fs (KV cache %d bytes/token)", done.seconds, done.kv_bytes_per_token
         )

@@ -21,18 +21,3 @@ def _data_lines(text: str) -> bytes:
 def event(obj: object) -> bytes:
     """One ``data:`` event holding ``obj`` as compact JSON (JSON escapes newlines: one line)."""
     return _data_lines(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
-
-
-def text_event(text: str) -> bytes:
-    """One ``data:`` event with free text, split on line breaks as the spec requires."""
-    return _data_lines(text)
-
-
-def comment(text: str = "") -> bytes:
-    """A comment line: ignored by clients, useful as a keep-alive ping."""
-    return (
-        b"".join(
-            b": " + line.encode("utf-8") + b"\n" for line in text.replace("\r", "\n").split("\n")
-        )
-        + b"\n"
-    )

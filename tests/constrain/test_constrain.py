@@ -11,7 +11,7 @@ import mlx.core as mx
 import numpy as np
 import pytest
 
-from mlxd.constrain.index import Constraint, TokenVocabulary, prepare_vocabulary
+from mlxd.constrain.index import Constraint, TokenVocabulary
 from mlxd.constrain.json_schema import compile_schema, validate
 from mlxd.constrain.vocab import token_pieces
 
@@ -53,7 +53,13 @@ def tiny(tiny_model_dir):
 
 def _shortest(schema) -> int:
     """Bytes of the shortest valid text: max_tokens at least this always finishes."""
-    return compile_schema(schema).min_bytes
+    grammar = compile_schema(schema)
+    return grammar.state_cost(grammar.initial)
+
+
+def constraint_for(schema, vocab, eos_ids, prefix="", suffix="", max_tokens=None) -> Constraint:
+    """A constraint to ``schema`` (None: any JSON object), as ``enforce.processor`` makes one."""
+    return Constraint(compile_schema(schema), vocab, eos_ids, prefix, suffix, max_tokens)
 
 
 def _check(text: str, schema) -> object:
@@ -76,7 +82,7 @@ def _generate(
 ):
     from mlx_lm.generate import generate_step
 
-    constraint = Constraint.for_schema(
+    constraint = constraint_for(
         schema, vocab, tokenizer.eos_token_ids, prefix, suffix, max_tokens=max_tokens
     )
     ids = []
@@ -176,7 +182,7 @@ def test_sentencepiece_pieces():
 def test_processor_follows_the_context_and_ends_with_eos(tiny):
     _, tokenizer, vocab = tiny
     eos = tokenizer.eos_token_ids
-    c = Constraint.for_schema(PERSON, vocab, eos)
+    c = constraint_for(PERSON, vocab, eos)
     process = c.processor()
     prompt = [5, 6, 7]
     text = '{"name":"Al","age":7}'
@@ -196,7 +202,7 @@ def test_processor_follows_the_context_and_ends_with_eos(tiny):
 
 def test_processor_catches_up_on_several_tokens(tiny):
     _, tokenizer, vocab = tiny
-    c = Constraint.for_schema(None, vocab, tokenizer.eos_token_ids)
+    c = constraint_for(None, vocab, tokenizer.eos_token_ids)
     process = c.processor()
     ids = tokenizer.encode('{"a": [1, 2]}')
     process(mx.array([1, 2]), mx.zeros((1, vocab.size)))
@@ -208,11 +214,11 @@ def test_processor_catches_up_on_several_tokens(tiny):
 def test_refused_token_breaks_the_constraint_to_eos_only(tiny):
     _, tokenizer, vocab = tiny
     eos = tokenizer.eos_token_ids
-    c = Constraint.for_schema(PERSON, vocab, eos)
+    c = constraint_for(PERSON, vocab, eos)
     c.advance(tokenizer.encode("x")[0])
     assert c.error and not c.done
     assert set(np.flatnonzero(np.array(c.mask()))) == set(eos)
-    c2 = Constraint.for_schema(PERSON, vocab, eos)
+    c2 = constraint_for(PERSON, vocab, eos)
     c2.advance(next(iter(eos)))  # eos before the value is complete
     assert c2.error
 
@@ -220,7 +226,7 @@ def test_refused_token_breaks_the_constraint_to_eos_only(tiny):
 def test_eos_that_spells_text_waits_for_completion(tiny):
     _, tokenizer, vocab = tiny
     [q] = tokenizer.encode("q")  # an ordinary token standing in as eos
-    c = Constraint.for_schema(PERSON, vocab, {q})
+    c = constraint_for(PERSON, vocab, {q})
     for token in tokenizer.encode('{"name":"'):
         c.advance(token)
     assert not np.array(c.mask())[q]  # "q" would fit in the string, but it ends the sequence
@@ -229,15 +235,9 @@ def test_eos_that_spells_text_waits_for_completion(tiny):
     assert np.array(c.mask())[q]
 
 
-def test_prepare_vocabulary_fills_every_leaf_table(tiny):
-    _, tokenizer, vocab = tiny
-    assert prepare_vocabulary(tokenizer) is vocab
-    assert len(vocab._leaves) == 16 + 38 + 18
-
-
 def test_mask_is_padded_to_the_logits_width(tiny):
     _, tokenizer, vocab = tiny
-    c = Constraint.for_schema(None, vocab, tokenizer.eos_token_ids)
+    c = constraint_for(None, vocab, tokenizer.eos_token_ids)
     out = c.processor()(mx.array([1]), mx.zeros((1, vocab.size + 64)))
     assert out.shape == (1, vocab.size + 64)
     assert not np.isfinite(np.array(out[0, vocab.size :])).any()
@@ -251,7 +251,7 @@ def test_random_tokens_never_dead_end(tiny, name):
     eos = set(tokenizer.eos_token_ids)
     rng = np.random.default_rng(len(name))
     for max_tokens in (_shortest(SCHEMAS[name]) + extra for extra in (0, 16, 40)):
-        c = Constraint.for_schema(SCHEMAS[name], vocab, eos, max_tokens=max_tokens)
+        c = constraint_for(SCHEMAS[name], vocab, eos, max_tokens=max_tokens)
         ids = []
         for _ in range(max_tokens):
             allowed = np.flatnonzero(np.array(c.mask()))
@@ -267,8 +267,8 @@ def test_random_tokens_never_dead_end(tiny, name):
 
 def test_masks_are_cached_per_state(tiny):
     _, tokenizer, vocab = tiny
-    a = Constraint.for_schema(PERSON, vocab, tokenizer.eos_token_ids)
-    b = Constraint.for_schema(PERSON, vocab, tokenizer.eos_token_ids)
+    a = constraint_for(PERSON, vocab, tokenizer.eos_token_ids)
+    b = constraint_for(PERSON, vocab, tokenizer.eos_token_ids)
     for c in (a, b):
         for token in tokenizer.encode('{"name":"ab'):
             c.advance(token)
@@ -337,8 +337,7 @@ def test_batch_generator_mixes_constrained_and_free_sequences(tiny):
     plan = [PERSON, None, "free", TREE, ENUMS, "free", RICH, LIST]
     budget = 200
     constraints = [
-        None if s == "free" else Constraint.for_schema(s, vocab, eos, max_tokens=budget)
-        for s in plan
+        None if s == "free" else constraint_for(s, vocab, eos, max_tokens=budget) for s in plan
     ]
     mx.random.seed(3)
     gen = BatchGenerator(model, stop_tokens=[[e] for e in eos], completion_batch_size=8)
@@ -384,7 +383,7 @@ def test_smollm_extracts_name_and_age(smollm_path):
         [{"role": "user", "content": "Extract the name and age as JSON: John is 31 years old."}],
         add_generation_prompt=True,
     )
-    constraint = Constraint.for_schema(schema, vocab, tokenizer.eos_token_ids, max_tokens=30)
+    constraint = constraint_for(schema, vocab, tokenizer.eos_token_ids, max_tokens=30)
     ids = []
     for token, _ in generate_step(
         mx.array(prompt), model, max_tokens=30, logits_processors=[constraint.processor()]

@@ -5,22 +5,14 @@ def test_event_is_one_data_line_of_compact_json():
     assert sse.event({"a": "x\ny", "b": "é"}) == 'data: {"a":"x\\ny","b":"é"}\n\n'.encode()
 
 
-def test_text_event_splits_lines():
-    assert sse.text_event("one\r\ntwo\rthree\nfour") == (
-        b"data: one\ndata: two\ndata: three\ndata: four\n\n"
-    )
-
-
-def test_comment_and_done():
-    assert sse.comment("ping") == b": ping\n\n"
-    assert sse.comment("a\nb") == b": a\n: b\n\n"
+def test_done():
     assert sse.DONE == b"data: [DONE]\n\n"
 
 
 def test_events_parse_back_like_a_client():
     import json
 
-    stream = sse.event({"n": 1}) + sse.comment("keep-alive") + sse.event({"n": 2}) + sse.DONE
+    stream = sse.event({"n": 1}) + sse.event({"n": 2, "s": "a\nb"}) + sse.DONE
     datas = []
     for block in stream.decode().split("\n\n"):
         lines = [ln[len("data: ") :] for ln in block.split("\n") if ln.startswith("data: ")]
