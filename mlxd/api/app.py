@@ -1,7 +1,7 @@
 """The OpenAI-compatible routes: validated request records in, engine jobs, responses out.
 
 Handlers are ``async def handler(app, ex)``: ``app`` is the long-lived ``App``, ``ex`` the
-``server.Exchange`` of one request (its parsed HTTP request and the means to answer it).
+``exchange.Exchange`` of one request (its parsed HTTP request and the means to answer it).
 """
 
 from __future__ import annotations
@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
-import logging
 import time
 from dataclasses import dataclass, field
 
@@ -40,8 +39,6 @@ from mlxd.service.config import (
 )
 from mlxd.transport.errors import UNAVAILABLE, HttpError, bad_request
 from mlxd.transport.metrics import Metrics
-
-log = logging.getLogger("mlxd.api")
 
 NOT_READY_RETRY_AFTER_S = "5"
 

@@ -25,6 +25,7 @@ The processor assumes each call's context grows by the tokens sampled since the 
 
 from __future__ import annotations
 
+import logging
 import math
 from bisect import bisect_left
 from collections import OrderedDict
@@ -35,13 +36,15 @@ import mlx.core as mx
 import numpy as np
 
 from mlxd.constrain.grammar import FRAME_BITS, STATE_MASK, Grammar, State
-from mlxd.constrain.vocab import PieceIndex, TokenVocabulary, log
+from mlxd.constrain.vocab import PieceIndex, TokenVocabulary
 
 __all__ = [
     "Constraint",
     "GrammarIndex",
     "TokenVocabulary",
 ]
+
+log = logging.getLogger(__name__)
 
 STATE_CACHE = 256  # masks kept per grammar: ~100 KB each at a 49k vocabulary
 STACK_CACHE = 4096  # per-stack token groups (small: leaf tables are shared, not copied)

@@ -25,7 +25,7 @@ import numpy as np
 
 from mlxd.constrain.grammar import Machine
 
-log = logging.getLogger("mlxd.constrain")
+log = logging.getLogger(__name__)
 
 _vocabularies: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 

@@ -15,14 +15,11 @@ and attention sinks keep mlx-lm's path. ``install`` patches the name the model's
 
 from __future__ import annotations
 
-import logging
 import sys
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import base
-
-log = logging.getLogger("mlxd.attention")
 
 MAX_SCORE_BYTES = 1 << 30  # float32 scores of one prefill step, all heads and sequences
 

@@ -11,7 +11,7 @@ import os
 
 import mlx.core as mx
 
-log = logging.getLogger("mlxd.memory")
+log = logging.getLogger(__name__)
 
 DEVICE_SHARE = 0.9  # of the device's memory, when no --memory-limit is given
 ACTIVATION_MARGIN = 0.1  # of what is left after the weights: logits, attention scratch

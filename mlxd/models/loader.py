@@ -17,7 +17,7 @@ from mlx_lm.utils import load as load_mlx_dir
 
 from mlxd.models import gguf, vlm
 
-log = logging.getLogger("mlxd.models")
+log = logging.getLogger(__name__)
 
 DEFAULT_CONTEXT_LENGTH = 4096  # when neither config nor tokenizer names one
 

@@ -26,7 +26,7 @@ from mlx_lm.utils import dequantize_model
 
 from mlxd.models.device import device_info, device_memory
 
-log = logging.getLogger("mlxd.weights")
+log = logging.getLogger(__name__)
 
 DENSE_MARGIN = 0.95  # dense must be at least 5% faster to be chosen (timing noise)
 

@@ -77,7 +77,7 @@ class Config:
     reasoning_format: str = DEFAULT_REASONING_FORMAT  # "none": thinking stays in content
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     served_model_name: str | None = None  # the id in /v1/models; default from MODEL's name
-    # Access control (enforced in server.py / api.py).
+    # Access control (enforced in transport/access.py).
     api_keys: tuple[str, ...] = ()
     api_key_file: str | None = None  # already merged into api_keys
     auth_health: bool = False  # require the key on /health and /metrics too
@@ -87,7 +87,7 @@ class Config:
     max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     queue_timeout: float | None = None
     prefill_step_size: int = DEFAULT_PREFILL_STEP
-    prefill_batch_size: int | None = None  # None: auto (see engine.py)
+    prefill_batch_size: int | None = None  # None: auto (see engine/loop.py)
     prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
     memory_limit: int | None = None  # bytes for model + KV; None: from the device
     weights: str = "auto"  # quantized / dense twin / both, per step

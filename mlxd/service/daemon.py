@@ -21,6 +21,8 @@ from pathlib import Path
 
 from mlxd import __version__
 
+log = logging.getLogger(__name__)
+
 STOP_POLL_S = 0.05
 STOP_MARGIN_S = 10.0  # --stop waits the server's own shutdown timeout plus this
 EXIT_NOT_RUNNING = 3  # LSB's "program is not running", for --status and --stop
@@ -149,7 +151,7 @@ def probe(path: Path) -> Probe:
 
 
 def remove_stale(found: Probe) -> None:
-    logging.getLogger("mlxd").warning("removing stale PID file %s (%s)", found.path, found.why)
+    log.warning("removing stale PID file %s (%s)", found.path, found.why)
     try:
         found.path.unlink()
     except FileNotFoundError:

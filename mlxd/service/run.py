@@ -25,7 +25,7 @@ from mlxd.service import daemon, logs
 from mlxd.service.config import Config
 from mlxd.transport.server import Server, ServerSettings
 
-log = logging.getLogger("mlxd")
+log = logging.getLogger(__name__)
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_ENGINE_FAILED = 70  # sysexits' EX_SOFTWARE: the generation thread died; restart us

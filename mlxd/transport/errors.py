@@ -1,7 +1,8 @@
 """One error type for everything a client can get wrong or we must refuse.
 
 An ``HttpError`` is raised where the problem is found (parser, validator, scheduler) and carries
-its HTTP status and OpenAI error type; ``server.py`` is the one place that turns it into bytes.
+its HTTP status and OpenAI error type; ``to_json`` is its one wire shape, answered by
+``Exchange.send_error`` (exchange.py) or sent as a stream's last event.
 """
 
 from __future__ import annotations

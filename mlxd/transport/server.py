@@ -20,7 +20,7 @@ from mlxd.transport.exchange import NO_REQUEST, ClientGone, Exchange
 from mlxd.transport.metrics import Metrics
 from mlxd.transport.routing import Handler, Routed
 
-log = logging.getLogger("mlxd.server")
+log = logging.getLogger(__name__)
 access_log = logging.getLogger("mlxd.access")
 
 READ_CHUNK_BYTES = 64 * 1024

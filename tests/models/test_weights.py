@@ -122,7 +122,7 @@ def test_a_calibration_is_kept_and_reused(quantized, tiny_model_dir, tmp_path, c
     from mlxd.engine.loop import Engine, EngineSettings
     from mlxd.models.weights import RoutingStore
 
-    caplog.set_level(logging.INFO, logger="mlxd.weights")
+    caplog.set_level(logging.INFO, logger="mlxd.models.weights")
     _model, tokenizer = load(str(tiny_model_dir))
     store = RoutingStore(tmp_path)
     path = store.path(str(tiny_model_dir), 8)
