@@ -66,7 +66,7 @@ def start_job(
     events: asyncio.Queue[Event] = asyncio.Queue()
     job = Job(prompt, params, functools.partial(app.courier.send, events.put_nowait), vision)
     try:
-        app.engine.submit(job)
+        app.ready_engine.submit(job)
     except EngineError as exc:
         raise http_error(exc) from None
     return job, events

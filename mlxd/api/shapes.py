@@ -10,7 +10,6 @@ import time
 import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 
 def usage(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
@@ -40,6 +39,18 @@ class Shape(ABC):
     id: str = ""  # set by each kind: chatcmpl-..., cmpl-...
     chunk_type = ""  # the "object" of a streamed chunk
 
+    @abstractmethod
+    def first_chunk(self, index: int) -> dict | None: ...
+
+    @abstractmethod
+    def delta_chunk(self, index: int, delta: dict, logprobs: dict | None = None) -> dict: ...
+
+    @abstractmethod
+    def final_chunk(self, index: int, reason: str) -> dict: ...
+
+    @abstractmethod
+    def whole(self, choices: list[Choice], use: dict) -> dict: ...
+
     def usage_chunk(self, use: dict) -> dict:
         """The last streamed chunk (stream_options.include_usage): no choices, the usage."""
         return self._envelope(self.chunk_type, [], usage=use)
@@ -61,7 +72,7 @@ class Shape(ABC):
 
 @dataclass
 class ChatShape(Shape):
-    id_prefix = "chatcmpl-"
+    id: str = field(default_factory=lambda: "chatcmpl-" + uuid.uuid4().hex)
     chunk_type = "chat.completion.chunk"
 
     def _chunk(self, index: int, delta: dict, reason: str | None = None, logprobs=None) -> dict:
@@ -98,7 +109,7 @@ class ChatShape(Shape):
 
 @dataclass
 class TextShape(Shape):
-    id_prefix = "cmpl-"
+    id: str = field(default_factory=lambda: "cmpl-" + uuid.uuid4().hex)
     chunk_type = "text_completion"
 
     def _chunk(self, index: int, text: str, reason: str | None = None, logprobs=None) -> dict:

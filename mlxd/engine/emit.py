@@ -3,6 +3,8 @@ log-probabilities when asked for, and the end of the sequence (eos, a stop strin
 
 from __future__ import annotations
 
+from typing import cast
+
 import mlx.core as mx
 
 from mlxd.engine.events import Delta, Finished, TokenLogprob
@@ -40,11 +42,12 @@ def token_logprobs(seq: Seq, r) -> tuple[TokenLogprob, ...]:
     if k is None:
         return ()
     lp = r.logprobs
-    top = []
+    top: list[tuple[int, float]] = []
     if k > 0:
         ids = mx.argpartition(-lp, kth=k - 1)[:k]
         values = lp[ids]
-        order = mx.argsort(-values).tolist()
-        ids, values = ids.tolist(), values.tolist()
-        top = [(ids[i], values[i]) for i in order]
+        # mx's stub types tolist() as any nesting; 1-D arrays give flat lists
+        order = cast(list[int], mx.argsort(-values).tolist())
+        top_ids, top_values = cast(list[int], ids.tolist()), cast(list[float], values.tolist())
+        top = [(top_ids[i], top_values[i]) for i in order]
     return (TokenLogprob(r.token, lp[r.token].item(), tuple(top)),)

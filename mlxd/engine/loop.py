@@ -19,7 +19,6 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
-from typing import cast
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
