@@ -144,12 +144,12 @@ def main(argv: list[str] | None = None) -> int:
                 "name say which) or its --pid-file"
             )
         path = daemon.pid_path(config.pid_file, config.port)
-        return daemon.stop(path, args.timeout) if args.stop else daemon.status(path)
+        return daemon.stop(path, args.timeout) if args.stop else daemon.print_status(path)
     if config.model is None:
         parser.error('MODEL is required (or set "model" in --config, or MLXD_MODEL)')
     if args.export_mlx:
         return export_mlx(config, args.export_mlx)
-    return serve(config)
+    return launch(config)
 
 
 def export_mlx(config: Config, out_dir: str) -> int:
@@ -167,7 +167,7 @@ def export_mlx(config: Config, out_dir: str) -> int:
     return 0
 
 
-def serve(config: Config) -> int:
+def launch(config: Config) -> int:
     """Refuse a second server on the same PID file, detach if asked, then load and serve."""
     assert config.pid_file is not None  # with_cli_defaults always names one
     if daemon.PORT_PLACEHOLDER not in config.pid_file:  # port 0 can never clash

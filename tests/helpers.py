@@ -40,7 +40,7 @@ class ServerThread:
     """An mlxd server on 127.0.0.1:0 in a background thread with its own event loop.
 
     ``model_wrapper`` wraps the loaded model (e.g. ``SlowModel``); ``engine_kwargs`` go to the
-    Engine (e.g. ``probe=`` to inject failures): both through serve()'s engine factory seam."""
+    Engine (e.g. ``probe=`` to inject failures): both through run_async()'s engine factory seam."""
 
     def __init__(self, config, *, model_wrapper=None, engine_kwargs=None) -> None:
         self.config = config
@@ -52,7 +52,7 @@ class ServerThread:
         self._thread = threading.Thread(target=self._main, daemon=True)
 
     def _main(self) -> None:
-        asyncio.run(self._serve())
+        asyncio.run(self._run())
 
     def _engine(self, model, tokenizer, **kw):
         from mlxd.engine.loop import Engine
@@ -61,13 +61,13 @@ class ServerThread:
             model = self.model_wrapper(model)
         return Engine(model, tokenizer, **kw, **self.engine_kwargs)
 
-    async def _serve(self) -> None:
-        from mlxd.service.run import serve
+    async def _run(self) -> None:
+        from mlxd.service.run import run_async
 
         self.loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()
         try:
-            self.code = await serve(
+            self.code = await run_async(
                 self.config,
                 on_listening=self._on_listening,
                 stop=self.stop,

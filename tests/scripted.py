@@ -5,7 +5,7 @@ writes the script's tokens and then the end of sequence.
 Good for one request at a time with the prompt cache off: a forward pass over more than one
 token is a prefill, and the script starts over after it.
 
-Each scripted server wraps its own model through serve()'s engine factory seam
+Each scripted server wraps its own model through run_async()'s engine factory seam
 (``ServerThread(model_wrapper=...)``), so scripted and ordinary servers run side by side.
 """
 

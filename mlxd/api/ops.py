@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from mlxd import __version__
 from mlxd.api.app import NOT_READY_RETRY_AFTER_S, App
-from mlxd.api.status import gauges, queue_state, status_report
+from mlxd.api.reports import gauges, queue_state, status_report
 from mlxd.transport.errors import NOT_FOUND, HttpError
 from mlxd.transport.metrics import CONTENT_TYPE as METRICS_TYPE
 
@@ -45,7 +45,7 @@ async def health(app: App, ex) -> None:
     await ex.send_json(200 if app.ready else 503, body, headers)
 
 
-async def status(app: App, ex) -> None:
+async def mlx_status(app: App, ex) -> None:
     await ex.send_json(200, status_report(app))
 
 
@@ -55,6 +55,3 @@ async def stats(app: App, ex) -> None:
 
 async def metrics(app: App, ex) -> None:
     await ex.send(200, app.metrics.exposition(gauges(app)).encode(), METRICS_TYPE)
-
-
-# (method, path) -> handler. A path ending in "/" is a prefix whose rest is ``ex.path_param``.

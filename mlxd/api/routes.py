@@ -4,14 +4,14 @@
 from __future__ import annotations
 
 from mlxd.api.app import chat_completions, completions
-from mlxd.api.ops import get_model, health, list_models, metrics, stats, status
+from mlxd.api.ops import get_model, health, list_models, metrics, mlx_status, stats
 
 ROUTES = {
     ("POST", "/v1/chat/completions"): chat_completions,
     ("POST", "/v1/completions"): completions,
     ("GET", "/v1/models"): list_models,
     ("GET", "/v1/models/"): get_model,
-    ("GET", "/v1/mlx/status"): status,
+    ("GET", "/v1/mlx/status"): mlx_status,
     ("GET", "/health"): health,
     ("GET", "/stats"): stats,
     ("GET", "/metrics"): metrics,

@@ -112,11 +112,13 @@ class Engine:
         return self._thread.is_alive()
 
     @property
-    def waiting(self) -> int:
+    def waiting_requests(self) -> int:
+        """Jobs queued, not started (one per request)."""
         return self._admission.pending
 
     @property
-    def running(self) -> int:
+    def running_sequences(self) -> int:
+        """Sequences decoding now: a request with ``n`` choices runs ``n``."""
         return len(self._seqs)
 
     def kv_bytes(self, tokens: int) -> int:

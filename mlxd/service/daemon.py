@@ -201,7 +201,7 @@ def _uptime(started: object) -> str:
     return (f"{d}d " if d else "") + (f"{h}h " if d or h else "") + f"{m}m {s % 60}s"
 
 
-def status(path: Path) -> int:
+def print_status(path: Path) -> int:
     """Print whether the mlxd of ``path`` runs, and how: 0 it does, 3 it does not."""
     found = probe(path)
     if not found.running:

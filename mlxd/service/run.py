@@ -38,7 +38,7 @@ LOADER_THREAD = "mlxd-load"
 
 def run(config: Config, *, on_listening=None, on_ready=None) -> int:
     try:
-        code = asyncio.run(serve(config, on_listening=on_listening, on_ready=on_ready))
+        code = asyncio.run(run_async(config, on_listening=on_listening, on_ready=on_ready))
     except KeyboardInterrupt:  # Ctrl-C before the handlers were in place
         code = EXIT_INTERRUPTED
     logs.flush()
@@ -47,7 +47,7 @@ def run(config: Config, *, on_listening=None, on_ready=None) -> int:
     return code
 
 
-async def serve(
+async def run_async(
     config: Config,
     *,
     on_listening=None,
@@ -89,7 +89,7 @@ async def serve(
             on_ready()
 
     try:
-        return await _serve(config, app, server, stop, ready, engine_factory or Engine)
+        return await _lifecycle(config, app, server, stop, ready, engine_factory or Engine)
     finally:
         if pid_file is not None:
             pid_file.remove()
@@ -150,7 +150,7 @@ def _engine_settings(config: Config, model) -> EngineSettings:
     )
 
 
-async def _serve(
+async def _lifecycle(
     config: Config,
     app: App,
     server: Server,

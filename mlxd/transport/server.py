@@ -85,7 +85,7 @@ class Connection:
         if self.in_flight is not None:  # the client left mid-request: stop its work
             self.in_flight.cancel()
 
-    async def serve(self) -> None:
+    async def handle_requests(self) -> None:
         pump = asyncio.create_task(self._pump())
         try:
             while not self.server.closing:
@@ -298,7 +298,7 @@ class Server:
             return
         self.connections.add(conn)
         try:
-            await conn.serve()
+            await conn.handle_requests()
         finally:
             self.connections.discard(conn)
 

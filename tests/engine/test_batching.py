@@ -159,7 +159,7 @@ def test_queue_full_is_429_and_cancel_frees_the_slot_at_once(loaded):
         long.job.cancel()
         assert waiting.result(timeout=30)["finished"][0].reason in ("stop", "length")
         assert time.monotonic() - started < 3  # not after 500 x 20 ms
-        assert eng.running == 0 and eng.waiting == 0
+        assert eng.running_sequences == 0 and eng.waiting_requests == 0
     finally:
         eng.shutdown(5)
 
@@ -196,7 +196,7 @@ def test_memory_budget_refuses_and_queues(loaded):
         a.events.get(timeout=30)  # a is decoding
         b = Run(eng, [3, 4], max_tokens=90, logit_bias={150: 100.0}, logprobs=0)
         time.sleep(0.2)
-        assert eng.running == 1 and eng.waiting == 1  # b waits for a's memory
+        assert eng.running_sequences == 1 and eng.waiting_requests == 1  # b waits for a's memory
         assert a.result()["finished"][0].completion_tokens == 90
         assert b.result()["finished"][0].completion_tokens == 90
     finally:
@@ -241,7 +241,7 @@ def test_lone_stream_handed_to_the_batch_keeps_its_tokens(loaded, params):
             ev = first.events.get(timeout=30)
             assert isinstance(ev, Delta)
             early += [lp.token for lp in ev.logprobs]
-        assert eng.running == 1
+        assert eng.running_sequences == 1
         second = Run(eng, [40, 41, 42], max_tokens=20, logprobs=0)
         res = first.result()
         assert early + [lp.token for lp in res["logprobs"].get(0, [])] == alone

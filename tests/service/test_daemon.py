@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[2]
 SLOW_SERVER = """
 import sys, time
 import mlx.core as mx
-from mlxd.service import run as serve
+from mlxd.service import run
 from mlxd.cli import main
 
 DELAY = 0.05
@@ -43,8 +43,8 @@ class Slow:
     def __getattr__(self, name):
         return getattr(self.model, name)
 
-original = serve.Engine
-serve.Engine = lambda model, tokenizer, **kw: original(Slow(model), tokenizer, **kw)
+original = run.Engine
+run.Engine = lambda model, tokenizer, **kw: original(Slow(model), tokenizer, **kw)
 sys.exit(main(sys.argv[1:]))
 """
 
@@ -405,18 +405,18 @@ def test_daemon_reports_a_busy_port(tiny_model_dir, tmp_path, env):
     assert not (tmp_path / "d.pid").exists()
 
 
-# ----- serve.py, in process -----
+# ----- service/run.py, in process -----
 
 
 def test_unwritable_pid_file_stops_the_start(tiny_model_dir, tmp_path, caplog):
     import asyncio
 
-    from mlxd.service import run as serve
+    from mlxd.service import run
     from mlxd.service.config import Config
 
     (tmp_path / "file").write_text("")
     config = Config(model=str(tiny_model_dir), port=0, pid_file=str(tmp_path / "file" / "x.pid"))
-    assert asyncio.run(serve.serve(config)) == 1
+    assert asyncio.run(run.run_async(config)) == 1
     assert "cannot write the PID file" in caplog.text
 
 
@@ -433,10 +433,10 @@ def test_unwritable_pid_file_stops_the_start(tiny_model_dir, tmp_path, caplog):
     ],
 )
 def test_open_host_without_key_warns(host, keys, warns, caplog):
-    from mlxd.service import run as serve
+    from mlxd.service import run
     from mlxd.service.config import Config
 
-    serve._warn_if_open(Config(model="m", host=host, api_keys=keys))
+    run._warn_if_open(Config(model="m", host=host, api_keys=keys))
     assert ("without an API key" in caplog.text) is warns
 
 

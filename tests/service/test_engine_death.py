@@ -1,5 +1,5 @@
 """The service side of a dead generation thread: the client in flight gets a clean error,
-/health says 503 with the reason, new requests get 503 at once, and serve() ends with
+/health says 503 with the reason, new requests get 503 at once, and run_async() ends with
 EXIT_ENGINE_FAILED after its shutdown grace (so systemd/launchd restart the process)."""
 
 from __future__ import annotations

@@ -130,7 +130,7 @@ def test_status_reports_model_device_memory_queue(secured):
     assert model["kv_bytes_per_token"] > 0
     assert report["device"]["name"]
     assert set(report["memory"]) == {"active_bytes", "peak_bytes", "cache_bytes"}
-    assert report["queue"]["running"] == 0 and report["uptime_seconds"] >= 0
+    assert report["queue"]["running_sequences"] == 0 and report["uptime_seconds"] >= 0
 
 
 def test_stats_and_metrics_count_requests(secured):
@@ -139,7 +139,11 @@ def test_stats_and_metrics_count_requests(secured):
     call(secured, "POST", "/v1/chat/completions", "{bad", AUTH)
     status, _, body = call(secured, "GET", "/stats", headers=AUTH)
     stats = json.loads(body)
-    assert stats["completion_tokens_total"] >= 2 and stats["running"] == 0
+    assert (
+        stats["completion_tokens_total"] >= 2
+        and stats["running_sequences"] == 0
+        and stats["waiting_requests"] == 0
+    )
     assert stats["errors"].get("invalid_request_error", 0) >= 1
     status, headers, body = call(secured, "GET", "/metrics")
     assert headers["content-type"].startswith("text/plain; version=0.0.4")
@@ -159,4 +163,6 @@ def test_stats_and_metrics_count_requests(secured):
     }
     assert ttft["mlxd_time_to_first_token_seconds_count"] >= 2
     assert families["mlxd_ready"].samples[0].value == 1
+    assert families["mlxd_sequences_running"].samples[0].value == 0
+    assert families["mlxd_requests_waiting"].samples[0].value == 0
     assert "mlxd_memory_active_bytes" in families

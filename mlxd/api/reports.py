@@ -27,10 +27,15 @@ def _device() -> dict:
 def queue_state(app) -> dict:
     engine = app.engine
     if engine is None:
-        return {"running": 0, "waiting": 0, "max_batch_size": None, "queue_size": None}
+        return {
+            "running_sequences": 0,
+            "waiting_requests": 0,
+            "max_batch_size": None,
+            "queue_size": None,
+        }
     return {
-        "running": engine.running,
-        "waiting": engine.waiting,
+        "running_sequences": engine.running_sequences,
+        "waiting_requests": engine.waiting_requests,
         "max_batch_size": engine.settings.max_batch_size,
         "queue_size": engine.settings.queue_size,
         "prompt_cache_bytes": engine.prompt_cache_nbytes(),
@@ -73,8 +78,11 @@ def gauges(app) -> dict[str, tuple[str, float]]:
     q, mem = queue_state(app), _memory()
     return {
         "mlxd_ready": ("1 once the model is loaded and warmed up.", 1 if app.ready else 0),
-        "mlxd_requests_running": ("Sequences decoding now.", q["running"]),
-        "mlxd_requests_waiting": ("Requests queued, not started.", q["waiting"]),
+        "mlxd_sequences_running": (
+            "Sequences decoding now (n per request with n choices).",
+            q["running_sequences"],
+        ),
+        "mlxd_requests_waiting": ("Requests queued, not started.", q["waiting_requests"]),
         "mlxd_memory_active_bytes": ("MLX active memory.", mem["active_bytes"]),
         "mlxd_memory_peak_bytes": ("MLX peak memory since start.", mem["peak_bytes"]),
         "mlxd_memory_cache_bytes": ("MLX buffer cache.", mem["cache_bytes"]),
