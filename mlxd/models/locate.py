@@ -115,6 +115,8 @@ def lm_studio_dirs() -> list[Path]:
 
 def locate(model: str) -> Located:
     """The servable thing ``model`` names, or ModelNotFound saying where mlxd looked."""
+    if not model.strip():  # Path("") would be the working directory
+        raise ModelNotFound("no model given")
     path = Path(model).expanduser()
     if path.exists():
         return Located(_servable(path, model), served_name(path), "path")

@@ -76,7 +76,12 @@ def running() -> list[Probe]:
         p = daemon.probe(path)
         if p.running and p.pid not in found:
             found[p.pid] = p
-    return sorted(found.values(), key=lambda p: (str(p.info.get("port", "")), p.pid or 0))
+    return sorted(found.values(), key=_by_port)
+
+
+def _by_port(p: Probe) -> tuple[int, int]:
+    port = p.info.get("port")
+    return (port if isinstance(port, int) else 0, p.pid or 0)
 
 
 def _means(found: Probe, target: Target) -> bool:

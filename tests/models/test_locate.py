@@ -194,3 +194,8 @@ def test_a_snapshot_that_is_not_a_model(tmp_path, monkeypatch):
     (snap / "README.md").write_text("# card only")
     with pytest.raises(ModelNotFound, match="neither an MLX model directory"):
         locate("org/Empty")
+
+
+def test_no_model_is_no_working_directory():
+    with pytest.raises(ModelNotFound, match="no model given"):
+        locate("")
