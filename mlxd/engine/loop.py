@@ -68,7 +68,9 @@ def _no_probe(point: str) -> None:
 
 class Engine:
     """``probe(point)`` runs at each of PROBE_POINTS (a test seam: raise there to inject a
-    failure); ``on_failure(reason)`` runs on the generation thread if it dies after ready."""
+    failure); ``on_failure(reason)`` runs on the generation thread if it dies after ready;
+    ``on_phase(name, done=0, total=0)`` hears of the start-up phases this thread runs
+    (``calibration``, ``warm-up``), from this thread."""
 
     def __init__(
         self,
@@ -78,6 +80,7 @@ class Engine:
         *,
         probe: Callable[[str], None] | None = None,
         on_failure: Callable[[str], None] | None = None,
+        on_phase: Callable[..., None] | None = None,
         vlm=None,
     ) -> None:
         self.model = model
@@ -88,6 +91,7 @@ class Engine:
         self.failure: str | None = None  # why the generation thread ended, if it failed
         self._probe = probe or _no_probe
         self._on_failure = on_failure
+        self._on_phase = on_phase or (lambda name, done=0, total=0: None)
         self._thread = threading.Thread(target=self._run, name="mlxd-generate", daemon=True)
         self._admission = Admission(lambda: self.settings, self.kv_bytes)
         # Generation-thread state.
@@ -164,6 +168,7 @@ class Engine:
             return False
         self._gen = self._new_generator()
         try:
+            self._on_phase("warm-up")
             self._warm_up()
         except Exception as exc:  # a model that cannot generate must not look ready
             log.exception("warm-up failed")
@@ -215,11 +220,15 @@ class Engine:
             dual.routing = reused
             log_routing(reused, f"calibration reused from {kept}; delete it to measure again")
         else:
-            dual.routing = calibrate(dual, self.settings.max_batch_size)
+            self._on_phase("calibration")
+            dual.routing = calibrate(
+                dual,
+                self.settings.max_batch_size,
+                progress=lambda done, total: self._on_phase("calibration", done, total),
+            )
             if kept:
                 RoutingStore.save(kept, dual.routing)
-        uses_dense = dual.routing.prefill_dense or dual.routing.decode_dense_from is not None
-        if self.settings.weights == "auto" and not uses_dense:
+        if self.settings.weights == "auto" and not dual.routing.uses_dense:
             before = mx.get_active_memory()
             self.model = dual.quantized
             del dual

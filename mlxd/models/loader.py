@@ -16,6 +16,9 @@ from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load as load_mlx_dir
 
 from mlxd.models import gguf, vlm
+from mlxd.models.locate import gguf_named, is_gguf, not_a_model, served_name
+
+__all__ = ["LoadedModel", "ModelLoadError", "load", "served_name"]
 
 log = logging.getLogger(__name__)
 
@@ -45,12 +48,6 @@ class LoadedModel:
         return ["text", "vision"] if self.vision is not None else ["text"]
 
 
-def served_name(path: str | Path) -> str:
-    """The model id clients see: the directory name, or the GGUF file name without .gguf."""
-    path = Path(path).expanduser()
-    return path.stem if path.suffix.lower() == ".gguf" else path.resolve().name
-
-
 def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
     path = Path(path).expanduser()
     start = time.perf_counter()
@@ -64,14 +61,17 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
     elif path.is_dir():
         model, tokenizer, config = _load_dir(path)
         fmt = "mlx"
-    elif path.suffix.lower() == ".gguf":
+    elif is_gguf(path):  # by its magic bytes: a GGUF file named `model` is one too
         try:
-            model, tokenizer, config = gguf.load_gguf(path)
+            with gguf_named(path) as named:
+                model, tokenizer, config = gguf.load_gguf(named)
         except gguf.UnsupportedModelError as exc:
-            raise ModelLoadError(f"{path.name}: {exc}") from exc
+            said = str(exc).replace(f"{path.name}.gguf", path.name)  # as the link was named
+            # some messages name the file already: say it once
+            raise ModelLoadError(said if path.name in said else f"{path.name}: {said}") from exc
         fmt = "gguf"
     else:
-        raise ModelLoadError(f"{path}: expected an MLX model directory or a .gguf file")
+        raise ModelLoadError(not_a_model(path))
     if adapter is not None:
         adapter = str(Path(adapter).expanduser())
         _apply_adapter(model, adapter)

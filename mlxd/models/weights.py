@@ -16,6 +16,7 @@ import logging
 import os
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from mlxd.models.device import device_info, device_memory
 log = logging.getLogger(__name__)
 
 DENSE_MARGIN = 0.95  # dense must be at least 5% faster to be chosen (timing noise)
+HEAD_BYTES = 1024 * 1024  # of each weight file, hashed into the calibration key
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,10 @@ class Routing:
     prefill_dense: bool = False
     table: tuple = ()  # (kind, batch, quantized_s, dense_s) rows, for logs
 
+    @property
+    def uses_dense(self) -> bool:
+        return self.prefill_dense or self.decode_dense_from is not None
+
 
 class DualModel:
     """Called like an mlx-lm model; each forward pass goes to the quantized or the dense copy.
@@ -94,14 +100,15 @@ class DualModel:
         return getattr(self.quantized, name)
 
 
-def prepare(model: nn.Module, policy: str) -> nn.Module | DualModel:
+def prepare(model: nn.Module, policy: str, on_copy: Callable[[], None] | None = None) -> nn.Module:
     """The model object to serve under ``policy`` (calibration happens later, on the thread
     that will generate; see ``calibrate``).
 
     ``auto`` builds the twin wherever it fits in half the free memory (GPU, Apple silicon, CPU)
     and lets calibration decide; on this project's x86 CPU calibrating SmolLM2 took 35 s and chose
     quantized decode at batch 1-4 but dense prefill (1.32 vs 1.59 s) and dense decode at batch 8
-    (776 vs 852 ms), so the result is kept on disk (``RoutingStore``) and later starts reuse it."""
+    (776 vs 852 ms), so the result is kept on disk (``RoutingStore``) and later starts reuse it.
+    ``on_copy()`` runs as the dense copy begins (start-up progress)."""
     if policy == "quantized" or not is_quantized(model):
         return model
     if any(
@@ -112,6 +119,8 @@ def prepare(model: nn.Module, policy: str) -> nn.Module | DualModel:
         return model
     if policy == "auto" and not _dense_fits(model):
         return model
+    if on_copy is not None:
+        on_copy()
     start = time.perf_counter()
     twin = dense_twin(model)
     log.info("built a dense copy of the quantized weights in %.1fs", time.perf_counter() - start)
@@ -167,21 +176,32 @@ def _prefill_time(model: nn.Module, plan: Plan) -> float:
     return _time(lambda: mx.eval(model(chunk, cache=make_prompt_cache(model))), plan.reps)
 
 
-def calibrate(dual: DualModel, max_batch: int, plan: Plan | None = None) -> Routing:
+def calibrate(
+    dual: DualModel,
+    max_batch: int,
+    plan: Plan | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Routing:
     """Time both copies; route decode from the first batch size where dense is clearly and
-    stays faster, and prefill to whichever copy is faster."""
+    stays faster, and prefill to whichever copy is faster. ``progress(done, total)`` after each
+    shape timed (start-up progress)."""
     plan = plan or (GPU_PLAN if mx.default_device() == mx.gpu else CPU_PLAN)
     start = time.perf_counter()
+    batches = [b for b in plan.batches if b <= max(max_batch, 1)]
+    tick = progress or (lambda done, total: None)
+    tick(0, 1 + len(batches))
     rows = []
     pq, pd = _prefill_time(dual.quantized, plan), _prefill_time(dual.dense, plan)
     rows.append(("prefill", 1, pq, pd))
+    tick(1, 1 + len(batches))
     dense_from = None
-    for batch in [b for b in plan.batches if b <= max(max_batch, 1)]:
+    for batch in batches:
         q, d = (
             _decode_step_time(dual.quantized, batch, plan),
             _decode_step_time(dual.dense, batch, plan),
         )
         rows.append(("decode", batch, q, d))
+        tick(len(rows), 1 + len(batches))
         if d < q * DENSE_MARGIN:
             dense_from = batch if dense_from is None else dense_from
         else:
@@ -212,11 +232,13 @@ def log_routing(routing: Routing, how: str) -> None:
 
 
 class RoutingStore:
-    """Calibrations kept on disk, one JSON file per (model files, MLX, device, batch limit), so
-    only the first start of a model on a machine pays for timing both copies. Delete the file
-    (its path is logged) to measure again."""
+    """Calibrations kept on disk, one JSON file per (model content, MLX, device, batch limit), so
+    only the first start of a model on a machine pays for timing both copies. Keyed by what the
+    weight files hold (sizes and a digest of each one's first MiB, where safetensors and GGUF keep
+    their headers), not where they are: a copied model, another mlxd build (frozen or a venv) and
+    a moved folder reuse it. Delete the file (its path is logged) to measure again."""
 
-    VERSION = 1
+    VERSION = 2  # 2: keyed by content (1 was keyed by path and mtime)
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
@@ -232,7 +254,7 @@ class RoutingStore:
             [where]
             if where.is_file()
             else sorted(
-                f for f in where.iterdir() if f.suffix in (".safetensors", ".gguf", ".json")
+                f for f in where.iterdir() if f.suffix == ".safetensors" or f.name == "config.json"
             )
         )
         parts = [
@@ -242,11 +264,10 @@ class RoutingStore:
             _device_name(),
             str(os.cpu_count()),
             str(max_batch),
-            str(where),
         ]
-        parts += [f"{f.name}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+        parts += [f"{f.stat().st_size}:{_head_digest(f)}" for f in files]
         key = hashlib.sha256("\n".join(parts).encode()).hexdigest()[:24]
-        return self.directory / f"{where.name}-{key}.json"
+        return self.directory / f"{key}.json"
 
     @staticmethod
     def load(path: Path) -> Routing | None:
@@ -280,6 +301,13 @@ class RoutingStore:
             os.replace(tmp, path)
         except OSError as exc:  # a read-only home is no reason not to serve
             log.warning("could not keep the calibration in %s: %s", path, exc)
+
+
+def _head_digest(path: Path) -> str:
+    """sha256 of a file's first HEAD_BYTES: its header (tensor names, shapes, dtypes, offsets;
+    GGUF metadata) and the start of its data; with the size, what tells two models apart."""
+    with open(path, "rb") as f:
+        return hashlib.sha256(f.read(HEAD_BYTES)).hexdigest()
 
 
 def _device_name() -> str:

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlxd.models.locate import HUB_ID
 from mlxd.service.options import (
     ENV_PREFIX,
     Option,
@@ -116,7 +117,14 @@ class Config:
 
 
 OPTIONS = (
-    Option("model", "model", text, "model directory or .gguf file", is_path=True),
+    Option(
+        "model",
+        "model",
+        text,
+        "MLX model directory, GGUF file, or a hub id (ORG/NAME) in the local Hugging Face "
+        "cache or LM Studio's models",
+        is_path=True,
+    ),
     Option(
         "adapter",
         "adapter",
@@ -370,15 +378,32 @@ def from_file(path: str) -> dict[str, object]:
         raise ConfigError(f"{where}: expected a JSON object of settings")
     base = Path(path).expanduser().resolve().parent
     values: dict[str, object] = {}
+    problems: list[str] = []  # every bad key at once, not one per attempt
     for key, raw in data.items():
         opt = option_for(key)
         if opt is None:
-            raise ConfigError(f"{where}: {_unknown(key)}")
-        value = _parse(opt, raw, f"{where}: key {key!r}")
-        if opt.is_path and isinstance(value, str):  # is_path options parse to str or None
-            value = str(base / Path(value).expanduser())
+            problems.append(f"{where}: {_unknown(key)}")
+            continue
+        try:
+            value = _parse(opt, raw, f"{where}: key {key!r}")
+        except ConfigError as exc:
+            problems.append(str(exc))
+            continue
+        if opt.is_path and value is not None:
+            value = _relative_to(base, str(value), hub_id_ok=opt.field == "model")
         values[opt.field] = value
+    if problems:
+        raise ConfigError("\n".join(problems))
     return values
+
+
+def _relative_to(base: Path, value: str, *, hub_id_ok: bool) -> str:
+    """A path in a config file is relative to the file; a model that is not there but reads as a
+    hub id (``ORG/NAME``) stays an id, for mlxd.models.locate to find in the model caches."""
+    path = base / Path(value).expanduser()
+    if hub_id_ok and not path.exists() and HUB_ID.match(value):
+        return value
+    return str(path)
 
 
 def from_env(environ: Mapping[str, str]) -> dict[str, object]:
@@ -428,10 +453,10 @@ def read_key_file(path: str) -> tuple[str, ...]:
     return keys
 
 
-def resolve(
+def layers(
     cli: Mapping[str, object], environ: Mapping[str, str], config_path: str | None = None
-) -> Config:
-    """defaults < file (``config_path`` or $MLXD_CONFIG) < env < CLI (already parsed values)."""
+) -> dict[str, object]:
+    """The settings some layer gives (file, env, CLI; defaults left out), by Config field."""
     path = config_path or environ.get(ENV_CONFIG, "").strip() or None
     values: dict[str, Any] = {}  # field -> value of that field's type (each option's parser)
     if path:
@@ -441,7 +466,14 @@ def resolve(
     if values.get("api_key_file"):
         keys = tuple(values.get("api_keys", ())) + read_key_file(str(values["api_key_file"]))
         values["api_keys"] = tuple(dict.fromkeys(keys))  # merged, first order kept
-    return Config(**values)
+    return values
+
+
+def resolve(
+    cli: Mapping[str, object], environ: Mapping[str, str], config_path: str | None = None
+) -> Config:
+    """defaults < file (``config_path`` or $MLXD_CONFIG) < env < CLI (already parsed values)."""
+    return Config(**layers(cli, environ, config_path))
 
 
 def absolute_paths(config: Config) -> Config:

@@ -1,4 +1,5 @@
-"""PID files, is-it-still-mlxd checks, ``--stop``/``--status``, and detaching (``--daemon``).
+"""PID files (and their copies in the per-user registry), is-it-still-mlxd checks, and detaching
+(``--daemon``). ``--status`` and ``--stop`` read them in control.py.
 
 A PID file holds the pid alone on its first line (so ``kill $(head -n1 FILE)`` and other tools
 work) and a JSON object on its second: host, port, url, model, start time, state, version.
@@ -11,10 +12,8 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from itertools import pairwise
 from pathlib import Path
@@ -23,9 +22,7 @@ from mlxd import __version__
 
 log = logging.getLogger(__name__)
 
-STOP_POLL_S = 0.05
-STOP_MARGIN_S = 10.0  # --stop waits the server's own shutdown timeout plus this
-EXIT_NOT_RUNNING = 3  # LSB's "program is not running", for --status and --stop
+EXIT_NOT_RUNNING = 3  # LSB's "program is not running", for --status and --stop (control.py)
 PORT_PLACEHOLDER = "{port}"
 
 
@@ -36,6 +33,14 @@ def runtime_dir() -> Path:
     if sys.platform != "darwin" and xdg and os.path.isdir(xdg):
         return Path(xdg)
     return Path.home() / ".mlxd"
+
+
+def registry_dir() -> Path:
+    """Where every running mlxd of this user leaves a copy of its PID file, wherever its own PID
+    file is (--pid-file, MLXD_PID_FILE, a service's), so ``mlxd --status`` can list them all:
+    $XDG_RUNTIME_DIR/mlxd, else ~/.mlxd/run."""
+    base = runtime_dir()
+    return base / "run" if base == Path.home() / ".mlxd" else base / "mlxd"
 
 
 def default_pid_file(port: int) -> str:
@@ -104,7 +109,7 @@ def looks_like_mlxd(argv: list[str]) -> bool:
     return any(a == "-m" and b in ("mlxd", "mlxd.__main__") for a, b in pairwise(argv))
 
 
-def _is_mlxd(pid: int) -> bool:
+def is_mlxd(pid: int) -> bool:
     argv = process_argv(pid)
     return argv is not None and looks_like_mlxd(argv)
 
@@ -163,102 +168,62 @@ def remove_stale(found: Probe) -> None:
 
 class PidFile:
     """The PID file of this process: written atomically, rewritten on state changes, removed
-    at exit unless another process has taken it over."""
+    at exit unless another process has taken it over. With a ``registry`` (``registry_dir()``),
+    a copy named after the pid goes there too, naming the PID file in ``pid_file``."""
 
-    def __init__(self, path: Path, info: dict) -> None:
+    def __init__(self, path: Path, info: dict, registry: Path | None = None) -> None:
         self.path = path
-        self.info = {"pid": os.getpid(), "version": __version__, **info}
+        self.info = {"pid": os.getpid(), "version": __version__, **info, "pid_file": str(path)}
+        self.entry = registry / f"{os.getpid()}.pid" if registry is not None else None
 
     def write(self, **changes) -> None:
         self.info.update(changes)
-        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        tmp = self.path.with_name(f".{self.path.name}.{os.getpid()}.tmp")
-        data = f"{os.getpid()}\n{json.dumps(self.info)}\n".encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.path)  # readers see the old file or the new one, never half
+        _write_atomically(self.path, self.info)
+        if self.entry is not None:
+            try:
+                _write_atomically(self.entry, self.info)
+            except OSError as exc:  # the PID file is what matters; the copy helps --status
+                log.warning("cannot register in %s: %s", self.entry, exc)
 
     def remove(self) -> None:
-        try:
-            first = self.path.read_text(encoding="utf-8").split("\n", 1)[0].strip()
-            if first == str(os.getpid()):
-                self.path.unlink()
-        except OSError:
-            pass
+        for path in (self.path, self.entry):
+            try:
+                if path is not None and _first_line(path) == str(os.getpid()):
+                    path.unlink()
+            except OSError:
+                pass
 
 
-# ----- --status and --stop -----
-
-
-def _uptime(started: object) -> str:
-    if not isinstance(started, (int, float)):
-        return "?"
-    s = int(max(0, time.time() - started))
-    d, h, m = s // 86400, s // 3600 % 24, s // 60 % 60
-    return (f"{d}d " if d else "") + (f"{h}h " if d or h else "") + f"{m}m {s % 60}s"
-
-
-def print_status(path: Path) -> int:
-    """Print whether the mlxd of ``path`` runs, and how: 0 it does, 3 it does not."""
-    found = probe(path)
-    if not found.running:
-        detail = (
-            f"stale PID file {path}: {found.why}"
-            if found.state == "stale"
-            else f"no PID file {path}"
-        )
-        print(f"mlxd is not running ({detail})")
-        return EXIT_NOT_RUNNING
-    info = found.info
-    print(f"mlxd is running: pid {found.pid}")
-    rows = (
-        ("address", info.get("url", "?")),
-        ("model", info.get("model", "?")),
-        ("state", info.get("state", "?")),
-        ("uptime", _uptime(info.get("started"))),
-        ("version", info.get("version", "?")),
-        ("pid file", path),
-    )
-    for label, value in rows:
-        print(f"  {label + ':':9} {value}")
-    return 0
-
-
-def stop(path: Path, timeout: float | None) -> int:
-    """SIGTERM the recorded mlxd and wait for it: 0 stopped, 3 nothing ran, 1 it would not stop."""
-    found = probe(path)
-    if found.state == "absent":
-        print(f"mlxd: not running (no PID file {path})")
-        return EXIT_NOT_RUNNING
-    if found.state == "stale":
-        print(f"mlxd: not running; removed stale PID file {path} ({found.why})")
-        found.path.unlink(missing_ok=True)
-        return EXIT_NOT_RUNNING
-    assert found.pid is not None  # a running probe read its pid
-    if timeout is None:
-        grace = found.info.get("shutdown_timeout")
-        timeout = (grace if isinstance(grace, (int, float)) else 30.0) + STOP_MARGIN_S
+def _write_atomically(path: Path, info: dict) -> None:
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    data = f"{os.getpid()}\n{json.dumps(info)}\n".encode()
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644)
     try:
-        os.kill(found.pid, signal.SIGTERM)
-    except PermissionError:
-        print(f"mlxd: cannot signal pid {found.pid}: permission denied", file=sys.stderr)
-        return 1
-    except ProcessLookupError:
-        pass
-    start = time.monotonic()
-    while _is_mlxd(found.pid):
-        if time.monotonic() - start > timeout:
-            print(f"mlxd: pid {found.pid} did not stop within {timeout:g}s", file=sys.stderr)
-            return 1
-        time.sleep(STOP_POLL_S)
-    print(
-        f"mlxd: stopped pid {found.pid} ({found.info.get('url', path)}) in "
-        f"{time.monotonic() - start:.1f}s"
-    )
-    return 0
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)  # readers see the old file or the new one, never half
+
+
+def _first_line(path: Path) -> str:
+    return path.read_text(encoding="utf-8").split("\n", 1)[0].strip()
+
+
+def registered() -> list[Probe]:
+    """Every running mlxd of this user, from the registry: the probe of its own PID file where
+    that still names it, else of its registry copy. Entries of dead processes are removed."""
+    found = []
+    for entry in sorted(registry_dir().glob("*.pid")):
+        copy = probe(entry)
+        if not copy.running:
+            if copy.state == "stale":
+                entry.unlink(missing_ok=True)
+            continue
+        own = Path(str(copy.info.get("pid_file") or entry))
+        primary = probe(own) if own != entry else copy
+        found.append(primary if primary.running and primary.pid == copy.pid else copy)
+    return found
 
 
 # ----- --daemon -----

@@ -1,17 +1,17 @@
 """Logging setup: a level, a destination (stderr, or a file that survives logrotate) and a format
 (text, or one JSON object per line). Fields passed as ``extra={...}`` (e.g. the access log's
-``request_id``) are kept in both formats. Stdlib only."""
+``request_id``) are kept in both formats. On a terminal, a status line (start-up progress) can
+stay below the log lines. Stdlib only."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import itertools
 import json
 import logging
 import logging.handlers
 import sys
-import time
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import TextIO
 
@@ -20,6 +20,8 @@ _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskN
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 PROGRESS_INTERVAL_S = 0.1
 HANDLER_NAME = "mlxd"  # marks the handler setup() installed, so a second call replaces it
+BAR_WIDTH = 20  # characters of a progress bar
+ERASE_LINE = "\r\x1b[K"  # carriage return, erase to the end of the line (ECMA-48 EL)
 
 
 def extras(record: logging.LogRecord) -> dict[str, object]:
@@ -77,7 +79,7 @@ def setup(
             Path(log_file).expanduser(), encoding="utf-8"
         )
     else:
-        handler = logging.StreamHandler(stream or sys.stderr)
+        handler = TerminalHandler(stream or sys.stderr)
     handler.setFormatter(FORMATTERS[fmt]())
     handler.name = HANDLER_NAME
     root.addHandler(handler)
@@ -90,14 +92,75 @@ def flush() -> None:
         handler.flush()
 
 
-async def show_progress(label: str, stream: TextIO) -> None:
-    """Until cancelled: a spinner and the seconds elapsed on one terminal line, then erase it."""
-    start = time.monotonic()
-    try:
-        for frame in itertools.cycle("|/-\\"):
-            stream.write(f"\r{frame} {label} {time.monotonic() - start:.1f}s")
-            stream.flush()
-            await asyncio.sleep(PROGRESS_INTERVAL_S)
-    finally:
-        stream.write("\r\x1b[K")  # carriage return, erase to end of line
-        stream.flush()
+# ----- a live status line on a terminal, with log lines printed above it -----
+
+
+class StatusLine:
+    """One line at the foot of a terminal (a spinner or a bar, and the time so far). Log records
+    from the same handler are printed above it: the line is erased, the record written, and the
+    line drawn again, under one lock, so neither garbles the other."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.text = ""
+        self.lock = threading.RLock()
+
+    def show(self, text: str) -> None:
+        with self.lock:
+            self.text = text
+            self.stream.write(ERASE_LINE + text)
+            self.stream.flush()
+
+    def clear(self) -> None:
+        with self.lock:
+            self.text = ""
+            self.stream.write(ERASE_LINE)
+            self.stream.flush()
+
+    def above(self, write: Callable[[], None]) -> None:
+        with self.lock:
+            if self.text:
+                self.stream.write(ERASE_LINE)
+            write()
+            if self.text:
+                self.stream.write(self.text)
+                self.stream.flush()
+
+
+class TerminalHandler(logging.StreamHandler):
+    """A StreamHandler that keeps a StatusLine (while one is shown) below its records."""
+
+    status: StatusLine | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        status = self.status
+        if status is None:
+            super().emit(record)
+        else:
+            status.above(lambda: super(TerminalHandler, self).emit(record))
+
+
+def status_line() -> StatusLine | None:
+    """A StatusLine under mlxd's log handler when that writes to a terminal; else None (a file,
+    journald, a pipe get the log lines only)."""
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, TerminalHandler) and getattr(handler, "mlxd", False):
+            isatty = getattr(handler.stream, "isatty", None)
+            if isatty is not None and isatty():
+                handler.status = StatusLine(handler.stream)
+                return handler.status
+    return None
+
+
+def release(status: StatusLine) -> None:
+    """Erase the status line and stop keeping it below the log records."""
+    status.clear()
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, TerminalHandler) and handler.status is status:
+            handler.status = None
+
+
+def bar(done: int, total: int, width: int = BAR_WIDTH) -> str:
+    """``[######--------------] 3/10``"""
+    filled = width * min(done, total) // max(total, 1)
+    return f"[{'#' * filled}{'-' * (width - filled)}] {done}/{total}"

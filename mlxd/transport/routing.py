@@ -1,7 +1,8 @@
 """The route table lookup: (method, path) -> handler, path parameter, route label, or 404/405.
 
 The table is a dict like mlxd.api.routes.ROUTES: ``(method, path) -> handler``. A path ending in
-"/" is a prefix; the rest of a request path under it is the path parameter (``ex.path_param``).
+"/" is a prefix (except "/" itself); the rest of a request path under it is the path parameter
+(``ex.path_param``).
 """
 
 from __future__ import annotations
@@ -25,7 +26,13 @@ class Routed(NamedTuple):
 
 
 def _under_prefix(pattern: str, path: str) -> bool:
-    return pattern.endswith("/") and path.startswith(pattern) and len(path) > len(pattern)
+    # "/" alone is the root page, not a prefix of every path.
+    return (
+        pattern != "/"
+        and pattern.endswith("/")
+        and path.startswith(pattern)
+        and len(path) > len(pattern)
+    )
 
 
 def handlers_for(routes: Routes, path: str) -> tuple[dict[str, Handler], str, str]:

@@ -188,12 +188,14 @@ class Server:
         settings: ServerSettings | None = None,
         *,
         public_paths: frozenset[str] = frozenset(),
+        quiet_paths: frozenset[str] = frozenset(),
         metrics: Metrics | None = None,
     ) -> None:
         self.app = app
         self.routes = routes
         self.settings = settings or ServerSettings()
         self.public_paths = public_paths  # answered without an API key (unless auth_health)
+        self.quiet_paths = quiet_paths  # access-logged at DEBUG (probes, scrapes)
         self.metrics = metrics or Metrics()
         self.closing = False
         self.connections: set[Connection] = set()
@@ -329,7 +331,8 @@ class Server:
         self.metrics.observe_request(head.method, ex.route, ex.status or 0, seconds, error)
         # The request id travels as a record attribute: mlxd/service/logs.py prints it in both
         # formats.
-        access_log.info(
+        access_log.log(
+            logging.DEBUG if head.path in self.quiet_paths else logging.INFO,
             '%s "%s %s" %s %.3fs prompt=%d completion=%d%s',
             conn.peer,
             head.method,

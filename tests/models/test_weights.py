@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 
 import mlx.core as mx
 import pytest
@@ -145,3 +146,24 @@ def test_a_calibration_is_kept_and_reused(quantized, tiny_model_dir, tmp_path, c
     assert "calibration reused from" in caplog.text
     path.write_text("{not json")
     assert RoutingStore.load(path) is None  # a damaged file is measured again
+
+
+def test_the_calibration_key_is_the_content_not_the_place(tiny_model_dir, tmp_path):
+    """A copied model, a touched file, another folder name: the same key; other bytes, another
+    batch limit: another key."""
+    import os
+    import shutil
+
+    from mlxd.models.weights import RoutingStore
+
+    store = RoutingStore(tmp_path / "store")
+    key = store.path(str(tiny_model_dir), 8)
+    copy = Path(shutil.copytree(tiny_model_dir, tmp_path / "elsewhere" / "renamed"))
+    os.utime(copy / "model.safetensors", (0, 0))
+    assert store.path(str(copy), 8) == key != store.path(str(copy), 4)
+    (copy / "config.json").write_text((copy / "config.json").read_text() + " ")
+    assert store.path(str(copy), 8) != key
+    gguf = tmp_path / "a.gguf"
+    gguf.write_bytes(b"GGUF" + bytes(100))
+    shutil.copy(gguf, tmp_path / "model")
+    assert store.path(str(gguf), 8) == store.path(str(tmp_path / "model"), 8)

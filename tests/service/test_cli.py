@@ -196,3 +196,58 @@ def test_leave_exits_hard_only_on_cuda(monkeypatch):
     fake.cuda.is_available = lambda: True
     cli._leave(4)
     assert exits == [4]
+
+
+# ----- habits from other tools, and mistakes said in one line -----
+
+
+def test_model_flag_is_the_positional(capsys):
+    assert effective(capsys, "--model", "m")["model"] == "m"
+    assert effective(capsys, "m", "--model", "m")["model"] == "m"
+
+
+def test_model_given_twice_differently(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["a", "--model", "b"])
+    assert exc.value.code == 2
+    assert "MODEL given twice: a and --model b" in capsys.readouterr().err
+
+
+def test_a_bad_flag_is_one_line_and_a_hint(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["m", "--port", "99999"])
+    assert exc.value.code == 2
+    assert capsys.readouterr().err.splitlines() == [
+        "mlxd: error: argument --port: 99999 is out of range (0-65535)",
+        "Try 'mlxd --help'.",
+    ]
+
+
+def test_config_file_reports_every_unknown_key(capsys, tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"prot": 1, "modle": "m", "port": 2}')
+    assert cli.main(["--config", str(path), "--print-config"]) == cli.EXIT_USAGE
+    assert capsys.readouterr().err.splitlines() == [
+        f"mlxd: config file {path}: key 'prot' is unknown (did you mean 'port'?)",
+        f"mlxd: config file {path}: key 'modle' is unknown (did you mean 'model'?)",
+    ]
+
+
+def test_model_not_found_before_listening(capsys, tmp_path):
+    assert cli.main([str(tmp_path / "nope"), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"mlxd: model not found: {tmp_path / 'nope'} (no such file or directory)\n"
+
+
+def test_hub_id_not_found_says_where_it_looked(capsys, tmp_path):
+    assert cli.main(["mlx-community/SmolLM2-135M-Instruct-4bit", "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("mlxd: model not found: mlx-community/SmolLM2-135M-Instruct-4bit\n")
+    assert "Hugging Face cache" in err and "LM Studio" in err and "listening" not in err
+
+
+def test_a_text_file_named_gguf_is_said_once(capsys, tmp_path):
+    (tmp_path / "x.gguf").write_text("hello world\n")
+    assert cli.main([str(tmp_path / "x.gguf"), "--port", "0"]) == 1
+    err = capsys.readouterr().err
+    assert err == f"mlxd: {tmp_path / 'x.gguf'}: not a GGUF file (it starts with 'hello wo')\n"

@@ -131,11 +131,34 @@ def test_file_missing(tmp_path):
 
 
 def test_file_paths_are_relative_to_the_file(tmp_path):
-    (tmp_path / "etc").mkdir()
-    path = write(tmp_path / "etc", {"model": "models/m", "log-file": "/var/log/mlxd.log"})
+    (tmp_path / "etc" / "models" / "m").mkdir(parents=True)
+    path = write(
+        tmp_path / "etc",
+        {"model": "models/m", "log-file": "/var/log/mlxd.log", "pid-file": "run/p.pid"},
+    )
     values = from_file(path)
     assert values["model"] == str(tmp_path / "etc" / "models" / "m")
     assert values["log_file"] == "/var/log/mlxd.log"
+    assert values["pid_file"] == str(tmp_path / "etc" / "run" / "p.pid")
+
+
+def test_file_model_may_be_a_hub_id(tmp_path):
+    """ORG/NAME that is no path beside the file stays an id (mlxd.models.locate finds it)."""
+    path = write(tmp_path, {"model": "mlx-community/SmolLM2-135M-Instruct-4bit"})
+    assert from_file(path)["model"] == "mlx-community/SmolLM2-135M-Instruct-4bit"
+    path = write(tmp_path, {"model": "models/a/b"})  # three parts: a path, even if missing
+    assert from_file(path)["model"] == str(tmp_path / "models" / "a" / "b")
+
+
+def test_file_reports_every_bad_key_at_once(tmp_path):
+    path = write(tmp_path, {"prot": 1, "hots": "x", "port": "abc", "max-tokens": 5})
+    with pytest.raises(ConfigError) as exc:
+        from_file(path)
+    lines = str(exc.value).splitlines()
+    assert len(lines) == 3 and all(line.startswith(f"config file {path}: ") for line in lines)
+    assert "key 'prot' is unknown (did you mean 'port'?)" in lines[0]
+    assert "key 'hots' is unknown (did you mean 'host'?)" in lines[1]
+    assert "key 'port': 'abc' is not an integer" in lines[2]
 
 
 # ----- the env layer -----

@@ -1,8 +1,7 @@
-"""logs.py: text and JSON lines, extra fields, a file that follows logrotate, the load spinner."""
+"""logs.py: text and JSON lines, extra fields, a file that follows logrotate, the status line."""
 
 from __future__ import annotations
 
-import asyncio
 import io
 import json
 import logging
@@ -72,16 +71,36 @@ def test_log_file_survives_logrotate(restore_root, tmp_path):
     assert "after" in path.read_text() and "before" not in path.read_text()
 
 
-def test_progress_draws_and_erases(monkeypatch):
-    monkeypatch.setattr(logs, "PROGRESS_INTERVAL_S", 0.01)
-    out = io.StringIO()
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
 
-    async def main():
-        task = asyncio.create_task(logs.show_progress("loading m", out))
-        await asyncio.sleep(0.05)
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
-    asyncio.run(main())
-    assert "\r| loading m 0.0s" in out.getvalue()
-    assert out.getvalue().endswith("\r\x1b[K")
+def test_status_line_stays_below_log_lines(restore_root):
+    out = Terminal()
+    logs.setup("info", stream=out)
+    status = logs.status_line()
+    assert status is not None
+    status.show("| reading the model 0.1s")
+    logging.getLogger("mlxd").info("loaded m")
+    status.show("| warming up 0.2s")
+    logs.release(status)
+    logging.getLogger("mlxd").info("ready")
+    text = out.getvalue()
+    # erase the line, print the record, draw the line again below it
+    assert "\r\x1b[K| reading the model 0.1s\r\x1b[K" in text
+    assert "loaded m\n| reading the model 0.1s\r\x1b[K| warming up 0.2s\r\x1b[K" in text
+    assert text.endswith("ready\n")  # released: records are plain lines again
+
+
+def test_no_status_line_off_a_terminal(restore_root, tmp_path):
+    logs.setup("info", stream=io.StringIO())
+    assert logs.status_line() is None
+    logs.setup("info", str(tmp_path / "mlxd.log"))
+    assert logs.status_line() is None
+
+
+def test_bar():
+    assert logs.bar(0, 4, width=8) == "[--------] 0/4"
+    assert logs.bar(3, 4, width=8) == "[######--] 3/4"
+    assert logs.bar(5, 4, width=8) == "[########] 5/4"

@@ -166,3 +166,51 @@ def test_stats_and_metrics_count_requests(secured):
     assert families["mlxd_sequences_running"].samples[0].value == 0
     assert families["mlxd_requests_waiting"].samples[0].value == 0
     assert "mlxd_memory_active_bytes" in families
+
+
+# ----- the root page, and quiet probes -----
+
+
+def test_root_says_where_to_go(secured):
+    status, headers, body = call(secured, "GET", "/")  # open, like /health
+    assert status == 200 and headers["content-type"].startswith("application/json")
+    index = json.loads(body)
+    assert index["object"] == "mlxd" and index["ready"] is True
+    assert {"/v1/models", "/health", "/v1/mlx/status"} <= set(index["routes"])
+    assert "README.md" in index["docs"]
+
+
+def test_root_is_a_page_for_a_browser(secured):
+    accept = "text/html,application/xhtml+xml,*/*;q=0.8"
+    status, headers, body = call(secured, "GET", "/", headers={"Accept": accept})
+    assert status == 200 and headers["content-type"] == "text/html; charset=utf-8"
+    assert b'<a href="/v1/models">' in body and b'<a href="/health">' in body
+
+
+def test_root_is_no_prefix_of_other_paths(secured):
+    status, _h, body = call(secured, "GET", "/nothing/here")
+    assert status == 404 and json.loads(body)["error"]["code"] == "not_found"
+    assert call(secured, "POST", "/")[0] == 405
+
+
+def test_probes_are_logged_at_debug(secured, caplog):
+    import logging
+    import time
+
+    caplog.set_level(logging.DEBUG, logger="mlxd.access")
+    call(secured, "GET", "/health")
+    call(secured, "GET", "/v1/models", headers=AUTH)
+    deadline = time.monotonic() + 10  # the access line follows the response
+    wanted = {"GET /health", "GET /v1/models"}  # an earlier test's line may land here too
+
+    def levels() -> dict[str, int]:
+        lines = [r for r in caplog.records if r.name == "mlxd.access"]
+        return {r.getMessage().split('"')[1]: r.levelno for r in lines} if lines else {}
+
+    while not wanted <= levels().keys():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    assert {k: v for k, v in levels().items() if k in wanted} == {
+        "GET /health": logging.DEBUG,
+        "GET /v1/models": logging.INFO,
+    }
