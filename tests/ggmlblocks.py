@@ -1,4 +1,4 @@
-"""ggml K-quant blocks written by hand, since gguf-py reads them but cannot write them.
+"""ggml K-quant (and IQ4_NL) blocks written by hand: gguf-py reads them but cannot write them.
 
 ``random_blocks`` fills every byte at random but the float16 scale fields (valid, small numbers):
 every bit pattern of codes and sub-scales a reader can meet. ``encode`` turns float weights into
@@ -104,9 +104,10 @@ def _asymmetric(w: np.ndarray, group: int, levels: int, top: int):
 def _q2_k(w):
     n = w.shape[0]
     codes, d, sc, dmin, mq = _asymmetric(w, 16, 3, 15)
-    planes = codes.reshape(n, 2, 4, 32).astype(np.uint8) << (np.arange(4, dtype=np.uint8) * 2)[
-        None, None, :, None
-    ]
+    planes = (
+        codes.reshape(n, 2, 4, 32).astype(np.uint8)
+        << (np.arange(4, dtype=np.uint8) * 2)[None, None, :, None]
+    )
     qs = np.bitwise_or.reduce(planes, axis=2).reshape(n, 64)
     scales = (sc.astype(np.uint8) | (mq.astype(np.uint8) << 4)).reshape(n, 16)
     return np.concatenate([scales, qs, _f16_bytes(d), _f16_bytes(dmin)], axis=1)
@@ -153,12 +154,25 @@ def _q6_k(w):
     return np.concatenate([ql.reshape(n, 128), qh.reshape(n, 64), scales, _f16_bytes(d)], axis=1)
 
 
+IQ4_NL_LEVELS = np.array([-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113])
+
+
+def _iq4_nl(w):
+    """float16 d per 32 weights (the largest |w| on level -127), nearest of the 16 levels."""
+    n = w.shape[0]
+    g = w.reshape(n, 32)
+    d = _f16(-_extreme(g)[:, None] / 127)
+    idx = np.abs(_div(g, d)[..., None] - IQ4_NL_LEVELS).argmin(-1).astype(np.uint8)
+    return np.concatenate([_f16_bytes(d), _nibbles(idx, 16)], axis=1)
+
+
 ENCODERS = {
     Q.Q2_K: _q2_k,
     Q.Q3_K: _q3_k,
     Q.Q4_K: lambda w: _q45_k(w, 4),
     Q.Q5_K: lambda w: _q45_k(w, 5),
     Q.Q6_K: _q6_k,
+    Q.IQ4_NL: _iq4_nl,
 }
 
 
@@ -167,5 +181,6 @@ def encode(w: np.ndarray, qtype: Q) -> np.ndarray:
     if qtype not in ENCODERS:
         return gguf.quants.quantize(w.astype(np.float32), qtype)
     rows, cols = w.shape
-    blocks = ENCODERS[qtype](w.astype(np.float32).reshape(-1, QK_K))
+    block = gguf.GGML_QUANT_SIZES[qtype][0]
+    blocks = ENCODERS[qtype](w.astype(np.float32).reshape(-1, block))
     return np.ascontiguousarray(blocks, dtype=np.uint8).reshape(rows, -1)

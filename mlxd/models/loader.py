@@ -37,6 +37,8 @@ class LoadedModel:
     load_seconds: float
     adapter: str | None = None  # the LoRA adapter directory applied at load (mlx-lm's format)
     vision: vlm.Vision | None = None  # a vision-language model's image side (models/vlm.py)
+    # GGUF: per ggml tensor type, the MLX width it became and the error against the exact values
+    quantization_report: tuple[gguf.TypeReport, ...] = ()
 
     @property
     def capabilities(self) -> list[str]:
@@ -56,6 +58,7 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
     name = served_name(path)
     if not path.exists():
         raise ModelLoadError(f"model not found: {path}")
+    report: tuple[gguf.TypeReport, ...] = ()
     vision = None
     if path.is_dir() and (vconfig := vlm.vlm_config(path)) is not None:
         model, tokenizer, config, vision = _load_vlm(path, vconfig, adapter)
@@ -65,10 +68,11 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
         fmt = "mlx"
     elif path.suffix.lower() == ".gguf":
         try:
-            model, tokenizer, config = gguf.load_gguf(path)
+            loaded = gguf.open_gguf(path)
         except gguf.UnsupportedModelError as exc:
             raise ModelLoadError(f"{path.name}: {exc}") from exc
-        fmt = "gguf"
+        model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
+        report, fmt = loaded.quantization_report, "gguf"
     else:
         raise ModelLoadError(f"{path}: expected an MLX model directory or a .gguf file")
     if adapter is not None:
@@ -87,6 +91,7 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
         time.perf_counter() - start,
         adapter,
         vision,
+        report,
     )
 
 

@@ -28,6 +28,7 @@ from mlxd.models.gguf import (
     write_tokenizer,
 )
 
+from ggufwrite import WRITERS, llama_cpp_permute, tokenizer_metadata
 from tinymodel import SPECIAL_TOKENS, build_tiny_model, train_tokenizer
 
 SMOLLM = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,7 +76,6 @@ GGUF_BLOCK = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
-TOKEN_NORMAL, TOKEN_CONTROL = 1, 3
 
 
 def gguf_name(name: str) -> str:
@@ -84,58 +84,10 @@ def gguf_name(name: str) -> str:
     return GGUF_GLOBAL[name.removesuffix(".weight")] + ".weight"
 
 
-def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf.py's LlamaModel.permute: HF rotary halves -> interleaved pairs."""
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
 def quantize(w: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
     """(what the file stores, what it decodes to) for one tensor."""
     data = gguf.quants.quantize(w, qtype)
     return data, gguf.quants.dequantize(data, qtype).reshape(w.shape)
-
-
-def tokenizer_metadata(tok: Tokenizer, tokenizer_config: dict, pre: str) -> dict:
-    """tokenizer.ggml.* as llama.cpp writes them for a byte-level BPE (its get_vocab_base)."""
-    vocab = tok.get_vocab(with_added_tokens=True)
-    tokens = sorted(vocab, key=vocab.get)
-    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    ids = {role: vocab.get(tokenizer_config.get(f"{role}_token")) for role in ("bos", "eos", "pad")}
-    md = {
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": pre,
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": [
-            TOKEN_CONTROL if t in special else TOKEN_NORMAL for t in tokens
-        ],
-        "tokenizer.ggml.merges": [" ".join(m) for m in merges],
-        "tokenizer.ggml.add_bos_token": bool(tokenizer_config.get("add_bos_token")),
-        "tokenizer.ggml.eos_token_id": ids["eos"],
-        "tokenizer.ggml.padding_token_id": ids["pad"],
-        "tokenizer.chat_template": tokenizer_config.get("chat_template"),
-    }
-    if ids["bos"] is not None:
-        md["tokenizer.ggml.bos_token_id"] = ids["bos"]
-    return {k: v for k, v in md.items() if v is not None}
-
-
-WRITERS = {  # metadata key -> GGUFWriter method
-    "tokenizer.ggml.model": "add_tokenizer_model",
-    "tokenizer.ggml.pre": "add_tokenizer_pre",
-    "tokenizer.ggml.tokens": "add_token_list",
-    "tokenizer.ggml.token_type": "add_token_types",
-    "tokenizer.ggml.merges": "add_token_merges",
-    "tokenizer.ggml.add_bos_token": "add_add_bos_token",
-    "tokenizer.ggml.bos_token_id": "add_bos_token_id",
-    "tokenizer.ggml.eos_token_id": "add_eos_token_id",
-    "tokenizer.ggml.padding_token_id": "add_pad_token_id",
-    "tokenizer.chat_template": "add_chat_template",
-}
 
 
 def write_gguf(path: Path, model_dir: Path, qtype_of, *, extra=(), edit=lambda w: None) -> dict:
@@ -505,7 +457,9 @@ def write_bare(path: Path, arch: str, tensors=()) -> Path:
 
 
 def test_unsupported_architecture(tmp_path):
-    with pytest.raises(UnsupportedModelError, match=r"'falcon' is not supported \(supported: gemma2"):
+    with pytest.raises(
+        UnsupportedModelError, match=r"'falcon' is not supported \(supported: gemma2"
+    ):
         load_gguf(write_bare(tmp_path / "f.gguf", "falcon"))
 
 

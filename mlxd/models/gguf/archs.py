@@ -115,15 +115,21 @@ def _phi3_longrope(config: dict, tensors: dict) -> dict:
     (mlx-lm recomputes the attention factor the converter stored from the context lengths)."""
     if ROPE_LONG not in tensors:
         return config
-    long, short = (tensors[k].astype(mx.float32).tolist() for k in (ROPE_LONG, ROPE_SHORT))
-    return {**config, "rope_scaling": {"type": "longrope", "long_factor": long, "short_factor": short}}
+    long, short = (
+        [f32(x) for x in tensors[k].astype(mx.float32).tolist()] for k in (ROPE_LONG, ROPE_SHORT)
+    )
+    return {
+        **config,
+        "rope_scaling": {"type": "longrope", "long_factor": long, "short_factor": short},
+    }
 
 
-def _gemma_query_scale(hp: Hparams, config: dict) -> float:
-    """llama-model.cpp: queries scale by hidden / heads on the 27B models, else the head size."""
+def _gemma_query_scale(hp: Hparams, config: dict) -> int:
+    """llama-model.cpp: queries scale by hidden / heads (integer division there too) on the 27B
+    models, else the head size; an int, as HF's config (transformers checks the type)."""
     if config["num_hidden_layers"] == GEMMA_27B_LAYERS[hp.arch]:
-        return config["hidden_size"] / config["num_attention_heads"]
-    return float(config["head_dim"])
+        return config["hidden_size"] // config["num_attention_heads"]
+    return config["head_dim"]
 
 
 def _gemma2(hp: Hparams, config: dict) -> dict:

@@ -87,8 +87,9 @@ def model_config(header: GgufHeader, arch: Arch) -> dict:
     }
     if rope_scaling := _rope_scaling(hp):
         config["rope_scaling"] = rope_scaling
-    if not arch.partial_rotary and hp("rope.dimension_count", config["head_dim"]) != (
-        config["head_dim"]
+    if (
+        not arch.partial_rotary
+        and hp("rope.dimension_count", config["head_dim"]) != (config["head_dim"])
     ):
         raise UnsupportedModelError("rotary dimensions that differ from the head size")
     return {**config, **arch.extra(hp, config)}

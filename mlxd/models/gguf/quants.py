@@ -216,9 +216,7 @@ def decode(raw: np.ndarray, ggml_type: int) -> Affine:
     blocks = np.ascontiguousarray(raw).reshape(-1, fmt.nbytes)
     a = fmt.decode(blocks)
     offsets = None if a.offsets is None else a.offsets.reshape(rows, -1)
-    return Affine(
-        a.codes.reshape(rows, -1), a.scales.reshape(rows, -1), offsets, a.zero, a.group
-    )
+    return Affine(a.codes.reshape(rows, -1), a.scales.reshape(rows, -1), offsets, a.zero, a.group)
 
 
 def dequantize(raw: np.ndarray, ggml_type: int) -> np.ndarray:

@@ -139,8 +139,9 @@ def requantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, n
     groups = values.reshape(n, k // MLX_GROUP, MLX_GROUP)
     lo, hi = groups.min(-1), groups.max(-1)
     levels = (1 << bits) - 1
-    scales = ((hi - lo) / levels).astype(np.float16)
-    biases = lo.astype(np.float16)
+    with np.errstate(over="ignore"):  # to_mlx refuses what overflows
+        scales = ((hi - lo) / levels).astype(np.float16)
+        biases = lo.astype(np.float16)
     s = scales.astype(np.float32)[..., None]
     with np.errstate(divide="ignore"):
         inv = np.where(s > 0, 1 / s, 0).astype(np.float32)
@@ -154,7 +155,8 @@ def _mlx_form(affine: Affine, ggml_type: int) -> tuple[np.ndarray, np.ndarray, n
     bits = MLX_BITS[ggml_type]
     if is_requantized(ggml_type):
         return requantize(affine.values(), bits)
-    return affine.codes, affine.scales.astype(np.float16), affine.biases().astype(np.float16)
+    with np.errstate(over="ignore"):  # to_mlx refuses what overflows
+        return affine.codes, affine.scales.astype(np.float16), affine.biases().astype(np.float16)
 
 
 def _measure(exact: np.ndarray, codes, scales, biases) -> TensorError:

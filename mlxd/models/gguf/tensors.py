@@ -20,7 +20,6 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
-from mlx.utils import tree_flatten
 
 from mlxd.models.gguf.archs import GLOBAL_TENSORS, Arch
 from mlxd.models.gguf.header import GgufHeader, TensorInfo, UnsupportedModelError, ggml_type_name
@@ -43,7 +42,9 @@ BLOCK_NAME = re.compile(r"blk\.(\d+)\.(\w+)\.(weight|bias|scales|biases)")
 
 def check_tensors(header: GgufHeader, arch: Arch) -> None:
     """Refuse tensor types we cannot load, and tensors the architecture has no place for."""
-    bad = [t for t in header.tensors.values() if t.ggml_type not in FLOAT_TYPES.keys() | QUANT_TYPES]
+    bad = [
+        t for t in header.tensors.values() if t.ggml_type not in FLOAT_TYPES.keys() | QUANT_TYPES
+    ]
     if bad:
         kinds = ", ".join(sorted({ggml_type_name(t.ggml_type) for t in bad}))
         loadable = ", ".join(ggml_type_name(t) for t in sorted(FLOAT_TYPES.keys() | QUANT_TYPES))
@@ -100,8 +101,9 @@ def read_tensors(
     ``x.biases``), and the error of each quantized one against its exact ggml values."""
     infos = header.tensors.values()
     if all(t.ggml_type in MX_LOAD_TYPES for t in infos):
-        exact = [(t.ggml_type, EXACT) for t in infos if t.ggml_type in QUANT_TYPES]
-        return mx.load(str(path)), exact
+        loaded = mx.load(str(path))
+        assert isinstance(loaded, dict)  # a .gguf path gives name -> array
+        return loaded, [(t.ggml_type, EXACT) for t in infos if t.ggml_type in QUANT_TYPES]
     data = np.memmap(path, dtype=np.uint8, mode="r")
     tensors: dict[str, mx.array] = {}
     errors = []
@@ -159,8 +161,8 @@ def mlx_weights(tensors: dict[str, mx.array], config: dict, arch: Arch) -> dict[
 def module_quantization(model: nn.Module, weights: dict[str, mx.array]) -> dict[str, dict | bool]:
     """Per quantizable module: its MLX quantization params (read off the packed shapes), or
     False."""
-    params = {}
-    for path, module in tree_flatten(model.leaf_modules(), is_leaf=nn.Module.is_module):
+    params: dict[str, dict | bool] = {}
+    for path, module in model.named_modules():
         if not hasattr(module, "to_quantized"):
             continue
         if (scales := weights.get(f"{path}.scales")) is None:
@@ -187,9 +189,7 @@ def quantization_entry(params: dict[str, dict | bool]) -> dict | None:
     return {**default, "mode": "affine", **overrides}
 
 
-def build_model(
-    config: dict, weights: dict[str, mx.array], arch: Arch
-) -> tuple[nn.Module, dict]:
+def build_model(config: dict, weights: dict[str, mx.array], arch: Arch) -> tuple[nn.Module, dict]:
     """The model holding ``weights`` (evaluated, eval mode), and a copy of ``config`` with the
     ``quantization`` entry that rebuilds it, where any layer is quantized."""
     model = arch.module.Model(arch.module.ModelArgs.from_dict(config))
@@ -203,4 +203,3 @@ def build_model(
     model.eval()
     mx.eval(model.parameters())
     return model, config
-
