@@ -78,6 +78,9 @@ WRITERS = {  # metadata key -> GGUFWriter method
     "tokenizer.ggml.eos_token_id": "add_eos_token_id",
     "tokenizer.ggml.padding_token_id": "add_pad_token_id",
     "tokenizer.chat_template": "add_chat_template",
+    "tokenizer.ggml.scores": "add_token_scores",
+    "tokenizer.ggml.unknown_token_id": "add_unk_token_id",
+    "tokenizer.ggml.add_space_prefix": "add_add_space_prefix",
 }
 
 
@@ -269,9 +272,11 @@ def write_model_gguf(
     qtype_of: Callable[[str], Q] = lambda name: Q.F32,
     *,
     edit: Callable[[gguf.GGUFWriter], None] = lambda w: None,
+    vocab: dict | None = None,
 ) -> dict[str, mx.array]:
-    """Write ``model_dir`` as GGUF; ``qtype_of(gguf name)`` picks each matrix's type. Returns the
-    weights the file decodes to, by mlx-lm name and layout: the reference."""
+    """Write ``model_dir`` as GGUF; ``qtype_of(gguf name)`` picks each matrix's type, ``vocab``
+    replaces the directory's tokenizer (``tokenizer.ggml.*`` keys). Returns the weights the file
+    decodes to, by mlx-lm name and layout: the reference."""
     c = json.loads((model_dir / "config.json").read_text())
     kind, gemma = c["model_type"], c["model_type"].startswith("gemma")
     names = gguf.get_tensor_name_map(GGUF_ARCH[kind], c["num_hidden_layers"])
@@ -280,8 +285,9 @@ def write_model_gguf(
     edit(w)
     tok_config = json.loads((model_dir / "tokenizer_config.json").read_text())
     tok = Tokenizer.from_file(str(model_dir / "tokenizer.json"))
-    for key, value in tokenizer_metadata(tok, tok_config, "gpt-2").items():
-        getattr(w, WRITERS[key])(value)
+    for key, value in (vocab or tokenizer_metadata(tok, tok_config, "gpt-2")).items():
+        if key in WRITERS:
+            getattr(w, WRITERS[key])(value)
     permuted = {
         "self_attn.q_proj": c["num_attention_heads"],
         "self_attn.k_proj": c["num_key_value_heads"],

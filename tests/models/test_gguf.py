@@ -300,6 +300,16 @@ LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen2's and Mistral's own tokenizer.json regexes (transformers' qwen2 tokenizer, tekken.json)
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+TEKKEN_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 PRE_TOKENIZERS = {  # tokenizer.ggml.pre -> the HF tokenizer.json pipeline it stands for
     "smollm": (
@@ -316,11 +326,36 @@ PRE_TOKENIZERS = {  # tokenizer.ggml.pre -> the HF tokenizer.json pipeline it st
         True,
     ),
     "gpt-2": (BYTE_LEVEL, False),
+    "qwen2": (
+        pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        ),
+        False,
+    ),
+    "tekken": (
+        pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(TEKKEN_REGEX), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        ),
+        True,
+    ),
 }
-# Texts on which the three pipelines disagree: digit runs, upper-case contractions, and a word that
-# is in the vocab but that no merge sequence builds (only "ignore_merges" finds it whole).
+# Texts on which the pipelines disagree: digit runs, upper-case contractions, a word that is in
+# the vocab but that no merge sequence builds (only "ignore_merges" finds it whole), camel case
+# (tekken splits it), and spaces before a line's indentation.
 UNMERGED_WORD = "\u0120zyx"  # " zyx" in byte-level form
-PROBES = ["Numbers 0123456789 and 3.14159", "I'LL SAY IT'S 2024!\r\n  ok", "a zyx b"]
+PROBES = [
+    "Numbers 0123456789 and 3.14159",
+    "I'LL SAY IT'S 2024!\r\n  ok",
+    "a zyx b",
+    "camelCaseWords and HTTPServer/path",
+    "def main():\n    print",
+]
 
 
 def with_pipeline(base: Tokenizer, pre_tokenizer, ignore_merges: bool) -> Tokenizer:
@@ -496,8 +531,8 @@ def test_unsupported_tensor_name(tmp_path):
 
 
 def test_unsupported_tokenizer_model():
-    with pytest.raises(UnsupportedModelError, match="'llama'"):
-        tokenizer_spec({"tokenizer.ggml.model": "llama"}, 1024)
+    with pytest.raises(UnsupportedModelError, match=r"'bert' \(supported: 'gpt2'"):
+        tokenizer_spec({"tokenizer.ggml.model": "bert"}, 1024)
 
 
 @pytest.mark.parametrize(

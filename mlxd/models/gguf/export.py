@@ -10,7 +10,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
-from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, TokenizerWrapper
+from mlx_lm.tokenizer_utils import TokenizerWrapper
 
 from mlxd.models.gguf import archs
 from mlxd.models.gguf.header import GgufHeader, read_header
@@ -59,7 +59,7 @@ def open_gguf(path: str | Path) -> GgufModel:
     """The model (weights evaluated, eval mode), tokenizer, config and quantization report."""
     model, spec, config, reports = _load(path)
     tokenizer = TokenizerWrapper(
-        hf_tokenizer(spec), BPEStreamingDetokenizer, eos_token_ids=spec.eos_token_ids
+        hf_tokenizer(spec), spec.detokenizer_class(), eos_token_ids=spec.eos_token_ids
     )
     return GgufModel(model, tokenizer, config, tuple(reports))
 
