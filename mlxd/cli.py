@@ -17,7 +17,8 @@ from mlxd.service.config import OPTIONS, Config, ConfigError, absolute_paths, en
 EXIT_USAGE = 2  # argparse's code for a bad command line; also a bad config
 ACTIONS = ("config", "stop", "status", "print_config", "timeout", "export_mlx")
 EPILOG = """\
-MODEL is an MLX model directory (config.json, safetensors, tokenizer) or a llama-family .gguf file.
+MODEL is an MLX model directory (config.json, safetensors, tokenizer) or a .gguf file (llama, mistral,
+qwen2/3, phi3, gemma2/3; F16/BF16, Q4_0..Q8_0 and K-quants).
 Every option can also come from a JSON --config file (keys like the long flags: "max-tokens" or
 "max_tokens") or from an environment variable MLXD_<FLAG> (MLXD_PORT, MLXD_API_KEY, ...; the older
 MLX_SERVER_<FLAG> names are accepted too). Precedence: defaults < file < environment < command line.

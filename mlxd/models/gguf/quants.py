@@ -51,12 +51,14 @@ class Affine:
     def values(self) -> np.ndarray:
         """float32 (n, k), the way ggml's dequantize_row_* computes them (signed zeros too)."""
         n, k = self.codes.shape
-        codes = self.codes.reshape(n, k // self.group, self.group)
+        out = self.codes.reshape(n, k // self.group, self.group).astype(np.float32)
         if self.offsets is None:
-            signed = (codes.astype(np.int16) - self.zero).astype(np.float32)
-            return (signed * self.scales[..., None]).reshape(n, k)
-        grouped = codes.astype(np.float32) * self.scales[..., None]
-        return (grouped + self.offsets[..., None]).reshape(n, k)
+            out -= self.zero  # exact: small integers
+            out *= self.scales[..., None]
+        else:
+            out *= self.scales[..., None]
+            out += self.offsets[..., None]
+        return out.reshape(n, k)
 
 
 @dataclass(frozen=True)

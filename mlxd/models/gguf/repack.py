@@ -145,9 +145,11 @@ def requantize(values: np.ndarray, bits: int) -> tuple[np.ndarray, np.ndarray, n
     s = scales.astype(np.float32)[..., None]
     with np.errstate(divide="ignore"):
         inv = np.where(s > 0, 1 / s, 0).astype(np.float32)
-    codes = np.rint((groups - biases.astype(np.float32)[..., None]) * inv)
-    codes = np.clip(codes, 0, levels, out=codes).astype(np.uint8)
-    return codes.reshape(n, k), scales, biases
+    work = groups - biases.astype(np.float32)[..., None]
+    work *= inv
+    np.rint(work, out=work)
+    np.clip(work, 0, levels, out=work)
+    return work.astype(np.uint8).reshape(n, k), scales, biases
 
 
 def _mlx_form(affine: Affine, ggml_type: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
