@@ -20,11 +20,11 @@ import numpy as np
 from gguf import GGMLQuantizationType as Q
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from ggmlblocks import random_blocks  # noqa: E402
-
 from mlxd.models.gguf import quants, repack  # noqa: E402
 from mlxd.models.gguf.header import read_header  # noqa: E402
 from mlxd.models.gguf.tensors import read_tensors  # noqa: E402
+
+from ggmlblocks import random_blocks  # noqa: E402
 
 HIDDEN, FFN, VOCAB = 2048, 5632, 32000
 
