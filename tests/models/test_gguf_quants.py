@@ -197,3 +197,20 @@ def test_same_triples_as_mx_load(tmp_path):
             ("biases", packed.biases),
         ):
             assert np.array_equal(np.array(loaded[f"{qtype.name}.{part}"]), ours), (qtype, part)
+
+
+def test_a_quantized_tensor_must_be_a_matrix_of_whole_blocks(tmp_path):
+    from mlxd.models.gguf import load_gguf
+
+    path, w = tmp_path / "odd.gguf", gguf.GGUFWriter(str(tmp_path / "odd.gguf"), "llama")
+    w.add_tensor("token_embd.weight", np.zeros((8, 64), np.float32))
+    # 3 blocks of Q4_K bytes declared as a 1-D tensor of 768 weights
+    w.add_tensor("blk.0.ffn_down.weight", random_blocks(Q.Q4_K, 1, 768)[0], raw_dtype=Q.Q4_K)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    with pytest.raises(
+        UnsupportedModelError, match=r"blk\.0\.ffn_down\.weight: quantized, but not a matrix"
+    ):
+        load_gguf(path)

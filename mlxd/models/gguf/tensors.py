@@ -23,7 +23,7 @@ import numpy as np
 
 from mlxd.models.gguf.archs import GLOBAL_TENSORS, Arch
 from mlxd.models.gguf.header import GgufHeader, TensorInfo, UnsupportedModelError, ggml_type_name
-from mlxd.models.gguf.quants import row_bytes
+from mlxd.models.gguf.quants import BLOCK_FORMATS, row_bytes
 from mlxd.models.gguf.repack import MLX_BITS, MLX_GROUP, TensorError, TypeReport, summarize, to_mlx
 
 log = logging.getLogger(__name__)
@@ -55,8 +55,12 @@ def check_tensors(header: GgufHeader, arch: Arch) -> None:
     if "token_embd.weight" not in header.tensors:
         raise UnsupportedModelError("GGUF without token_embd.weight")
     for info in header.tensors.values():
-        if info.ggml_type in QUANT_TYPES and len(info.shape) != 2:
-            raise UnsupportedModelError(f"tensor {info.name}: quantized, but not a matrix")
+        if info.ggml_type in QUANT_TYPES and (
+            len(info.shape) != 2 or info.shape[1] % BLOCK_FORMATS[info.ggml_type].elems
+        ):
+            raise UnsupportedModelError(
+                f"tensor {info.name}: quantized, but not a matrix of whole blocks {info.shape}"
+            )
         if info.name not in arch.config_tensors:
             mlx_name(info.name, arch)  # raises on a tensor the architecture has no place for
 
