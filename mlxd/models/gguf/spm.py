@@ -4,7 +4,8 @@ Gemma) rebuilt as a ``tokenizers`` BPE with byte fallback, as llama.cpp runs the
 llama.cpp's SPM tokenizer merges the adjacent pair whose union has the best score, and spells
 bytes missing from the vocabulary as ``<0xNN>`` tokens. A BPE whose merges are ranked by the
 score of the piece they make, with ``byte_fallback``, does the same (transformers builds its
-GGUF tokenizers this way, ``generate_merges``). Spaces become ``▁``; with
+GGUF tokenizers this way, ``generate_merges``; the tests check it against SentencePiece itself
+on a model trained there). Spaces become ``▁``; with
 ``tokenizer.ggml.add_space_prefix`` (the default) one is put before every run of text, also after
 a special token, as llama.cpp does. Gemma's files need two fixes transformers makes too: their
 scores do not follow the merge order (the token order does), and their tokens of several spaces
