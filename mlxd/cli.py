@@ -21,8 +21,9 @@ ACTIONS = ("config", "stop", "status", "pid", "print_config", "timeout", "export
 MODEL_FLAG = "model_flag"  # --model PATH, the positional's synonym (mlx_lm.server, llama-server)
 TARGETS = {"port", "pid_file"}  # settings that name one server for --stop/--status
 EPILOG = """\
-MODEL is an MLX model directory (config.json, safetensors, tokenizer), a llama-family GGUF file, or
-a hub id (ORG/NAME, ORG/NAME@REVISION) already in the Hugging Face cache or LM Studio's models.
+MODEL is an MLX model directory (config.json, safetensors, tokenizer), a GGUF file (llama, mistral,
+qwen2/3, phi3, gemma2/3; F16/BF16, Q4_0..Q8_0 and K-quants), or a hub id (ORG/NAME,
+ORG/NAME@REVISION) already in the Hugging Face cache or LM Studio's models.
 Every option can also come from a JSON --config file (keys like the long flags: "max-tokens" or
 "max_tokens") or from an environment variable MLXD_<FLAG> (MLXD_PORT, MLXD_API_KEY, ...; the older
 MLX_SERVER_<FLAG> names are accepted too). Precedence: defaults < file < environment < command line.

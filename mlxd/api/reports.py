@@ -56,6 +56,8 @@ def _model_info(app) -> dict:
         "type": config.get("model_type"),
         "capabilities": loaded.capabilities,
         "quantization": config.get("quantization"),
+        # GGUF: what each ggml tensor type became in MLX, and its error against the exact values
+        "gguf_tensor_types": [r.as_json() for r in loaded.quantization_report] or None,
         "parameters": app.parameter_count,
         "context_length": loaded.context_length,
         "load_seconds": round(loaded.load_seconds, 3),

@@ -41,6 +41,8 @@ class LoadedModel:
     load_seconds: float
     adapter: str | None = None  # the LoRA adapter directory applied at load (mlx-lm's format)
     vision: vlm.Vision | None = None  # a vision-language model's image side (models/vlm.py)
+    # GGUF: per ggml tensor type, the MLX width it became and the error against the exact values
+    quantization_report: tuple[gguf.TypeReport, ...] = ()
 
     @property
     def capabilities(self) -> list[str]:
@@ -54,6 +56,7 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
     name = served_name(path)
     if not path.exists():
         raise ModelLoadError(f"model not found: {path}")
+    report: tuple[gguf.TypeReport, ...] = ()
     vision = None
     if path.is_dir() and (vconfig := vlm.vlm_config(path)) is not None:
         model, tokenizer, config, vision = _load_vlm(path, vconfig, adapter)
@@ -64,12 +67,13 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
     elif is_gguf(path):  # by its magic bytes: a GGUF file named `model` is one too
         try:
             with gguf_named(path) as named:
-                model, tokenizer, config = gguf.load_gguf(named)
+                loaded = gguf.open_gguf(named)
         except gguf.UnsupportedModelError as exc:
             said = str(exc).replace(f"{path.name}.gguf", path.name)  # as the link was named
             # some messages name the file already: say it once
             raise ModelLoadError(said if path.name in said else f"{path.name}: {said}") from exc
-        fmt = "gguf"
+        model, tokenizer, config = loaded.model, loaded.tokenizer, loaded.config
+        report, fmt = loaded.quantization_report, "gguf"
     else:
         raise ModelLoadError(not_a_model(path))
     if adapter is not None:
@@ -88,6 +92,7 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
         time.perf_counter() - start,
         adapter,
         vision,
+        report,
     )
 
 

@@ -28,6 +28,7 @@ from mlxd.models.gguf import (
     write_tokenizer,
 )
 
+from ggufwrite import WRITERS, llama_cpp_permute, tokenizer_metadata
 from tinymodel import SPECIAL_TOKENS, build_tiny_model, train_tokenizer
 
 SMOLLM = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -75,7 +76,6 @@ GGUF_BLOCK = {
     "mlp.up_proj": "ffn_up",
     "mlp.down_proj": "ffn_down",
 }
-TOKEN_NORMAL, TOKEN_CONTROL = 1, 3
 
 
 def gguf_name(name: str) -> str:
@@ -84,58 +84,10 @@ def gguf_name(name: str) -> str:
     return GGUF_GLOBAL[name.removesuffix(".weight")] + ".weight"
 
 
-def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:
-    """convert_hf_to_gguf.py's LlamaModel.permute: HF rotary halves -> interleaved pairs."""
-    return (
-        w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-        .swapaxes(1, 2)
-        .reshape(w.shape)
-    )
-
-
 def quantize(w: np.ndarray, qtype: Q) -> tuple[np.ndarray, np.ndarray]:
     """(what the file stores, what it decodes to) for one tensor."""
     data = gguf.quants.quantize(w, qtype)
     return data, gguf.quants.dequantize(data, qtype).reshape(w.shape)
-
-
-def tokenizer_metadata(tok: Tokenizer, tokenizer_config: dict, pre: str) -> dict:
-    """tokenizer.ggml.* as llama.cpp writes them for a byte-level BPE (its get_vocab_base)."""
-    vocab = tok.get_vocab(with_added_tokens=True)
-    tokens = sorted(vocab, key=vocab.get)
-    special = {t.content for t in tok.get_added_tokens_decoder().values() if t.special}
-    merges = json.loads(tok.to_str())["model"]["merges"]
-    ids = {role: vocab.get(tokenizer_config.get(f"{role}_token")) for role in ("bos", "eos", "pad")}
-    md = {
-        "tokenizer.ggml.model": "gpt2",
-        "tokenizer.ggml.pre": pre,
-        "tokenizer.ggml.tokens": tokens,
-        "tokenizer.ggml.token_type": [
-            TOKEN_CONTROL if t in special else TOKEN_NORMAL for t in tokens
-        ],
-        "tokenizer.ggml.merges": [" ".join(m) for m in merges],
-        "tokenizer.ggml.add_bos_token": bool(tokenizer_config.get("add_bos_token")),
-        "tokenizer.ggml.eos_token_id": ids["eos"],
-        "tokenizer.ggml.padding_token_id": ids["pad"],
-        "tokenizer.chat_template": tokenizer_config.get("chat_template"),
-    }
-    if ids["bos"] is not None:
-        md["tokenizer.ggml.bos_token_id"] = ids["bos"]
-    return {k: v for k, v in md.items() if v is not None}
-
-
-WRITERS = {  # metadata key -> GGUFWriter method
-    "tokenizer.ggml.model": "add_tokenizer_model",
-    "tokenizer.ggml.pre": "add_tokenizer_pre",
-    "tokenizer.ggml.tokens": "add_token_list",
-    "tokenizer.ggml.token_type": "add_token_types",
-    "tokenizer.ggml.merges": "add_token_merges",
-    "tokenizer.ggml.add_bos_token": "add_add_bos_token",
-    "tokenizer.ggml.bos_token_id": "add_bos_token_id",
-    "tokenizer.ggml.eos_token_id": "add_eos_token_id",
-    "tokenizer.ggml.padding_token_id": "add_pad_token_id",
-    "tokenizer.chat_template": "add_chat_template",
-}
 
 
 def write_gguf(path: Path, model_dir: Path, qtype_of, *, extra=(), edit=lambda w: None) -> dict:
@@ -348,6 +300,16 @@ LLAMA3_REGEX = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+# Qwen2's and Mistral's own tokenizer.json regexes (transformers' qwen2 tokenizer, tekken.json)
+QWEN2_REGEX = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+TEKKEN_REGEX = (
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 BYTE_LEVEL = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
 PRE_TOKENIZERS = {  # tokenizer.ggml.pre -> the HF tokenizer.json pipeline it stands for
     "smollm": (
@@ -364,11 +326,36 @@ PRE_TOKENIZERS = {  # tokenizer.ggml.pre -> the HF tokenizer.json pipeline it st
         True,
     ),
     "gpt-2": (BYTE_LEVEL, False),
+    "qwen2": (
+        pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(QWEN2_REGEX), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        ),
+        False,
+    ),
+    "tekken": (
+        pre_tokenizers.Sequence(
+            [
+                pre_tokenizers.Split(Regex(TEKKEN_REGEX), behavior="isolated"),
+                pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+            ]
+        ),
+        True,
+    ),
 }
-# Texts on which the three pipelines disagree: digit runs, upper-case contractions, and a word that
-# is in the vocab but that no merge sequence builds (only "ignore_merges" finds it whole).
+# Texts on which the pipelines disagree: digit runs, upper-case contractions, a word that is in
+# the vocab but that no merge sequence builds (only "ignore_merges" finds it whole), camel case
+# (tekken splits it), and spaces before a line's indentation.
 UNMERGED_WORD = "\u0120zyx"  # " zyx" in byte-level form
-PROBES = ["Numbers 0123456789 and 3.14159", "I'LL SAY IT'S 2024!\r\n  ok", "a zyx b"]
+PROBES = [
+    "Numbers 0123456789 and 3.14159",
+    "I'LL SAY IT'S 2024!\r\n  ok",
+    "a zyx b",
+    "camelCaseWords and HTTPServer/path",
+    "def main():\n    print",
+]
 
 
 def with_pipeline(base: Tokenizer, pre_tokenizer, ignore_merges: bool) -> Tokenizer:
@@ -505,13 +492,15 @@ def write_bare(path: Path, arch: str, tensors=()) -> Path:
 
 
 def test_unsupported_architecture(tmp_path):
-    with pytest.raises(UnsupportedModelError, match="qwen2"):
-        load_gguf(write_bare(tmp_path / "q.gguf", "qwen2"))
+    with pytest.raises(
+        UnsupportedModelError, match=r"'falcon' is not supported \(supported: gemma2"
+    ):
+        load_gguf(write_bare(tmp_path / "f.gguf", "falcon"))
 
 
-@pytest.mark.parametrize("qtype", [Q.Q4_K, Q.Q6_K, Q.Q5_0, Q.IQ4_NL])
+@pytest.mark.parametrize("qtype", [Q.IQ2_XS, Q.IQ4_XS, Q.TQ1_0])
 def test_unsupported_tensor_type(tmp_path, qtype):
-    # Random blocks are fine: the header alone must refuse, before mx.load dequantizes or fails.
+    # Random blocks are fine: the header alone must refuse, before any tensor is read.
     block, size = gguf.GGML_QUANT_SIZES[qtype]
     data = np.random.default_rng(0).integers(0, 256, (64, 256 // block * size), dtype=np.uint8)
     path = write_bare(
@@ -542,8 +531,8 @@ def test_unsupported_tensor_name(tmp_path):
 
 
 def test_unsupported_tokenizer_model():
-    with pytest.raises(UnsupportedModelError, match="'llama'"):
-        tokenizer_spec({"tokenizer.ggml.model": "llama"}, 1024)
+    with pytest.raises(UnsupportedModelError, match=r"'bert' \(supported: 'gpt2'"):
+        tokenizer_spec({"tokenizer.ggml.model": "bert"}, 1024)
 
 
 @pytest.mark.parametrize(

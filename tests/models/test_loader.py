@@ -17,11 +17,11 @@ def gguf_said(monkeypatch):
     handed = []
 
     def refuse(message):
-        def load_gguf(path):
+        def open_gguf(path):
             handed.append((path.name, path.resolve()))
             raise UnsupportedModelError(message.format(name=path.name))
 
-        monkeypatch.setattr(loader.gguf, "load_gguf", load_gguf)
+        monkeypatch.setattr(loader.gguf, "open_gguf", open_gguf)
         return handed
 
     return refuse

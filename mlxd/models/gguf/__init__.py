@@ -1,37 +1,39 @@
-"""Import a llama-family GGUF file (llama.cpp's format) as an mlx-lm llama model and tokenizer.
+"""Import a GGUF file (llama.cpp's format) as an mlx-lm model and tokenizer.
 
-``mx.load`` reads GGUF tensors natively: F32/F16 come back as arrays, and Q4_0, Q4_1 and Q8_0 as
-MLX's own affine quantized triples (packed uint32 weight, float16 scales and biases, groups of 32).
-It hides the tensor types, though: Q2_K/Q4_K/Q6_K become float16 without a word, BF16 is narrowed
-to float16, and types it doesn't know vanish from the result. So we read the header ourselves first
-(stdlib; 0.07 s for SmolLM2's 49k tokens and merges), refuse what we cannot load faithfully, and
-only then load the tensors.
+We read the header ourselves first (stdlib; 0.07 s for SmolLM2's 49k tokens and merges), refuse
+what we cannot load faithfully, and only then read the tensors, with numpy: float tensors as they
+are, ggml's quantized blocks (Q4_0 ... Q8_0, IQ4_NL, Q2_K ... Q6_K) decoded exactly and stored as
+MLX affine-quantized weights, with the error that costs measured and reported.
 
-What llama.cpp's converter changed on the way in, undone here:
-- tensor names (``blk.N.attn_q`` -> ``model.layers.N.self_attn.q_proj``, ...);
-- Q and K rows, permuted for its interleaved ("GPT-J") rotary layout; mlx-lm's llama uses the
-  HF half-split layout (``nn.RoPE(traditional=False)``);
-- the tokenizer, flattened into ``tokenizer.ggml.*`` metadata; rebuilt as a ``tokenizers`` BPE;
-- llama 3's rope scaling, kept only as a ``rope_freqs`` tensor; recovered as mlx-lm's "llama3".
+What llama.cpp's converter changed on the way in, undone here: tensor names, llama's Q/K row
+permutation, gemma's ``1 + w`` norms (``archs``); the tokenizer, flattened into
+``tokenizer.ggml.*`` metadata, rebuilt as a ``tokenizers`` BPE; llama 3's rope scaling and phi3's
+LongRoPE, kept as tensors, recovered as mlx-lm rope_scaling.
 
-Modules: ``header`` (the GGUF header, read with the stdlib), ``hparams`` (metadata -> config.json),
-``tensors`` (tensor data, names, quantization), ``tokenizer`` (tokenizer.ggml.* -> tokenizer.json),
-``export`` (``load_gguf`` and ``export_mlx``).
+Modules: ``header`` (the GGUF header, read with the stdlib), ``archs`` (the architectures: names,
+config), ``hparams`` (metadata -> config.json), ``quants`` (ggml block formats, exact),
+``repack`` (ggml blocks -> MLX quantized weights, and the error), ``tensors`` (tensor data, names,
+the model), ``tokenizer`` (tokenizer.ggml.* -> tokenizer.json), ``export`` (``open_gguf``,
+``load_gguf``, ``export_mlx``).
 """
 
-from mlxd.models.gguf.export import check_supported, export_mlx, load_gguf
+from mlxd.models.gguf.export import GgufModel, check_supported, export_mlx, load_gguf, open_gguf
 from mlxd.models.gguf.header import GgufHeader, TensorInfo, UnsupportedModelError, read_header
+from mlxd.models.gguf.repack import TypeReport
 from mlxd.models.gguf.tokenizer import TokenizerSpec, hf_tokenizer, tokenizer_spec, write_tokenizer
 
 __all__ = [
     "GgufHeader",
+    "GgufModel",
     "TensorInfo",
     "TokenizerSpec",
+    "TypeReport",
     "UnsupportedModelError",
     "check_supported",
     "export_mlx",
     "hf_tokenizer",
     "load_gguf",
+    "open_gguf",
     "read_header",
     "tokenizer_spec",
     "write_tokenizer",

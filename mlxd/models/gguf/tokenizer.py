@@ -1,17 +1,22 @@
 """The tokenizer llama.cpp's converter flattened into ``tokenizer.ggml.*`` metadata, rebuilt as a
-``tokenizers`` byte-level BPE, and written as tokenizer.json beside HF's config files."""
+``tokenizers`` byte-level BPE (``gpt2``) or SentencePiece-style BPE (``llama``, see ``spm``), and
+written as tokenizer.json beside HF's config files."""
 
 from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from mlx_lm.tokenizer_utils import BPEStreamingDetokenizer, SPMStreamingDetokenizer
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
 from mlxd.models.gguf.header import UnsupportedModelError
+from mlxd.models.gguf.spm import spm_backend
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +29,12 @@ LLAMA3_SPLIT = (
     r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
 )
+QWEN2_SPLIT = LLAMA3_SPLIT.replace(r"\p{N}{1,3}", r"\p{N}")  # digits one by one
+TEKKEN_SPLIT = (  # Mistral Nemo / Small 3 (transformers' GGUF reader has the same)
+    r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+"
+    r"|[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*"
+    r"|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
 
 
 def _gpt2_split():
@@ -34,24 +45,30 @@ def _smollm_split():  # llama.cpp: "\p{N}" first, then GPT-2's regex
     return pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True), _gpt2_split()])
 
 
-def _llama3_split():
+def _regex_split(regex: str):
     return pre_tokenizers.Sequence(
         [
-            pre_tokenizers.Split(Regex(LLAMA3_SPLIT), behavior="isolated"),
+            pre_tokenizers.Split(Regex(regex), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
         ]
     )
 
 
+_llama3_split = partial(_regex_split, LLAMA3_SPLIT)
+
+
 # tokenizer.ggml.pre -> (pre-tokenizer, BPE ignore_merges). llama 3 looks whole words up in the
-# vocab before merging (HF "ignore_merges"; llama.cpp does the same for this pre type).
-PRE_TOKENIZERS = {
+# vocab before merging (HF "ignore_merges"; llama.cpp does the same for these pre types).
+PRE_TOKENIZERS: dict[str, tuple[Callable[[], pre_tokenizers.PreTokenizer], bool]] = {
     "gpt-2": (_gpt2_split, False),
     "gpt2": (_gpt2_split, False),
     "smollm": (_smollm_split, False),
     "llama-bpe": (_llama3_split, True),
     "llama3": (_llama3_split, True),
     "llama-v3": (_llama3_split, True),
+    "qwen2": (partial(_regex_split, QWEN2_SPLIT), False),
+    "deepseek-r1-qwen": (partial(_regex_split, QWEN2_SPLIT), False),
+    "tekken": (partial(_regex_split, TEKKEN_SPLIT), True),
 }
 FALLBACK_PRE = "gpt-2"
 
@@ -65,14 +82,28 @@ class TokenizerSpec:
     eos_token_ids: list[int]
     chat_template: str | None
     model_max_length: int
+    spm_space_prefix: bool | None = None  # SentencePiece: puts a space before text; None: BPE
+
+    def detokenizer_class(self):
+        """mlx-lm's streaming detokenizer for this kind of vocabulary."""
+        if self.spm_space_prefix is None:
+            return BPEStreamingDetokenizer
+        return partial(SPMStreamingDetokenizer, trim_space=self.spm_space_prefix)
+
+
+SUPPORTED_MODELS = "'gpt2' (byte-level BPE), 'llama' (SentencePiece)"
 
 
 def tokenizer_spec(md: dict, model_max_length: int) -> TokenizerSpec:
     kind = md.get("tokenizer.ggml.model")
-    if kind != "gpt2":
-        raise UnsupportedModelError(f"tokenizer model {kind!r} (supported: 'gpt2', byte-level BPE)")
+    if kind == "gpt2":
+        pre = md.get("tokenizer.ggml.pre", FALLBACK_PRE)
+        backend, prefix = _bpe(md["tokenizer.ggml.tokens"], md["tokenizer.ggml.merges"], pre), None
+    elif kind == "llama":
+        backend, prefix = spm_backend(md)
+    else:
+        raise UnsupportedModelError(f"tokenizer model {kind!r} (supported: {SUPPORTED_MODELS})")
     tokens = md["tokenizer.ggml.tokens"]
-    backend = _bpe(tokens, md["tokenizer.ggml.merges"], md.get("tokenizer.ggml.pre", FALLBACK_PRE))
     types = md.get("tokenizer.ggml.token_type", [])
     backend.add_special_tokens(
         [_added(tokens[i], True) for i, t in enumerate(types) if t in SPECIAL_TOKEN_TYPES]
@@ -85,7 +116,8 @@ def tokenizer_spec(md: dict, model_max_length: int) -> TokenizerSpec:
         for role, key in (("bos", "bos"), ("eos", "eos"), ("pad", "padding"), ("unk", "unknown"))
     }
     special = {role: (tokens[i] if i is not None else None) for role, i in ids.items()}
-    if md.get("tokenizer.ggml.add_bos_token", False) and special["bos"] is not None:
+    # llama.cpp adds BOS to a SentencePiece vocabulary that does not say otherwise.
+    if md.get("tokenizer.ggml.add_bos_token", kind == "llama") and special["bos"] is not None:
         backend.post_processor = processors.TemplateProcessing(
             single=f"{special['bos']} $A",
             pair=f"{special['bos']} $A {special['bos']} $B",
@@ -102,7 +134,12 @@ def tokenizer_spec(md: dict, model_max_length: int) -> TokenizerSpec:
         if k in md
     ]
     return TokenizerSpec(
-        backend, special, sorted(set(eos)), md.get("tokenizer.chat_template"), model_max_length
+        backend,
+        special,
+        sorted(set(eos)),
+        md.get("tokenizer.chat_template"),
+        model_max_length,
+        prefix,
     )
 
 
