@@ -144,7 +144,7 @@ def status_line() -> StatusLine | None:
     """A StatusLine under mlxd's log handler when that writes to a terminal; else None (a file,
     journald, a pipe get the log lines only)."""
     for handler in logging.getLogger().handlers:
-        if isinstance(handler, TerminalHandler) and getattr(handler, "mlxd", False):
+        if isinstance(handler, TerminalHandler) and handler.name == HANDLER_NAME:
             isatty = getattr(handler.stream, "isatty", None)
             if isatty is not None and isatty():
                 handler.status = StatusLine(handler.stream)
