@@ -43,6 +43,7 @@ def test_a_hub_id_from_the_hugging_face_cache(tiny_model_dir, tmp_path):
     finally:
         proc.terminate()
         proc.wait(30)
+        log.close()
     text = (tmp_path / "stderr.log").read_text()
     assert f"{REPO} is {repo / 'snapshots' / COMMIT} (huggingface)" in text
     assert not daemon.process_argv(proc.pid)
