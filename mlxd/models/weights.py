@@ -100,7 +100,9 @@ class DualModel:
         return getattr(self.quantized, name)
 
 
-def prepare(model: nn.Module, policy: str, on_copy: Callable[[], None] | None = None) -> nn.Module:
+def prepare(
+    model: nn.Module, policy: str, on_copy: Callable[[], None] | None = None
+) -> nn.Module | DualModel:
     """The model object to serve under ``policy`` (calibration happens later, on the thread
     that will generate; see ``calibrate``).
 

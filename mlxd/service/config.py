@@ -473,7 +473,8 @@ def resolve(
     cli: Mapping[str, object], environ: Mapping[str, str], config_path: str | None = None
 ) -> Config:
     """defaults < file (``config_path`` or $MLXD_CONFIG) < env < CLI (already parsed values)."""
-    return Config(**layers(cli, environ, config_path))
+    values: dict[str, Any] = layers(cli, environ, config_path)  # each value parsed by its Option
+    return Config(**values)
 
 
 def absolute_paths(config: Config) -> Config:
