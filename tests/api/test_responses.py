@@ -431,3 +431,30 @@ def test_responses_share_the_batch_with_chat(slow_server):
     # whichever API asked for it and whatever shared the batch.
     assert peak[0] > 3
     assert len(set(results.values())) == 1, results
+
+
+def test_a_failure_mid_stream_is_an_error_event_then_response_failed(tiny_model_dir):
+    """--request-timeout ends a response that has started: the stream says so in OpenAI's
+    events; a whole response gets the 504 as the SDK's exception."""
+    from mlxd.service.config import Config
+
+    srv = ServerThread(
+        Config(model=str(tiny_model_dir), port=0, request_timeout=0.05),
+        model_wrapper=lambda m: SlowModel(m, 0.2),  # the prefill alone outlasts the timeout
+    ).start()
+    try:
+        events = sse_events(srv.url, {"input": "Hi", "stream": True, "max_output_tokens": 50})
+        assert [name for name, _ in events][:1] + [name for name, _ in events][-2:] == [
+            "response.created",
+            "error",
+            "response.failed",
+        ]
+        assert events[-2][1]["code"] == "request_timeout"
+        failed = events[-1][1]["response"]
+        assert failed["status"] == "failed" and failed["error"]["code"] == "request_timeout"
+        assert [data["sequence_number"] for _, data in events] == list(range(len(events)))
+        with pytest.raises(openai.APIStatusError) as info:
+            sdk(srv.url).responses.create(model="m", input="Hi", max_output_tokens=50)
+        assert info.value.status_code == 504
+    finally:
+        srv.close()
