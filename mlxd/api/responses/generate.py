@@ -6,9 +6,10 @@ and its text becomes output items: whole, or as semantic events with sequence nu
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -95,21 +96,20 @@ def _thinking(tokenizer, thinks: bool, effort: str | None) -> dict:
     return {THINKING_SWITCH: False}
 
 
-class _chat_names:
+@contextlib.contextmanager
+def _chat_names() -> Iterator[None]:
     """Errors raised by chat's planning name chat's fields: say the Responses API's instead."""
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, _type, err, _tb) -> None:
-        if isinstance(err, HttpError) and err.param is not None:
-            param, message = err.param, err.message
-            for pattern, name in RENAMED:
-                old = param
-                param = pattern.sub(name, param)
-                if param != old:
-                    message = message.replace(f"'{old}'", f"'{param}'")
-            raise dataclasses.replace(err, param=param, message=message) from None
+    try:
+        yield
+    except HttpError as err:
+        if err.param is None:
+            raise
+        param, message = err.param, err.message
+        for pattern, name in RENAMED:
+            old, param = param, pattern.sub(name, param)
+            if param != old:
+                message = message.replace(f"'{old}'", f"'{param}'")
+        raise dataclasses.replace(err, param=param, message=message) from None
 
 
 async def sampling(app: App, req: ResponsesRequest, prepared: Prepared) -> SamplingParams:
