@@ -197,15 +197,18 @@ async def chat_completions(app: App, ex) -> None:
     )
 
 
-async def chat_prompt(app: App, req: ChatRequest, plan: ChatPlan):
+async def chat_prompt(app: App, req: ChatRequest, plan: ChatPlan, extra: dict | None = None):
     """(prompt ids, VisionInput or None): a VLM's prompt goes through its processor with the
-    images; a text model's through its template, and an image part is a 400."""
+    images; a text model's through its template, and an image part is a 400. ``extra``: more
+    template variables (``enable_thinking``)."""
     loaded = app.loaded
     assert loaded is not None  # require_ready() passed
     refs, vision, tokenizer = image_refs(req.messages), loaded.vision, loaded.tokenizer
     if vision is None:
         visionchat.refuse_without_vision(refs, app.name)
-        prompt = await asyncio.to_thread(render_chat, tokenizer, req.messages, plan.template_tools)
+        prompt = await asyncio.to_thread(
+            render_chat, tokenizer, req.messages, plan.template_tools, extra
+        )
         return prompt, None
     return await asyncio.to_thread(
         visionchat.prepare,
@@ -215,6 +218,7 @@ async def chat_prompt(app: App, req: ChatRequest, plan: ChatPlan):
         plan.template_tools,
         refs,
         app.image_limits,
+        extra,
     )
 
 

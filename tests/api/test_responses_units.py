@@ -112,8 +112,16 @@ def test_fields_are_honoured():
         ({"input": [{"type": "input_image"}]}, "input[0].type"),
         ({"input": [{"role": "robot", "content": "x"}]}, "input[0].role"),
         (
-            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": "u"}]}]},
+            {"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]},
             "input[0].content[0].type",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "file_id": "f"}]}]},
+            "input[0].content[0].file_id",
+        ),
+        (
+            {"input": [{"role": "user", "content": [{"type": "input_image", "image_url": ""}]}]},
+            "input[0].content[0].url",
         ),
         (
             {"input": [{"type": "function_call", "name": "f", "arguments": "{}"}]},
@@ -226,6 +234,21 @@ def test_reasoning_text_round_trips_through_encrypted_content():
     assert turns[0]["reasoning_content"] == "thinking, with ünïcode"
     assert turns[1]["reasoning_content"] == "Only a summary"
     assert "reasoning_content" not in turns[2]
+
+
+def test_image_parts_become_chat_image_parts_named_where_they_came_from():
+    image = {"type": "input_image", "image_url": "data:image/png;base64,AAAA", "detail": "low"}
+    req = parse(
+        input=[{"role": "user", "content": [{"type": "input_text", "text": "What?"}, image]}]
+    )
+    stored = req.input[0]["content"][1]
+    assert stored == {"type": "input_image", "image_url": image["image_url"], "detail": "low"}
+    older = parse(input="Earlier.").input
+    [previous, user] = to_messages(None, older + req.input, first_input=1)
+    assert previous == {"role": "user", "content": "Earlier."}
+    text, picture = user["content"]
+    assert text == {"type": "text", "text": "What?"} and picture["type"] == "image"
+    assert picture["ref"].where == "input[0].content[1]" and picture["ref"].detail == "low"
 
 
 # ----- output items and their events -----

@@ -5,7 +5,6 @@ and its text becomes output items: whole, or as semantic events with sequence nu
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import re
@@ -13,7 +12,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from mlxd.api.app import render_chat
+from mlxd.api.app import chat_prompt
 from mlxd.api.chatplan import ChatPlan, plan_chat
 from mlxd.api.errors import http_error
 from mlxd.api.reply import Reply
@@ -25,6 +24,7 @@ from mlxd.api.responses.store import Stored
 from mlxd.api.schema import ChatRequest
 from mlxd.engine.events import Delta, Event, Failed, Finished
 from mlxd.engine.sampling import SamplingParams
+from mlxd.engine.vision import VisionInput
 from mlxd.transport import sse
 from mlxd.transport.errors import HttpError, bad_request
 
@@ -46,6 +46,7 @@ class Prepared:
     context: tuple[dict, ...]  # every input item: the previous response's, then this input
     plan: ChatPlan
     prompt: list[int]
+    vision: VisionInput | None = None  # the images of a vision model's prompt
 
 
 async def prepare(app: App, req: ResponsesRequest) -> Prepared:
@@ -54,7 +55,7 @@ async def prepare(app: App, req: ResponsesRequest) -> Prepared:
     if req.previous_response_id is not None:
         prev = app.responses.get(req.previous_response_id, "previous_response_id")
         context = prev.context + tuple(prev.response["output"]) + req.input
-    messages = to_messages(req.instructions, context)
+    messages = to_messages(req.instructions, context, len(context) - len(req.input))
     tokenizer = _tokenizer(app)
     with _chat_names():
         chat = ChatRequest(
@@ -70,10 +71,8 @@ async def prepare(app: App, req: ResponsesRequest) -> Prepared:
         )
         plan = plan_chat(chat, app.traits, app.defaults.reasoning_format)
         variables = _thinking(tokenizer, app.traits.think is not None, req.reasoning.effort)
-        prompt = await asyncio.to_thread(
-            render_chat, tokenizer, messages, plan.template_tools, variables
-        )
-    return Prepared(context, plan.after_render(tokenizer, prompt), prompt)
+        prompt, vision = await chat_prompt(app, chat, plan, variables)
+    return Prepared(context, plan.after_render(tokenizer, prompt), prompt, vision)
 
 
 def _tokenizer(app: App) -> Any:
@@ -131,7 +130,7 @@ async def respond(app: App, ex, req: ResponsesRequest, prepared: Prepared) -> No
     params = await sampling(app, req, prepared)
     env = envelope(app, req, params)
     run = _Run(app, env, prepared.plan.reply.new(), Output(req.include_reasoning))
-    async with job_events(app, ex, prepared.prompt, params) as events:
+    async with job_events(app, ex, prepared.prompt, params, prepared.vision) as events:
         if req.stream:
             await run.stream(ex, events)
         else:

@@ -2,7 +2,8 @@
 ``input_items`` lists them), and items -> the chat messages the model's template reads.
 
 Items map onto chat messages as Codex CLI and the OpenAI SDK use them: a message is a message
-(``developer`` is a system message, as in chat); ``function_call`` items join the assistant turn
+(``developer`` is a system message, as in chat; ``input_image`` parts are chat's image parts, for
+a vision model); ``function_call`` items join the assistant turn
 before them as its ``tool_calls``; a ``function_call_output`` is a ``tool`` message; a
 ``reasoning`` item's text is the ``reasoning_content`` of the assistant turn that follows it (a
 reasoning item that no assistant turn follows has nothing to belong to and is left out).
@@ -17,6 +18,7 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from mlxd.api import images
 from mlxd.api.messages import MAX_MESSAGES, kind
 from mlxd.transport.errors import bad_request
 
@@ -132,10 +134,20 @@ def _part(part: Any, where: str) -> dict:
     if part_type == "refusal":
         _allow(part, ("type", "refusal"), where)
         return {"type": "refusal", "refusal": _string(part, "refusal", where)}
+    if part_type == "input_image":  # for a vision model; a text model refuses it by name
+        _allow(part, ("type", "image_url", "detail", "file_id"), where)
+        if part.get("file_id") is not None:
+            raise bad_request(
+                "mlxd has no file store: send the image as 'image_url' (a data: URL)",
+                f"{where}.file_id",
+                "unsupported_parameter",
+            )
+        ref = images.responses_part(part, where)
+        return {"type": "input_image", "image_url": ref.url, "detail": ref.detail}
     if part_type not in TEXT_PARTS:
         raise bad_request(
-            f"'{where}' must be a text part; {part_type or kind(part)!r} parts are not supported "
-            "(mlxd serves text models)",
+            f"'{where}' must be a text or input_image part; {part_type or kind(part)!r} parts "
+            "are not supported",
             f"{where}.type",
             "unsupported_parameter",
         )
@@ -214,22 +226,41 @@ def reasoning_text(item: dict) -> str:
     return "\n\n".join(p["text"] for p in item.get("summary") or [])
 
 
-def message_text(item: dict) -> str:
-    return "".join(p.get("text", p.get("refusal", "")) for p in item["content"])
+def message_content(item: dict, where: str) -> str | list[dict]:
+    """A message's text; with images, chat's parts (``text`` and ``image`` with its ref), as
+    mlxd/api/messages.py makes them for a vision model's prompt."""
+    parts: list[dict] = []
+    for j, part in enumerate(item["content"]):
+        if part["type"] == "input_image":
+            ref = images.ImageRef(f"{where}.content[{j}]", part["image_url"], part["detail"])
+            parts.append({"type": "image", "ref": ref})
+            continue
+        text = part.get("text", part.get("refusal", ""))
+        if parts and parts[-1]["type"] == "text":
+            parts[-1]["text"] += text
+        else:
+            parts.append({"type": "text", "text": text})
+    if any(p["type"] == "image" for p in parts):
+        return parts
+    return "".join(p["text"] for p in parts)
 
 
-def to_messages(instructions: str | None, items: tuple[dict, ...]) -> tuple[dict, ...]:
-    """The chat messages for ``instructions`` then ``items`` (see the module's docstring)."""
+def to_messages(
+    instructions: str | None, items: tuple[dict, ...], first_input: int = 0
+) -> tuple[dict, ...]:
+    """The chat messages for ``instructions`` then ``items`` (see the module's docstring);
+    ``items[first_input:]`` are this request's ``input`` (for the names in errors), the ones
+    before come from ``previous_response_id``."""
     out: list[dict] = [{"role": "system", "content": instructions}] if instructions else []
     thought: str | None = None  # a reasoning item's text, waiting for its assistant turn
-    for item in items:
+    for k, item in enumerate(items):
+        where = f"input[{k - first_input}]" if k >= first_input else "previous_response_id"
         match item["type"]:
             case "reasoning":
                 thought = (thought or "") + reasoning_text(item)
-            case "message" if item["role"] == "assistant":
-                out.append({"role": "assistant", "content": message_text(item)})
             case "message":
-                out.append({"role": ROLES[item["role"]], "content": message_text(item)})
+                role = ROLES[item["role"]]
+                out.append({"role": role, "content": message_content(item, where)})
             case "function_call":
                 turn = out[-1] if out and out[-1]["role"] == "assistant" else None
                 if turn is None or thought is not None:
