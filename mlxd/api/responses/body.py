@@ -42,8 +42,8 @@ PROMPT_FIELDS = (
         "input",
         ("string", "array"),
         "A user message, or items: messages (roles user, assistant, system, developer; "
-        "`input_text`/`output_text` parts), `function_call`, `function_call_output` and "
-        "`reasoning` items.",
+        "`input_text`/`output_text` parts, `input_image` for a vision model), "
+        "`function_call`, `function_call_output` and `reasoning` items.",
         "What is the capital of France?",
         required=True,
     ),
