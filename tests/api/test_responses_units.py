@@ -131,6 +131,20 @@ def test_fields_are_honoured():
             {"input": [{"type": "function_call_output", "call_id": "c", "output": 5}]},
             "input[0].output",
         ),
+        (
+            {
+                "input": [
+                    {
+                        "type": "function_call_output",
+                        "call_id": "c",
+                        "output": [
+                            {"type": "input_image", "image_url": "data:image/png;base64,AA"}
+                        ],
+                    }
+                ]
+            },
+            "input[0].output[0].type",
+        ),
         ({"input": [{"type": "item_reference", "id": "msg_1"}]}, "input[0].type"),
     ],
 )

@@ -172,7 +172,7 @@ def _function_call_output(item: dict, where: str) -> dict:
     _allow(item, ("type", "id", "call_id", "output", "status", "name", "namespace"), where)
     output = item.get("output")
     if isinstance(output, list):
-        output = "".join(_part(p, f"{where}.output[{i}]")["text"] for i, p in enumerate(output))
+        output = "".join(_output_text(p, f"{where}.output[{i}]") for i, p in enumerate(output))
     elif not isinstance(output, str):
         raise bad_request(
             f"'{where}.output' must be a string or an array of text parts", f"{where}.output"
@@ -184,6 +184,18 @@ def _function_call_output(item: dict, where: str) -> dict:
         "output": output,
         "status": "completed",
     }
+
+
+def _output_text(part: Any, where: str) -> str:
+    """A tool's output part: text only (a tool message holds text in every chat template)."""
+    parsed = _part(part, where)
+    if "text" not in parsed:
+        raise bad_request(
+            f"'{where}': a function_call_output holds text parts only in mlxd",
+            f"{where}.type",
+            "unsupported_parameter",
+        )
+    return parsed["text"]
 
 
 def _reasoning(item: dict, where: str) -> dict:
