@@ -418,7 +418,7 @@ def test_responses_share_the_batch_with_chat(slow_server):
 
     def watch():
         while len(results) < 6:
-            peak[0] = max(peak[0], get_json(slow_server.url + "/stats")[1]["running"])
+            peak[0] = max(peak[0], get_json(slow_server.url + "/stats")[1]["running_sequences"])
             time.sleep(0.01)
 
     workers = [threading.Thread(target=f, args=(i,)) for f in (chat, respond) for i in range(3)]
