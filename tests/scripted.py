@@ -66,11 +66,12 @@ class _ScriptedModel:
 
 
 @contextlib.contextmanager
-def scripted_server(tmp_path_factory, template: str, **config):
+def scripted_server(tmp_path_factory, template: str, model: dict | None = None, **config):
+    """``model``: overrides of the tiny model's config (a longer context, say)."""
     from mlxd.service.config import Config
 
     model_dir = build_tiny_model(
-        tmp_path_factory.mktemp(template) / f"tiny-{template}", template=template
+        tmp_path_factory.mktemp(template) / f"tiny-{template}", template=template, **(model or {})
     )
     script = Scripted(model_dir)
     script.server = ServerThread(

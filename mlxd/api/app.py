@@ -20,8 +20,10 @@ from mlxd.api.errors import http_error
 from mlxd.api.images import ImageLimits
 from mlxd.api.logprobs import ChatLogprobs, TextLogprobs
 from mlxd.api.messages import image_refs
+from mlxd.api.openapi import operation
 from mlxd.api.reply import ReplySpec
 from mlxd.api.respond import respond
+from mlxd.api.responses.store import ResponseStore
 from mlxd.api.schema import ChatRequest, CompletionRequest, Sampling, context_error
 from mlxd.api.shapes import ChatShape, TextShape
 from mlxd.constrain.enforce import Enforce, processor
@@ -66,6 +68,7 @@ class App:
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.time)
+    responses: ResponseStore = field(default_factory=lambda: ResponseStore(0))  # run.py sizes it
     _token_texts: dict = field(default_factory=dict)
 
     @property
@@ -170,6 +173,7 @@ class App:
 # ----- model-facing routes -----
 
 
+@operation("Create a chat completion", body=ChatRequest, streams=True, example={"max_tokens": 40})
 async def chat_completions(app: App, ex) -> None:
     app.require_ready()
     req = ChatRequest.from_json(ex.request.body)
@@ -193,15 +197,18 @@ async def chat_completions(app: App, ex) -> None:
     )
 
 
-async def chat_prompt(app: App, req: ChatRequest, plan: ChatPlan):
+async def chat_prompt(app: App, req: ChatRequest, plan: ChatPlan, extra: dict | None = None):
     """(prompt ids, VisionInput or None): a VLM's prompt goes through its processor with the
-    images; a text model's through its template, and an image part is a 400."""
+    images; a text model's through its template, and an image part is a 400. ``extra``: more
+    template variables (``enable_thinking``)."""
     loaded = app.loaded
     assert loaded is not None  # require_ready() passed
     refs, vision, tokenizer = image_refs(req.messages), loaded.vision, loaded.tokenizer
     if vision is None:
         visionchat.refuse_without_vision(refs, app.name)
-        prompt = await asyncio.to_thread(render_chat, tokenizer, req.messages, plan.template_tools)
+        prompt = await asyncio.to_thread(
+            render_chat, tokenizer, req.messages, plan.template_tools, extra
+        )
         return prompt, None
     return await asyncio.to_thread(
         visionchat.prepare,
@@ -211,9 +218,13 @@ async def chat_prompt(app: App, req: ChatRequest, plan: ChatPlan):
         plan.template_tools,
         refs,
         app.image_limits,
+        extra,
     )
 
 
+@operation(
+    "Create a text completion", body=CompletionRequest, streams=True, example={"max_tokens": 30}
+)
 async def completions(app: App, ex) -> None:
     app.require_ready()
     req = CompletionRequest.from_json(ex.request.body)
@@ -247,13 +258,16 @@ async def completions(app: App, ex) -> None:
     )
 
 
-def render_chat(tokenizer, messages: tuple[dict, ...], tools: list | None = None) -> list[int]:
+def render_chat(
+    tokenizer, messages: tuple[dict, ...], tools: list | None = None, extra: dict | None = None
+) -> list[int]:
+    """The prompt's token ids; ``extra``: more template variables (``enable_thinking``)."""
     if not getattr(tokenizer, "has_chat_template", False):
         raise bad_request("this model has no chat template; use /v1/completions", "messages")
-    extra = {"tools": tools} if tools else {}
+    variables = {**({"tools": tools} if tools else {}), **(extra or {})}
     try:
         return list(
-            tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, **extra)
+            tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, **variables)
         )
     except Exception as exc:  # the template's own raise_exception(), or a jinja error
         raise bad_request(

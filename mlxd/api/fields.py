@@ -1,18 +1,20 @@
 """A request body's fields, read once with their types and limits checked.
 
 ``parse_object`` turns bytes into a JSON object (or a 400 saying why not); ``Fields`` gives typed
-access to its members and refuses, at construction, every field the route does not know and
-every OpenAI field mlxd does not implement at a value other than its neutral one.
+access to its members and refuses, at construction, every field the route's table
+(fieldtable.py) does not list or types otherwise, and every OpenAI field mlxd does not implement
+at a value other than its neutral one.
 """
 
 from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mlxd.api.fieldtable import Body
 from mlxd.api.messages import kind as _kind
 from mlxd.transport.errors import bad_request
 
@@ -31,8 +33,6 @@ NEUTRAL_VALUES: dict[str, Callable[[Any], bool]] = {
     "store": lambda v: v is False,
     "service_tier": lambda v: v in ("auto", "default"),
 }
-# Fields that never change the output; accepted and recorded nowhere.
-METADATA_FIELDS = {"user", "metadata"}
 
 
 @dataclass(frozen=True)
@@ -78,14 +78,13 @@ def _reject_constant(name: str):
 class Fields:
     """Typed access to one body's fields; construction refuses unknown and unsupported ones."""
 
-    def __init__(self, obj: dict, known: set[str]) -> None:
+    def __init__(
+        self, obj: dict, body: Body, neutral_values: Mapping[str, Callable] = NEUTRAL_VALUES
+    ) -> None:
         self.obj = obj
+        body.check(obj)  # names, required fields, JSON types: the documented table
         for key, value in obj.items():
-            if key not in known:
-                raise bad_request(
-                    f"Unrecognized request argument supplied: {key}", key, "unknown_parameter"
-                )
-            neutral = NEUTRAL_VALUES.get(key)
+            neutral = neutral_values.get(key)
             if neutral and value is not None and not neutral(value):
                 raise bad_request(
                     f"'{key}' is not supported by mlxd yet; send it unset or at its default value",

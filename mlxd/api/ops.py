@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from mlxd import __version__
 from mlxd.api.app import NOT_READY_RETRY_AFTER_S, App
+from mlxd.api.openapi import operation
 from mlxd.api.reports import gauges, queue_state, status_report
 from mlxd.transport.errors import NOT_FOUND, HttpError
 from mlxd.transport.metrics import CONTENT_TYPE as METRICS_TYPE
@@ -18,10 +19,12 @@ def model_card(app: App) -> dict:
     return card
 
 
+@operation("List the served model")
 async def list_models(app: App, ex) -> None:
     await ex.send_json(200, {"object": "list", "data": [model_card(app)]})
 
 
+@operation("Describe the served model", path="/v1/models/{id}")
 async def get_model(app: App, ex) -> None:
     model_id = ex.path_param
     if model_id != app.name:
@@ -35,6 +38,7 @@ async def get_model(app: App, ex) -> None:
     await ex.send_json(200, model_card(app))
 
 
+@operation("Health: 200 once the model is ready, 503 while it loads")
 async def health(app: App, ex) -> None:
     body = {"status": "ok" if app.ready else "loading", "model": app.name, "version": __version__}
     headers: tuple[tuple[str, str], ...] = ()
@@ -45,13 +49,16 @@ async def health(app: App, ex) -> None:
     await ex.send_json(200 if app.ready else 503, body, headers)
 
 
+@operation("Model, device, memory, uptime and queue")
 async def mlx_status(app: App, ex) -> None:
     await ex.send_json(200, status_report(app))
 
 
+@operation("Running and waiting requests, token totals and rates, errors")
 async def stats(app: App, ex) -> None:
     await ex.send_json(200, {**app.metrics.stats(), **queue_state(app)})
 
 
+@operation("Prometheus metrics", content_type="text/plain")
 async def metrics(app: App, ex) -> None:
     await ex.send(200, app.metrics.exposition(gauges(app)).encode(), METRICS_TYPE)

@@ -6,6 +6,7 @@ handlers end here.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator
@@ -38,20 +39,30 @@ async def respond(
     prefix: str = "",
     vision: VisionInput | None = None,
 ) -> None:
-    job, events = start_job(app, prompt, params, vision)  # 429/503 before any byte is sent
     formatters = (
         [logprob_kind(app.token_text, len(prefix)) for _ in range(params.n)]
         if params.logprobs is not None
         else None
     )
     replies = [reply.new() for _ in range(params.n)]
-    timer = _arm_timeout(events, app.request_timeout)
-    try:
-        flow = _observed(app, ex, _until_done(events, params.n))
+    async with job_events(app, ex, prompt, params, vision) as flow:
         if stream:
             await _stream(ex, flow, shape, prefix, replies, formatters)
         else:
             await _collect(ex, flow, shape, prefix, replies, formatters)
+
+
+@contextlib.asynccontextmanager
+async def job_events(
+    app: App, ex, prompt: list[int], params: SamplingParams, vision: VisionInput | None = None
+) -> AsyncIterator[AsyncIterator[Event]]:
+    """Submit a job (429/503 raise here, before any byte is sent) and yield its events up to the
+    last ``Finished`` or a ``Failed``, timed and counted; leaving the block cancels the job,
+    whatever happened. Every API's handlers read their job through this."""
+    job, events = start_job(app, prompt, params, vision)
+    timer = _arm_timeout(events, app.request_timeout)
+    try:
+        yield _observed(app, ex, _until_done(events, params.n))
     finally:
         job.cancel()
         if timer is not None:

@@ -9,16 +9,16 @@ field OpenAI does not define is refused, as OpenAI itself does. ``null`` means "
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
+from mlxd.api.bodies import CHAT_BODY, COMPLETION_BODY
 from mlxd.api.fields import (  # Sampling and the limits: re-exported for the API's callers
     MAX_LOGPROBS_COMPLETIONS,
-    METADATA_FIELDS,
-    NEUTRAL_VALUES,
     Fields,
     Sampling,
     parse_object,
 )
+from mlxd.api.fieldtable import Body
 from mlxd.api.messages import NAME_PATTERN, ToolChoice, refuse_unknown
 from mlxd.api.messages import messages as _messages
 from mlxd.api.messages import parallel_tool_calls as _parallel_tool_calls
@@ -52,10 +52,12 @@ class ChatRequest:
     parallel_tool_calls: bool = True
     reasoning_format: str | None = None  # None: the server's --reasoning-format
 
+    BODY: ClassVar[Body] = CHAT_BODY  # the fields, as validated and documented (bodies.py)
+
     @classmethod
     def from_json(cls, body: bytes) -> ChatRequest:
         obj = parse_object(body)
-        fields = Fields(obj, CHAT_FIELDS)
+        fields = Fields(obj, cls.BODY)
         tools = _tools(obj)
         return cls(
             model=fields.model(),
@@ -81,10 +83,12 @@ class CompletionRequest:
     include_usage: bool
     response_format: ResponseFormat | None = None  # an extension here, as in vLLM
 
+    BODY: ClassVar[Body] = COMPLETION_BODY
+
     @classmethod
     def from_json(cls, body: bytes) -> CompletionRequest:
         obj = parse_object(body)
-        fields = Fields(obj, COMMON_FIELDS | {"prompt", "echo"})
+        fields = Fields(obj, cls.BODY)
         echo = obj.get("echo")
         if echo is not None and not isinstance(echo, bool):
             raise bad_request("'echo' must be a boolean", "echo")
@@ -97,40 +101,6 @@ class CompletionRequest:
             include_usage=fields.include_usage(),
             response_format=_response_format(obj),
         )
-
-
-COMMON_FIELDS = (
-    {
-        "model",
-        "stream",
-        "stream_options",
-        "max_tokens",
-        "temperature",
-        "top_p",
-        "stop",
-        "seed",
-        "n",
-        "presence_penalty",
-        "frequency_penalty",
-        "logit_bias",
-        "logprobs",
-        "top_k",
-        "min_p",
-        "repetition_penalty",
-        "response_format",
-    }
-    | set(NEUTRAL_VALUES)
-    | METADATA_FIELDS
-)
-CHAT_FIELDS = COMMON_FIELDS | {
-    "messages",
-    "max_completion_tokens",
-    "top_logprobs",
-    "tools",
-    "tool_choice",
-    "parallel_tool_calls",
-    "reasoning_format",
-}
 
 
 def _prompt(obj: dict) -> str | tuple[int, ...]:
@@ -178,10 +148,11 @@ def _response_format(obj: dict) -> ResponseFormat | None:
         return None
     if value["type"] == "json_object":
         return ResponseFormat("json_object", grammar=compile_grammar(None, "response_format"))
-    return _json_schema(value.get("json_schema"), "response_format.json_schema")
+    return json_schema_format(value.get("json_schema"), "response_format.json_schema")
 
 
-def _json_schema(spec: Any, where: str) -> ResponseFormat:
+def json_schema_format(spec: Any, where: str) -> ResponseFormat:
+    """``{"name", "description", "schema", "strict"}`` -> the enforced format."""
     if not isinstance(spec, dict):
         raise bad_request(f"'{where}' must be an object with a 'name' and a 'schema'", where)
     refuse_unknown(spec, ("name", "description", "schema", "strict"), "json_schema", where)

@@ -56,12 +56,14 @@ def prepare(
     tools: list | None,
     refs: list[ImageRef],
     limits: ImageLimits,
+    extra: dict | None = None,
 ) -> tuple[list[int], VisionInput | None]:
-    """(prompt token ids, the job's VisionInput or None when no image is given)."""
+    """(prompt token ids, the job's VisionInput or None when no image is given); ``extra``:
+    more template variables."""
     images.check_count(refs, limits)
     start = time.perf_counter()
     pictures = [images.load(ref, limits, vision.image_side) for ref in refs]
-    text = _render(tokenizer, template_messages(messages), tools)
+    text = _render(tokenizer, template_messages(messages), tools, extra)
     try:
         out = vision.processor(text=[text], images=[p.image for p in pictures] or None)
     except Exception as exc:  # the processor's own complaint about these inputs
@@ -84,13 +86,13 @@ def prepare(
     return prompt, vin
 
 
-def _render(tokenizer, messages: list[dict], tools: list | None) -> str:
+def _render(tokenizer, messages: list[dict], tools: list | None, extra: dict | None) -> str:
     if not getattr(tokenizer, "has_chat_template", False):
         raise bad_request("this model has no chat template; use /v1/completions", "messages")
-    extra = {"tools": tools} if tools else {}
+    variables = {**({"tools": tools} if tools else {}), **(extra or {})}
     try:
         return tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, **extra
+            messages, add_generation_prompt=True, tokenize=False, **variables
         )
     except Exception as exc:  # the template's own raise_exception(), or a jinja error
         raise bad_request(

@@ -50,6 +50,9 @@ DEFAULT_MAX_IMAGES = 8  # image parts per request
 DEFAULT_MAX_IMAGE_BYTES = 20 * 1024**2  # encoded bytes per image (OpenAI's per-image limit)
 DEFAULT_MAX_IMAGE_PIXELS = 6000 * 6000  # width x height, read from the header before decoding
 DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0  # a remote image must arrive whole within this
+# Stored Responses (store: true) for previous_response_id and GET: a long agent conversation's
+# items are some 100 KB of JSON, so hundreds of turns fit; least recently used out.
+DEFAULT_RESPONSES_STORE_BYTES = 64 * 1024**2
 WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
 # thinking models: auto/deepseek split the thinking into reasoning_content (mlxd/api/reasoning.py)
 REASONING_FORMATS = ("auto", "deepseek", "none")
@@ -90,6 +93,7 @@ class Config:
     prefill_step_size: int = DEFAULT_PREFILL_STEP
     prefill_batch_size: int | None = None  # None: auto (see engine/loop.py)
     prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
+    responses_store_bytes: int = DEFAULT_RESPONSES_STORE_BYTES
     memory_limit: int | None = None  # bytes for model + KV; None: from the device
     weights: str = "auto"  # quantized / dense twin / both, per step
     request_timeout: float | None = None
@@ -241,6 +245,14 @@ OPTIONS = (
         size,
         "KV cache kept for reuse by later prompts with the same prefix; 0 turns it off "
         "(default 512M)",
+        metavar="BYTES",
+    ),
+    Option(
+        "responses_store_bytes",
+        "responses-store-bytes",
+        size,
+        "memory for stored Responses API responses (store: true), least recently used out; "
+        "0 keeps none (default 64M)",
         metavar="BYTES",
     ),
     Option(

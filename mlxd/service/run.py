@@ -19,6 +19,7 @@ from pathlib import Path
 from mlxd import STARTED, __version__
 from mlxd.api.app import App, Defaults
 from mlxd.api.images import ImageLimits
+from mlxd.api.responses.store import ResponseStore
 from mlxd.api.routes import PUBLIC_PATHS, QUIET_PATHS, ROUTES
 from mlxd.engine.loop import Engine, EngineSettings
 from mlxd.models import device, loader, weights
@@ -126,6 +127,7 @@ def _build(config: Config) -> tuple[App, Server]:
             config.allow_image_urls,
             config.image_url_timeout,
         ),
+        responses=ResponseStore(config.responses_store_bytes),
     )
     settings = ServerSettings(
         max_body_bytes=config.max_body_bytes,

@@ -59,6 +59,17 @@ def test_smollm_knows_paris(smollm_server):
     assert reply.usage.completion_tokens <= 20
 
 
+def test_smollm_knows_paris_through_responses(smollm_server):
+    _, url = smollm_server
+    reply = sdk(url).responses.create(
+        model="SmolLM2-135M-Instruct.Q4_1",
+        input="What is the capital of France?",
+        max_output_tokens=20,
+        temperature=0,
+    )
+    assert "Paris" in reply.output_text and reply.usage.output_tokens <= 20
+
+
 def test_smollm_streams_then_stops_on_sigterm(smollm_server):
     proc, url = smollm_server
     client = sdk(url)

@@ -1,0 +1,1 @@
+"""OpenAI's Responses API on mlxd's engine: request records, items, output, store, routes."""
