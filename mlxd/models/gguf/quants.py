@@ -10,7 +10,7 @@ The arithmetic follows ggml-quants.c's ``dequantize_row_*`` (and gguf-py's ``deq
 the tests compare against bit for bit, signed zeros included): sub-scales are multiplied into
 float32 first, then one multiply (and one add) per weight. For MLX, ``(code - zero) * scale``
 becomes ``code * scale + (-zero * scale)``: the same value, exactly (every product fits
-float32's 24-bit significand, and ``zero`` is a power of two or IQ4_NL's 128).
+float32's 24-bit significand, and every ``zero`` is a power of two).
 
 Block layouts: ggml-common.h (``block_q4_0`` ... ``block_q6_K``); QK_K = 256 weights per K-block.
 """
