@@ -314,3 +314,51 @@ def write_model_gguf(
     w.write_tensors_to_file()
     w.close()
     return reference
+
+
+def _tensor_bytes(path: Path):
+    """(header, name -> (ggml type, shape, uint8 rows of blocks)), read with mlxd's header reader
+    (gguf-py's GGUFReader takes 45 s over SmolLM2's vocabulary)."""
+    from mlxd.models.gguf.header import read_header
+
+    header = read_header(path)
+    data = np.memmap(path, dtype=np.uint8, mode="r")
+    out = {}
+    for info in header.tensors.values():
+        block, size = gguf.GGML_QUANT_SIZES[Q(info.ggml_type)]
+        rows, cols = int(np.prod(info.shape[:-1])), info.shape[-1]
+        raw = data[info.offset : info.offset + rows * cols // block * size].reshape(rows, -1)
+        out[info.name] = (Q(info.ggml_type), info.shape, np.array(raw))
+    return header, out
+
+
+def read_exact(path: Path) -> tuple[dict, dict[str, np.ndarray]]:
+    """A GGUF file's metadata, and every tensor as float32 at the values gguf-py decodes."""
+    header, tensors = _tensor_bytes(path)
+    exact = {
+        name: gguf.quants.dequantize(raw, qtype).reshape(shape).astype(np.float32)
+        for name, (qtype, shape, raw) in tensors.items()
+    }
+    return header.metadata, exact
+
+
+def requantized_copy(src: Path, dst: Path, qtype_of: Callable[[str], Q | None]) -> Path:
+    """``src`` with the matrices ``qtype_of(name)`` names re-encoded from their exact values, the
+    other tensors and the metadata copied as they are: a real model in the block types a test
+    wants."""
+    header, tensors = _tensor_bytes(src)
+    w = gguf.GGUFWriter(str(dst), header.metadata["general.architecture"])
+    for key, value in header.metadata.items():
+        if key not in ("general.architecture", "general.alignment"):
+            w.add_key_value(key, value, gguf.GGUFValueType.get_type(value))
+    for name, (qtype, shape, raw) in tensors.items():
+        if (target := qtype_of(name)) is None or len(shape) == 1:
+            w.add_tensor(name, raw.reshape(*shape[:-1], -1), raw_dtype=qtype)  # bytes per row
+            continue
+        exact = gguf.quants.dequantize(raw, qtype).reshape(shape).astype(np.float32)
+        w.add_tensor(name, encode(exact, target), raw_dtype=target)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return dst

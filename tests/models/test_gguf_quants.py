@@ -4,6 +4,8 @@ and what each format becomes in MLX, with its error measured against the exact v
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gguf
 import mlx.core as mx
 import numpy as np
@@ -214,3 +216,51 @@ def test_a_quantized_tensor_must_be_a_matrix_of_whole_blocks(tmp_path):
         UnsupportedModelError, match=r"blk\.0\.ffn_down\.weight: quantized, but not a matrix"
     ):
         load_gguf(path)
+
+
+SMOLLM = Path(__file__).resolve().parents[2] / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm_k_mix(name: str) -> Q | None:
+    """The MLP's down projections as K-quants (the only matrices of SmolLM2 whose rows, 1536,
+    are whole K-blocks): Q6_K and Q4_K by turns; the rest as they are (Q4_1, Q8_0)."""
+    if ".ffn_down." in name:
+        return Q.Q6_K if int(name.split(".")[1]) % 2 == 0 else Q.Q4_K
+    return None
+
+
+def exact_model(path: Path, config: dict):
+    """The model of a GGUF file with every weight dense, at the exact values gguf-py decodes."""
+    from mlxd.models.gguf import archs
+    from mlxd.models.gguf.tensors import build_model, mlx_weights
+
+    from ggufwrite import read_exact
+
+    metadata, exact = read_exact(path)
+    tensors = {name: mx.array(values) for name, values in exact.items()}
+    arch = archs.ARCHITECTURES[metadata["general.architecture"]]
+    dense = {k: v for k, v in config.items() if k != "quantization"}
+    return build_model(dense, mlx_weights(tensors, dense, arch), arch)[0]
+
+
+@pytest.mark.smollm
+@pytest.mark.skipif(not SMOLLM.exists(), reason="run `make model` to fetch SmolLM2")
+def test_smollm2_in_k_quants_loads_faithfully(tmp_path):
+    # The reference is the same file's exact values, dense: what a wrong layout, scale or width
+    # would move is the logits, not whether this tiny model still says Paris (its answer flips
+    # with the test encoder's own error, 2-4% per K-quant tensor).
+    from mlxd.models.gguf import open_gguf
+
+    from ggufwrite import requantized_copy
+
+    path = requantized_copy(SMOLLM, tmp_path / "k.gguf", smollm_k_mix)
+    loaded = open_gguf(path)
+    report = {r.ggml_type: r for r in loaded.quantization_report}
+    assert report["Q6_K"].tensors == report["Q4_K"].tensors == 15
+    messages = [{"role": "user", "content": "What is the capital of France?"}]
+    prompt = mx.array([loaded.tokenizer.apply_chat_template(messages, add_generation_prompt=True)])
+    got = loaded.model(prompt)[0].astype(mx.float32)
+    want = exact_model(path, loaded.config)(prompt)[0].astype(mx.float32)
+    # measured: 8.5e-3 of the largest logit, every position's argmax the same
+    assert (mx.abs(got - want).max() / mx.abs(want).max()).item() < 2e-2
+    assert (got.argmax(-1) == want.argmax(-1)).astype(mx.float32).mean().item() >= 0.9

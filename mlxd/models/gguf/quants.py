@@ -1,14 +1,16 @@
 """ggml's block quantization formats, read exactly, with numpy, vectorised over blocks.
 
-Every format here stores affine groups: ``w = code * scale + offset`` for a run of weights (32
-for Q4_0..Q8_0, IQ4_NL, Q4_K and Q5_K; 16 for Q2_K, Q3_K and Q6_K), with the scale and offset
-built from float16 fields and small integer sub-scales. ``decode`` unpacks blocks to that form
-(codes, and per-group float32 scales and offsets); ``dequantize`` multiplies it out.
+Every format here stores affine groups, for a run of weights (32 for Q4_0..Q8_0, IQ4_NL, Q4_K
+and Q5_K; 16 for Q2_K, Q3_K and Q6_K): ``(code - zero) * scale`` (symmetric formats) or
+``code * scale + offset`` (formats with a minimum), with the scale and offset built from float16
+fields and small integer sub-scales. ``decode`` unpacks blocks to that form (uint8 codes, and
+per-group float32 scales and offsets); ``dequantize`` multiplies it out.
 
 The arithmetic follows ggml-quants.c's ``dequantize_row_*`` (and gguf-py's ``dequantize``, which
-the tests compare against bit for bit): the sub-scales are multiplied into float32 first, and a
-signed code ``q - k`` times ``d`` equals ``code * d + (-k * d)`` exactly, since every product
-involved fits float32's 24-bit significand.
+the tests compare against bit for bit, signed zeros included): sub-scales are multiplied into
+float32 first, then one multiply (and one add) per weight. For MLX, ``(code - zero) * scale``
+becomes ``code * scale + (-zero * scale)``: the same value, exactly (every product fits
+float32's 24-bit significand, and every ``zero`` is a power of two).
 
 Block layouts: ggml-common.h (``block_q4_0`` ... ``block_q6_K``); QK_K = 256 weights per K-block.
 """

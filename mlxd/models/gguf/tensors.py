@@ -136,7 +136,8 @@ def log_report(reports: list[TypeReport], seconds: float) -> None:
         log.info("GGUF tensors converted to MLX in %.2f s", seconds)
 
 
-def read_and_report(path: Path, header: GgufHeader):
+def read_and_report(path: Path, header: GgufHeader) -> tuple[dict[str, mx.array], list[TypeReport]]:
+    """``read_tensors``, with the error per type summarized and logged."""
     start = time.perf_counter()
     tensors, errors = read_tensors(path, header)
     reports = summarize(errors)
