@@ -3,7 +3,7 @@
 Every format here stores affine groups: ``w = code * scale + offset`` for a run of weights (32
 for Q4_0..Q8_0, IQ4_NL, Q4_K and Q5_K; 16 for Q2_K, Q3_K and Q6_K), with the scale and offset
 built from float16 fields and small integer sub-scales. ``decode`` unpacks blocks to that form
-(codes, and per-group float32 scales and offsets); ``dequantize`` multiplies it out.
+(codes, and per-group float32 scales and offsets); ``Affine.values`` multiplies it out.
 
 The arithmetic follows ggml-quants.c's ``dequantize_row_*`` (and gguf-py's ``dequantize``, which
 the tests compare against bit for bit): the sub-scales are multiplied into float32 first, and a
@@ -219,11 +219,6 @@ def decode(raw: np.ndarray, ggml_type: int) -> Affine:
     a = fmt.decode(blocks)
     offsets = None if a.offsets is None else a.offsets.reshape(rows, -1)
     return Affine(a.codes.reshape(rows, -1), a.scales.reshape(rows, -1), offsets, a.zero, a.group)
-
-
-def dequantize(raw: np.ndarray, ggml_type: int) -> np.ndarray:
-    """Rows of packed blocks -> float32 weights, exactly as ggml computes them."""
-    return decode(raw, ggml_type).values()
 
 
 def row_bytes(ggml_type: int, cols: int) -> int:

@@ -13,7 +13,7 @@ tensors are re-quantized from their exact values, min-max per 32 weights, at a w
 the added error well under the format's own: 4 bits for Q2_K and Q3_K, 8 for Q6_K (6 bits would
 double Q6_K's error; its tensors cost 9 instead of 6.6 bits a weight).
 
-The error is measured against the exact ggml values (``quants.dequantize``) on up to
+The error is measured against the exact ggml values (``Affine.values``) on up to
 ``ERROR_SAMPLE_WEIGHTS`` weights a tensor (evenly spaced whole rows; all rows of smaller tensors).
 """
 
