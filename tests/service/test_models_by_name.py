@@ -26,10 +26,10 @@ def test_a_hub_id_from_the_hugging_face_cache(tiny_model_dir, tmp_path):
     (repo / "refs" / "main").write_text(COMMIT)
     clean = {k: v for k, v in os.environ.items() if not k.startswith(("MLXD_", "HF_"))}
     env = {**clean, "HF_HOME": str(tmp_path / "hf"), "XDG_RUNTIME_DIR": str(tmp_path)}
-    with open(tmp_path / "stderr.log", "w") as log:  # the child keeps its own descriptor
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "mlxd", REPO, "--port", "0"], cwd=ROOT, env=env, stderr=log
-        )
+    log = open(tmp_path / "stderr.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mlxd", REPO, "--port", "0"], cwd=ROOT, env=env, stderr=log
+    )
     try:
         entry = tmp_path / "mlxd" / f"{proc.pid}.pid"
         deadline = time.monotonic() + 120
