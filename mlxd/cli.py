@@ -160,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"MODEL given twice: {both[0]} and --model {both[1]}")
     try:
         given = layers(cli_values(args), os.environ, args.config)
-        # Each value was parsed by its OPTIONS entry, so has its field's type.
-        config = with_cli_defaults(Config(**given))  # type: ignore[arg-type]
+        config = with_cli_defaults(Config(**given))
     except ConfigError as exc:
         for line in str(exc).splitlines():
             print(f"mlxd: {line}", file=sys.stderr)
@@ -248,7 +247,7 @@ def launch(config: Config) -> int:
         reporter = daemon.detach(config.log_file)
     logs.setup(config.log_level, config.log_file, config.log_format)
     if model.source != "path":
-        logging.getLogger("mlxd").info("%s is %s (%s)", model.name, model.path, model.source)
+        logging.getLogger(__name__).info("%s is %s (%s)", model.name, model.path, model.source)
     if reporter is None:
         from mlxd.service.run import run  # the heavy imports (mlx, mlx_lm) start here
 

@@ -18,7 +18,7 @@ from mlxd.api.images import ImageLimits, ImageRef
 from mlxd.engine.vision import VisionInput
 from mlxd.transport.errors import bad_request
 
-log = logging.getLogger("mlxd.api")
+log = logging.getLogger(__name__)
 
 SKIP_ARRAYS = ("input_ids", "attention_mask")  # the prompt is the job's; the rest feeds the VLM
 

@@ -467,7 +467,7 @@ def read_key_file(path: str) -> tuple[str, ...]:
 
 def layers(
     cli: Mapping[str, object], environ: Mapping[str, str], config_path: str | None = None
-) -> dict[str, object]:
+) -> dict[str, Any]:
     """The settings some layer gives (file, env, CLI; defaults left out), by Config field."""
     path = config_path or environ.get(ENV_CONFIG, "").strip() or None
     values: dict[str, Any] = {}  # field -> value of that field's type (each option's parser)

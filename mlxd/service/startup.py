@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from mlxd.service import logs
 
-log = logging.getLogger("mlxd")
+log = logging.getLogger(__name__)
 
 PROGRESS_INTERVAL_S = 0.1  # status line redraws
 

@@ -28,22 +28,25 @@ def smollm_server(smollm_path):
         text=True,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
     )
-    url, log = None, []
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        if not line:
-            break
-        log.append(line)
-        if m := re.search(r"listening on (http://\S+)", line):
-            url = m.group(1)
-        if " ready: " in line:
-            break
-    assert url and get_json(url + "/health")[0] == 200, "".join(log)
-    yield proc, url
-    if proc.poll() is None:
-        proc.kill()
+    try:
+        url, log = None, []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stderr.readline()
+            if not line:
+                break
+            log.append(line)
+            if m := re.search(r"listening on (http://\S+)", line):
+                url = m.group(1)
+            if " ready: " in line:
+                break
+        assert url and get_json(url + "/health")[0] == 200, "".join(log)
+        yield proc, url
+    finally:  # a server that never got ready is stopped too, and its pipe closed
+        if proc.poll() is None:
+            proc.kill()
         proc.wait()
+        proc.stderr.close()
 
 
 def test_smollm_knows_paris(smollm_server):

@@ -52,7 +52,7 @@ def test_random_blocks_decode_bit_for_bit_as_gguf_py(qtype, seed):
     block = gguf.GGML_QUANT_SIZES[qtype][0]
     raw = random_blocks(qtype, 8, block * 3, seed=seed)
     want = gguf.quants.dequantize(raw, qtype)
-    got = quants.dequantize(raw, qtype)
+    got = quants.decode(raw, qtype).values()
     assert got.dtype == np.float32 and got.shape == want.shape == (8, block * 3)
     assert np.array_equal(got.view(np.uint32), want.view(np.uint32))  # signed zeros too
 
@@ -62,7 +62,7 @@ def test_quantized_weights_decode_bit_for_bit_as_gguf_py(qtype):
     w = gaussian()
     raw = encode(w, qtype)
     want = gguf.quants.dequantize(raw, qtype)
-    assert np.array_equal(quants.dequantize(raw, qtype).view(np.uint32), want.view(np.uint32))
+    assert np.array_equal(quants.decode(raw, qtype).values().view(np.uint32), want.view(np.uint32))
     assert rel_rms(want, w) < 0.4  # the blocks hold these weights (Q2_K's own error is ~0.3)
 
 
@@ -102,7 +102,7 @@ def test_formats_with_float16_fields_are_exact(qtype):
     raw = encode(gaussian(), qtype)
     packed, err = repack.to_mlx(raw, qtype, "t")
     assert packed.bits == repack.MLX_BITS[qtype]
-    assert np.array_equal(mlx_values(packed), quants.dequantize(raw, qtype))
+    assert np.array_equal(mlx_values(packed), quants.decode(raw, qtype).values())
     assert err.max_abs == 0
 
 
@@ -110,7 +110,7 @@ def test_formats_with_float16_fields_are_exact(qtype):
 def test_k_quants_with_32_weight_groups_keep_their_codes(qtype, bits):
     raw = encode(gaussian(), qtype)
     packed, err = repack.to_mlx(raw, qtype, "t")
-    exact = quants.dequantize(raw, qtype)
+    exact = quants.decode(raw, qtype).values()
     got = mlx_values(packed)
     assert packed.bits == bits
     # Only the float16 rounding of each group's scale and minimum moves a weight.
@@ -127,7 +127,7 @@ def test_k_quants_with_32_weight_groups_keep_their_codes(qtype, bits):
 def test_16_weight_groups_are_requantized_well_under_their_own_error(qtype):
     w = gaussian()
     raw = encode(w, qtype)
-    exact = quants.dequantize(raw, qtype)
+    exact = quants.decode(raw, qtype).values()
     packed, err = repack.to_mlx(raw, qtype, "t")
     own = rel_rms(exact, w)  # what the format itself costs against the original weights
     added = rel_rms(mlx_values(packed), exact)

@@ -66,7 +66,7 @@ def test_status_line_is_drawn_on_a_terminal_only(monkeypatch):
         logs.setup("info", stream=io.StringIO())
         assert Startup().show() is None
     finally:
-        for h in [h for h in root.handlers if getattr(h, "mlxd", False)]:
+        for h in [h for h in root.handlers if h.name == logs.HANDLER_NAME]:
             root.removeHandler(h)
         root.handlers[:], root.level = saved[0], saved[1]
     assert "\r\x1b[K| warming up 0.0s" in out.getvalue()

@@ -43,9 +43,6 @@ class Hparams:
             raise UnsupportedModelError(f"{full} differs per layer")
         return value
 
-    def has(self, key: str) -> bool:
-        return f"{self.arch}.{key}" in self.md
-
 
 def f32(x: float) -> float:
     # GGUF stores float32: 1e-5 arrives as 9.99999974e-06. Keep the shortest decimal that reads

@@ -1,10 +1,9 @@
 """ggml's block quantization formats, read exactly, with numpy, vectorised over blocks.
 
-Every format here stores affine groups, for a run of weights (32 for Q4_0..Q8_0, IQ4_NL, Q4_K
-and Q5_K; 16 for Q2_K, Q3_K and Q6_K): ``(code - zero) * scale`` (symmetric formats) or
-``code * scale + offset`` (formats with a minimum), with the scale and offset built from float16
-fields and small integer sub-scales. ``decode`` unpacks blocks to that form (uint8 codes, and
-per-group float32 scales and offsets); ``dequantize`` multiplies it out.
+Every format here stores affine groups: ``w = code * scale + offset`` for a run of weights (32
+for Q4_0..Q8_0, IQ4_NL, Q4_K and Q5_K; 16 for Q2_K, Q3_K and Q6_K), with the scale and offset
+built from float16 fields and small integer sub-scales. ``decode`` unpacks blocks to that form
+(codes, and per-group float32 scales and offsets); ``Affine.values`` multiplies it out.
 
 The arithmetic follows ggml-quants.c's ``dequantize_row_*`` (and gguf-py's ``dequantize``, which
 the tests compare against bit for bit, signed zeros included): sub-scales are multiplied into
@@ -221,11 +220,6 @@ def decode(raw: np.ndarray, ggml_type: int) -> Affine:
     a = fmt.decode(blocks)
     offsets = None if a.offsets is None else a.offsets.reshape(rows, -1)
     return Affine(a.codes.reshape(rows, -1), a.scales.reshape(rows, -1), offsets, a.zero, a.group)
-
-
-def dequantize(raw: np.ndarray, ggml_type: int) -> np.ndarray:
-    """Rows of packed blocks -> float32 weights, exactly as ggml computes them."""
-    return decode(raw, ggml_type).values()
 
 
 def row_bytes(ggml_type: int, cols: int) -> int:

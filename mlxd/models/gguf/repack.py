@@ -15,7 +15,7 @@ measured on Gaussian weights): 4 bits for Q2_K (6e-2 against its own 0.3), 5 for
 against 0.15), 8 for Q6_K (5e-3 against 2e-2; 6 bits would double its error, at the price of
 9 instead of 6.6 bits a weight).
 
-The error is measured against the exact ggml values (``quants.dequantize``) on up to
+The error is measured against the exact ggml values (``Affine.values``) on up to
 ``ERROR_SAMPLE_WEIGHTS`` weights a tensor (evenly spaced whole rows; all rows of smaller tensors).
 """
 
