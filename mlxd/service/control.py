@@ -70,7 +70,9 @@ def command(stop: bool, target: Target, timeout: float | None = None) -> int:
 
 def running() -> list[Probe]:
     """Every running mlxd of this user: the registry, and default per-port PID files (a server
-    that could not register still has one), each once, by port."""
+    that could not register still has one), each once, by port. Never a scan of all processes:
+    what a command may stop without being told which must be what this user's servers
+    registered (and a test's registry is its own)."""
     found = {p.pid: p for p in daemon.registered()}
     for path in sorted(daemon.runtime_dir().glob("mlxd-*.pid")):
         p = daemon.probe(path)
