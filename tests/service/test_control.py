@@ -186,7 +186,8 @@ def test_a_real_server_with_its_pid_file_elsewhere(tiny_model_dir, tmp_path):
         while not (entry.exists() and '"ready"' in entry.read_text()):
             assert proc.poll() is None, (tmp_path / "stderr.log").read_text()
         url = json.loads(entry.read_text().splitlines()[1])["url"]
-        body = json.dumps({"prompt": "Hi", "max_tokens": 3}).encode()
+        # logit_bias: never the end of sequence, so the request decodes tokens to time
+        body = json.dumps({"prompt": "Hi", "max_tokens": 5, "logit_bias": {"150": 100}}).encode()
         request = urllib.request.Request(
             url + "/v1/completions", body, {"Content-Type": "application/json"}
         )
