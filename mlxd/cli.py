@@ -13,7 +13,7 @@ from typing import Any
 
 from mlxd import __version__
 from mlxd.models.locate import ModelNotFound, gguf_named, locate
-from mlxd.service import control, daemon, logs
+from mlxd.service import control, daemon, logs, ranks
 from mlxd.service.config import OPTIONS, Config, ConfigError, absolute_paths, env_warnings, layers
 
 EXIT_USAGE = 2  # argparse's code for a bad command line; also a bad config
@@ -176,7 +176,39 @@ def main(argv: list[str] | None = None) -> int:
         parser.error('MODEL is required (or set "model" in --config, or MLXD_MODEL)')
     if args.export_mlx:
         return export_mlx(config, args.export_mlx)
-    return launch(config)
+    rank = ranks.launched_rank(os.environ)
+    problem = group_problem(config, rank)
+    if problem:
+        parser.error(problem)
+    if config.distributed and rank is None:  # run this command on every rank
+        assert config.backend is not None  # group_problem
+        hosts = config.distributed
+        return ranks.run_launcher(
+            ranks.launcher_argv(
+                sys.argv[1:] if argv is None else argv,
+                hosts,
+                config.backend,
+                python=sys.executable,
+                frozen=bool(getattr(sys, "frozen", False)),
+                port=ranks.free_ports(int(hosts) if hosts.isdigit() else 1),
+            )
+        )
+    return launch(config, follower=bool(rank))
+
+
+def group_problem(config: Config, rank: int | None) -> str | None:
+    """Why these settings cannot start a group (or a lone server under a launcher), if so."""
+    if config.backend is None and (config.distributed or rank is not None):
+        where = "--distributed" if config.distributed else f"a launcher (rank {rank})"
+        return (
+            f"started by {where} without --backend: name the backend (ring, jaccl, mpi or "
+            "nccl); MLX's default would give each process a group of one"
+        )
+    if config.backend is not None and config.adapter:
+        return "--adapter cannot be combined with --backend (one LoRA per rank is not supported)"
+    if config.backend is not None and config.daemon:
+        return "--daemon cannot be combined with --backend: the launcher keeps the ranks"
+    return None
 
 
 def _target(parser, args, config: Config, given: dict) -> control.Target:
@@ -213,9 +245,10 @@ def export_mlx(config: Config, out_dir: str) -> int:
     return 0
 
 
-def launch(config: Config) -> int:
+def launch(config: Config, follower: bool = False) -> int:
     """Find the model, refuse a second server on the same PID file, detach if asked, then load
-    and serve. What can be said before listening is said before listening."""
+    and serve. What can be said before listening is said before listening. A ``follower`` (a
+    rank other than 0 of a group) serves no HTTP and has no PID file of its own."""
     assert config.model is not None and config.pid_file is not None  # main(), with_cli_defaults
     pid_template = config.pid_file
     try:
@@ -227,7 +260,7 @@ def launch(config: Config) -> int:
         config = dataclasses.replace(
             config, model=str(model.path), served_model_name=config.served_model_name or model.name
         )
-    if daemon.PORT_PLACEHOLDER not in pid_template:  # port 0 can never clash
+    if not follower and daemon.PORT_PLACEHOLDER not in pid_template:  # port 0 never clashes
         found = daemon.probe(daemon.pid_path(pid_template, config.port))
         if found.running:
             print(

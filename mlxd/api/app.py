@@ -26,10 +26,11 @@ from mlxd.api.respond import respond
 from mlxd.api.responses.store import ResponseStore
 from mlxd.api.schema import ChatRequest, CompletionRequest, Sampling, context_error
 from mlxd.api.shapes import ChatShape, TextShape
-from mlxd.constrain.enforce import Enforce, processor
+from mlxd.constrain.enforce import Enforce, ProcessorFactory
 from mlxd.constrain.index import TokenVocabulary
 from mlxd.engine.errors import EngineDead, out_of_vocabulary, vocabulary_error
 from mlxd.engine.events import Courier
+from mlxd.engine.group import Lockstep
 from mlxd.engine.loop import Engine
 from mlxd.engine.sampling import SamplingParams
 from mlxd.models.loader import LoadedModel
@@ -64,6 +65,7 @@ class App:
     defaults: Defaults = field(default_factory=Defaults)
     loaded: LoadedModel | None = None
     engine: Engine | None = None
+    group: Lockstep | None = None  # this server is rank 0 of a group (engine/group.py)
     request_timeout: float | None = None
     image_limits: ImageLimits = field(default_factory=ImageLimits)
     metrics: Metrics = field(default_factory=Metrics)
@@ -138,8 +140,8 @@ class App:
         tokenizer = self.model.tokenizer
         # Built once per tokenizer (about 0.1 s at a 49k vocabulary), then cached.
         vocab = await asyncio.to_thread(TokenVocabulary.for_tokenizer, tokenizer)
-        make = functools.partial(
-            processor, enforce, vocab, tuple(sorted(tokenizer.eos_token_ids)), params.max_tokens
+        make = ProcessorFactory(
+            enforce, tuple(sorted(tokenizer.eos_token_ids)), params.max_tokens, vocab
         )
         return dataclasses.replace(params, constraint=make)
 

@@ -42,6 +42,8 @@ async def get_model(app: App, ex) -> None:
 async def health(app: App, ex) -> None:
     body = {"status": "ok" if app.ready else "loading", "model": app.name, "version": __version__}
     headers: tuple[tuple[str, str], ...] = ()
+    if app.group is not None:
+        body["group"] = app.group.view()
     if app.failure:  # no Retry-After: this process will not recover, its supervisor restarts it
         body.update(status="failed", reason=app.failure)
     elif not app.ready:

@@ -73,6 +73,7 @@ def status_report(app) -> dict:
         "memory": _memory(),
         "uptime_seconds": round(time.time() - app.started, 3),
         "queue": queue_state(app),
+        "group": app.group.view() if app.group is not None else None,
     }
 
 

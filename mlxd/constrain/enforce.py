@@ -11,6 +11,7 @@ Two shapes, both built fresh per choice on the generation thread (``SamplingPara
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, cast
@@ -32,6 +33,24 @@ class Enforce:
     prefix: str = ""
     suffix: str = ""
     trigger: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class ProcessorFactory:
+    """``SamplingParams.constraint``: makes a fresh processor per choice (on the generation
+    thread). What travels to the other ranks of a group is ``portable()``: the vocabulary is
+    the tokenizer's, so each rank attaches its own."""
+
+    enforce: Enforce
+    eos_ids: tuple[int, ...]
+    max_tokens: int
+    vocab: Any = dataclasses.field(default=None, compare=False, repr=False)
+
+    def __call__(self) -> Processor:
+        return processor(self.enforce, self.vocab, self.eos_ids, self.max_tokens)
+
+    def portable(self) -> ProcessorFactory:
+        return dataclasses.replace(self, vocab=None)
 
 
 def processor(enforce: Enforce, vocab, eos_ids, max_tokens: int) -> Processor:

@@ -99,6 +99,12 @@ class Grammar:
         self._next: dict = {}
         self.initial: State = self.closure((self.root << FRAME_BITS,))
 
+    def __getstate__(self) -> dict:
+        """Pickled (for the other ranks of a group) without the memo tables: they grow with use
+        and each process fills its own."""
+        memo = ("_affixed", "_step", "_closure", "_cost", "_next")
+        return {k: ({} if k in memo else v) for k, v in self.__dict__.items()}
+
     def with_affixes(self, prefix: bytes, suffix: bytes) -> Grammar:
         """The same value between literal ``prefix`` and ``suffix`` (e.g. tool-call wrapping)."""
         if (prefix, suffix) == (self.prefix, self.suffix):

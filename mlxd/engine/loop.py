@@ -36,6 +36,7 @@ from mlxd.engine.errors import (
     vocabulary_error,
 )
 from mlxd.engine.events import Delta, Failed, Finished
+from mlxd.engine.group import GroupAdmission, Lockstep
 from mlxd.engine.job import Job, Seq
 from mlxd.engine.sampling import SamplingParams, make_processors, make_sampler
 from mlxd.engine.settings import EngineSettings
@@ -82,6 +83,7 @@ class Engine:
         on_failure: Callable[[str], None] | None = None,
         on_phase: Callable[..., None] | None = None,
         vlm=None,
+        lockstep: Lockstep | None = None,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -93,7 +95,13 @@ class Engine:
         self._on_failure = on_failure
         self._on_phase = on_phase or (lambda name, done=0, total=0: None)
         self._thread = threading.Thread(target=self._run, name="mlxd-generate", daemon=True)
-        self._admission = Admission(lambda: self.settings, self.kv_bytes)
+        # One rank of a group (group.py): the same loop on every rank, fed by rank 0's decisions.
+        self._lockstep = lockstep
+        self._admission = (
+            GroupAdmission(lambda: self.settings, self.kv_bytes, lockstep)
+            if lockstep is not None
+            else Admission(lambda: self.settings, self.kv_bytes)
+        )
         # Generation-thread state.
         self._seqs: dict[int, Seq] = {}
         self._followers: dict[Job, list[int]] = {}  # n > 1: choices waiting for the prefill
@@ -136,10 +144,17 @@ class Engine:
         self._admission.close()
         self._thread.join(timeout)
 
+    def lost(self, exc: BaseException) -> None:
+        """From another thread (the group's watchdog): the generation thread is stuck in a
+        collective that will not return; fail everything as if it had died."""
+        self._die(exc)
+
     # ----- the generation thread -----
 
     def _run(self) -> None:
         try:
+            if self._lockstep is not None:
+                self._lockstep.begin(self)
             if not self._prepare():
                 return
             self.ready.set()
@@ -174,6 +189,11 @@ class Engine:
             log.exception("warm-up failed")
             self.failure = f"warm-up failed: {exc}"
             return False
+        if self._lockstep is not None:
+            self.settings, cache_bytes = self._lockstep.agree(
+                self.settings, self.kv_bytes_per_token
+            )
+            self._prompt_cache = LRUPromptCache(max_bytes=cache_bytes)
         return True
 
     def _new_generator(self) -> BatchGenerator:
@@ -194,6 +214,8 @@ class Engine:
                 self._probe("iteration")
                 self._iteration()
             except Exception as exc:
+                if self._lockstep is not None:
+                    raise  # the ranks may no longer agree on the batch: the group cannot go on
                 self._recover(exc)
         stopping = ShuttingDown("the server shut down before this request finished")
         self._fail_in_flight(stopping)
@@ -344,6 +366,8 @@ class Engine:
         try:
             out = solo.step()
         except Exception as exc:
+            if self._lockstep is not None:
+                raise  # a collective failed, or the ranks no longer agree: the group stops
             log.exception("generation step failed")
             seq.job.emit(Failed(GenerationFailed(f"generation failed: {exc}")))
             self._solo = None

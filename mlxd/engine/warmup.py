@@ -32,7 +32,8 @@ def run(gen, tokenizer) -> WarmUp:
     start = time.perf_counter()
     base = tokenizer.encode(TEXT, add_special_tokens=False) or [0]
     greedy = SamplingParams(max_tokens=DECODE_TOKENS, temperature=0.0)
-    sampled = SamplingParams(max_tokens=DECODE_TOKENS, temperature=1.0, top_p=0.9)
+    # Seeded: the ranks of a group must sample the same tokens (engine/group.py).
+    sampled = SamplingParams(max_tokens=DECODE_TOKENS, temperature=1.0, top_p=0.9, seed=0)
     groups = [[base], [base, base[: max(1, len(base) // 2)]]]
     if mx.default_device() == mx.gpu:
         # GPU kernels differ by prefill length class: compile a long chunk now, not on the first

@@ -88,7 +88,7 @@ def load(path: str | Path, adapter: str | Path | None = None) -> LoadedModel:
         path,
         name,
         fmt,
-        _context_length(config, tokenizer),
+        context_length(config, tokenizer),
         time.perf_counter() - start,
         adapter,
         vision,
@@ -138,7 +138,7 @@ def _apply_adapter(model, adapter: str) -> None:
     mx.eval(model.parameters())
 
 
-def _context_length(config: dict, tokenizer) -> int:
+def context_length(config: dict, tokenizer) -> int:
     for key in ("max_position_embeddings", "max_sequence_length", "seq_length", "n_ctx"):
         if isinstance(config.get(key), int) and config[key] > 0:
             return config[key]

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxd.models.locate import HUB_ID
+from mlxd.service.ranks import BACKENDS
 from mlxd.service.options import (
     ENV_PREFIX,
     Option,
@@ -57,6 +58,9 @@ WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
 # thinking models: auto/deepseek split the thinking into reasoning_content (mlxd/api/reasoning.py)
 REASONING_FORMATS = ("auto", "deepseek", "none")
 DEFAULT_REASONING_FORMAT = "auto"
+# With --backend: how long one engine step (or an idle heartbeat) may take before the group counts
+# as lost; a long prefill chunk of a large model on a slow device must fit well within it.
+DEFAULT_STEP_TIMEOUT_S = 60.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 ENV_ALIAS_PREFIX = "MLX_SERVER_"  # the seed server's names; MLXD_* wins when both are set
@@ -104,6 +108,11 @@ class Config:
     allow_image_files: str | None = None  # a directory local image paths must resolve inside
     allow_image_urls: bool = False  # fetch http(s) image URLs (off: no network is assumed)
     image_url_timeout: float = DEFAULT_IMAGE_URL_TIMEOUT_S
+    # One model across several processes (docs/DISTRIBUTED.md).
+    backend: str | None = None  # ring, jaccl, mpi or nccl: this process is one rank of a group
+    pipeline: bool = False  # split layers across ranks instead of splitting each layer
+    distributed: str | None = None  # run this command on every rank through mlx.launch
+    step_timeout: float = DEFAULT_STEP_TIMEOUT_S
     # Life cycle and logs.
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S
     log_level: str = "info"
@@ -319,6 +328,37 @@ OPTIONS = (
         "image-url-timeout",
         number(0.0, above=True),
         "seconds a remote image may take to arrive (default %(default)s)",
+        metavar="S",
+    ),
+    Option(
+        "backend",
+        "backend",
+        choice(BACKENDS),
+        "serve as one rank of an MLX distributed group over ring, jaccl, mpi or nccl; start "
+        "every rank with mlx.launch or --distributed (docs/DISTRIBUTED.md)",
+    ),
+    Option(
+        "pipeline",
+        "pipeline",
+        boolean,
+        "with --backend: give each rank a slice of the layers (pipeline parallel) instead of "
+        "a slice of every layer (tensor parallel, the default)",
+        "bool",
+    ),
+    Option(
+        "distributed",
+        "distributed",
+        text,
+        "start every rank through mlx.launch: HOSTS is its host file, or a number of ranks on "
+        "this machine; needs --backend",
+        metavar="HOSTS",
+    ),
+    Option(
+        "step_timeout",
+        "step-timeout",
+        number(0.0, above=True),
+        "with --backend: seconds a step may take before the group counts as lost (default "
+        "%(default)s)",
         metavar="S",
     ),
     Option(

@@ -21,10 +21,12 @@ from mlxd.api.app import App, Defaults
 from mlxd.api.images import ImageLimits
 from mlxd.api.responses.store import ResponseStore
 from mlxd.api.routes import PUBLIC_PATHS, QUIET_PATHS, ROUTES
+from mlxd.engine.group import Lockstep
 from mlxd.engine.loop import Engine, EngineSettings
-from mlxd.models import device, loader, weights
+from mlxd.models import device, loader, shard, weights
+from mlxd.models.group import Group, GroupError, join
 from mlxd.models.locate import ModelNotFound, locate
-from mlxd.service import daemon, logs
+from mlxd.service import daemon, logs, ranks
 from mlxd.service.config import Config
 from mlxd.service.startup import Startup
 from mlxd.transport.server import Server, ServerSettings
@@ -41,16 +43,44 @@ LOADER_THREAD = "mlxd-load"
 
 
 def run(config: Config, *, on_listening=None, on_ready=None) -> int:
+    group = None
+    if config.backend is not None:
+        try:
+            group = join_group(config)
+        except GroupError as exc:
+            log.error("%s", exc)
+            return 1
+        if not group.leader:
+            from mlxd.service.follower import follow
+
+            code = follow(config, group)
+            logs.flush()
+            os._exit(code)  # a rank's collectives may hold threads that never return
     try:
         code = asyncio.run(
-            run_async(config, on_listening=on_listening, on_ready=on_ready, started=STARTED)
+            run_async(
+                config, on_listening=on_listening, on_ready=on_ready, started=STARTED, group=group
+            )
         )
     except KeyboardInterrupt:  # Ctrl-C before the handlers were in place
         code = EXIT_INTERRUPTED
     logs.flush()
-    if any(t.name == LOADER_THREAD and t.is_alive() for t in threading.enumerate()):
-        os._exit(code)  # stopped mid-load: do not wait for the loader to finish
+    if group is not None or any(
+        t.name == LOADER_THREAD and t.is_alive() for t in threading.enumerate()
+    ):
+        os._exit(code)  # stopped mid-load, or a group's collectives may hold threads
     return code
+
+
+def join_group(config: Config) -> Group:
+    """Join the group ``config.backend`` names, as big as the launcher made it."""
+    assert config.backend is not None
+    return join(
+        config.backend,
+        pipeline=config.pipeline,
+        expected=ranks.expected_size(config.backend, os.environ),
+        step_timeout=config.step_timeout,
+    )
 
 
 async def run_async(
@@ -61,12 +91,13 @@ async def run_async(
     stop: asyncio.Event | None = None,
     engine_factory: EngineFactory | None = None,
     started: float | None = None,
+    group: Group | None = None,
 ) -> int:
     """Serve until SIGTERM/SIGINT (or ``stop`` is set), or until the generation thread dies
     (then exit EXIT_ENGINE_FAILED after the shutdown grace). ``on_listening(addresses)`` runs
     once the socket is bound and the PID file written (it lets a caller learn a port-0 address);
     ``on_ready()`` once the model has warmed up. ``started`` (monotonic): when the process
-    began, for the start-up summary."""
+    began, for the start-up summary. ``group``: this server is rank 0 of it."""
     startup = Startup(began=started)
     try:  # a model that is not there is said before listening, not after
         found = locate(config.model or "")
@@ -105,7 +136,8 @@ async def run_async(
             on_ready()
 
     try:
-        return await _lifecycle(config, app, server, stop, ready, engine_factory or Engine, startup)
+        factory = engine_factory or Engine
+        return await _lifecycle(config, app, server, stop, ready, factory, startup, group)
     finally:
         if pid_file is not None:
             pid_file.remove()
@@ -145,7 +177,7 @@ def _build(config: Config) -> tuple[App, Server]:
     )
 
 
-def _engine_settings(config: Config, calibration_file: Path | None) -> EngineSettings:
+def engine_settings(config: Config, calibration_file: Path | None) -> EngineSettings:
     kv_budget = device.kv_budget(config.memory_limit, config.prompt_cache_bytes)
     log.info(
         "memory: %s for KV caches of running requests (prompt cache up to %s)",
@@ -173,11 +205,12 @@ async def _lifecycle(
     ready: Callable[[], None],
     engine_factory: EngineFactory,
     startup: Startup,
+    group: Group | None,
 ) -> int:
     """Load the model while serving what needs no model; then serve until ``stop`` or until the
     engine fails; shut down."""
     failed = asyncio.Event()
-    loading = asyncio.create_task(_load(app, config, engine_factory, failed, startup))
+    loading = asyncio.create_task(_load(app, config, engine_factory, failed, startup, group))
     await _first(loading, stop.wait())
     code = 0
     if loading.done() and loading.exception() is not None:
@@ -213,12 +246,13 @@ async def _load(
     engine_factory: EngineFactory,
     failed: asyncio.Event,
     startup: Startup,
+    group: Group | None,
 ) -> None:
     """Read the model, build what its weight policy needs, start the engine, wait for its
     warm-up; each phase logged as it begins, and on a terminal a status line below the log."""
     shown = startup.show()
     try:
-        await _load_phases(app, config, engine_factory, failed, startup)
+        await _load_phases(app, config, engine_factory, failed, startup, group)
     finally:
         if shown is not None:
             shown.cancel()
@@ -232,9 +266,13 @@ async def _load_phases(
     engine_factory: EngineFactory,
     failed: asyncio.Event,
     startup: Startup,
+    group: Group | None,
 ) -> None:
     startup.phase("model read", detail=str(config.model))
-    loaded = await _in_thread(loader.load, config.model, config.adapter)
+    if group is None:
+        loaded = await _in_thread(loader.load, config.model, config.adapter)
+    else:
+        loaded = await _in_thread(shard.load_shard, config.model, group)
     log.info(
         "loaded %s (%s%s, context %d) in %.2fs",
         loaded.name,
@@ -243,25 +281,35 @@ async def _load_phases(
         loaded.context_length,
         loaded.load_seconds,
     )
-    model, kept = await _in_thread(_weights_for, loaded.model, config, startup)
+    # A group serves the weights as they are: a dense twin would double each rank's share, and
+    # each rank's calibration could pick differently.
+    model, kept = (
+        await _in_thread(_weights_for, loaded.model, config, startup)
+        if group is None
+        else (loaded.model, None)
+    )
     loop = asyncio.get_running_loop()
 
     def on_failure(_reason: str) -> None:  # from the generation thread, as it dies
         with contextlib.suppress(RuntimeError):  # the loop is closed: we are exiting anyway
             loop.call_soon_threadsafe(failed.set)
 
+    extra = {}
+    if group is not None:
+        app.group = extra["lockstep"] = Lockstep(group, loaded.tokenizer)
     engine = engine_factory(
         model,
         loaded.tokenizer,
-        settings=_engine_settings(config, kept),
+        settings=engine_settings(config, kept),
         on_failure=on_failure,
         on_phase=startup.phase,
         vlm=loaded.vision.model if loaded.vision else None,
+        **extra,
     )
     app.loaded, app.engine = loaded, engine
     engine.start()
     while not await asyncio.to_thread(engine.ready.wait, 0.5):
-        if not engine.alive:
+        if not engine.alive or engine.failure:
             why = engine.failure or "the model failed its warm-up generation (see above)"
             raise loader.ModelLoadError(why)
 

@@ -1,0 +1,146 @@
+"""Loading this rank's share of the model: tensor parallel (``model.shard(group)``: a slice of
+every layer's projections, two ``all_sum`` per layer) or pipeline parallel
+(``model.model.pipeline(group)``: a slice of the layers), as mlx-lm's ``sharded_load`` does.
+
+An MLX directory is opened lazily: only the arrays this rank keeps are ever read from disk, and
+they are evaluated one layer at a time, so no rank holds the whole model even for a moment. With
+pipeline parallelism a rank needs only the safetensors files that hold its layers (the
+``model.safetensors.index.json`` says which): the others may be absent from its disk. A GGUF
+file is one file that MLX cannot read in parts: each rank loads it whole, then keeps its share
+and lets the rest go.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from pathlib import Path
+
+import mlx.core as mx
+from mlx_lm.utils import load_model, load_tokenizer
+
+from mlxd.models import gguf, pipeline
+from mlxd.models.group import Group
+from mlxd.models.loader import LoadedModel, ModelLoadError, context_length, served_name
+
+log = logging.getLogger("mlxd.models")
+
+INDEX_FILE = "model.safetensors.index.json"
+_LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")  # as sharded_load matches checkpoint keys
+# Config keys whose values tensor parallelism divides among the ranks.
+DIVIDED = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
+
+
+def load_shard(path: str | Path, group: Group) -> LoadedModel:
+    path = Path(path).expanduser()
+    start = time.perf_counter()
+    if not path.exists():
+        raise ModelLoadError(f"model not found: {path}")
+    if path.is_dir():
+        model, tokenizer, config = _open_dir(path, group)
+        fmt = "mlx"
+    elif path.suffix.lower() == ".gguf":
+        try:
+            model, tokenizer, config = gguf.load_gguf(path)
+        except gguf.UnsupportedModelError as exc:
+            raise ModelLoadError(f"{path.name}: {exc}") from exc
+        split(model, config, group)
+        fmt = "gguf"
+    else:
+        raise ModelLoadError(f"{path}: expected an MLX model directory or a .gguf file")
+    materialize(model)
+    log.info(
+        "rank %d of %d: %s parallel share loaded (%.2f GiB)",
+        group.rank,
+        group.size,
+        group.mode,
+        mx.get_active_memory() / 2**30,
+    )
+    return LoadedModel(
+        model,
+        tokenizer,
+        config,
+        path,
+        served_name(path),
+        fmt,
+        context_length(config, tokenizer),
+        time.perf_counter() - start,
+    )
+
+
+def _open_dir(path: Path, group: Group):
+    if not (path / "config.json").is_file():
+        raise ModelLoadError(f"{path}: no config.json (is this an MLX model directory?)")
+    try:
+        # strict=False: with pipeline parallelism the files of other ranks' layers may be absent;
+        # _check_files makes sure that this rank's are all there.
+        model, config = load_model(path, lazy=True, strict=False)
+    except (FileNotFoundError, ValueError) as exc:
+        raise ModelLoadError(f"{path}: {exc}") from exc
+    split(model, config, group)
+    _check_files(path, model, group)
+    tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id", None))
+    return model, tokenizer, config
+
+
+def split(model, config: dict, group: Group) -> None:
+    """Keep this rank's share of ``model`` (still lazy, or loaded whole from a GGUF)."""
+    if group.mode == "pipeline":
+        pipeline.enable(model)
+        if not hasattr(getattr(model, "model", None), "pipeline"):
+            raise ModelLoadError(
+                f"mlx-lm has no pipeline split for {config.get('model_type')!r} models; "
+                "leave out --pipeline (tensor parallel)"
+            )
+        if len(model.model.layers) < group.size:
+            raise ModelLoadError(f"{len(model.model.layers)} layers cannot feed {group.size} ranks")
+        model.model.pipeline(group.handle)
+        return
+    if not hasattr(model, "shard"):
+        raise ModelLoadError(
+            f"mlx-lm has no tensor-parallel split for {config.get('model_type')!r} models; "
+            "try --pipeline"
+        )
+    for key in DIVIDED:
+        value = config.get(key)
+        if isinstance(value, int) and value % group.size:
+            raise ModelLoadError(
+                f"{key} = {value} does not divide among {group.size} ranks (tensor parallel); "
+                "try --pipeline"
+            )
+    model.shard(group.handle)
+
+
+def _check_files(path: Path, model, group: Group) -> None:
+    """Every safetensors file holding a weight this rank keeps must be on its disk (a missing
+    one would leave those weights at their random initial values)."""
+    index = path / INDEX_FILE
+    if not index.is_file():
+        if not list(path.glob("model*.safetensors")):
+            raise ModelLoadError(f"{path}: no model*.safetensors file")
+        return
+    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    inner = model.model
+    start, end = getattr(inner, "start_idx", 0), getattr(inner, "end_idx", None)
+    needed = set()
+    for key, file in weight_map.items():
+        m = _LAYER.search(key)
+        layer = None if m is None else int(m.group(1))
+        if group.mode == "tensor" or layer is None or start <= layer < (end or layer + 1):
+            needed.add(file)
+    missing = sorted(f for f in needed if not (path / f).is_file())
+    if missing:
+        raise ModelLoadError(f"{path}: rank {group.rank} needs {', '.join(missing)}")
+
+
+def materialize(model) -> None:
+    """Evaluate the weights this rank keeps, one layer at a time: a tensor-parallel slice is cut
+    from the whole array, so evaluating everything at once could read the whole model in."""
+    for layer in getattr(model, "layers", []):
+        if layer is not None:
+            mx.eval(layer.parameters())
+            mx.clear_cache()
+    mx.eval(model.parameters())
+    mx.clear_cache()
