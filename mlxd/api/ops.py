@@ -40,7 +40,11 @@ async def get_model(app: App, ex) -> None:
 
 @operation("Health: 200 once the model is ready, 503 while it loads")
 async def health(app: App, ex) -> None:
-    body = {"status": "ok" if app.ready else "loading", "model": app.name, "version": __version__}
+    body: dict[str, object] = {
+        "status": "ok" if app.ready else "loading",
+        "model": app.name,
+        "version": __version__,
+    }
     headers: tuple[tuple[str, str], ...] = ()
     if app.group is not None:
         body["group"] = app.group.view()

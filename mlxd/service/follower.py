@@ -33,6 +33,7 @@ POLL_S = 0.5  # how often the main thread looks whether the generation thread ha
 def follow(config: Config, group: Group) -> int:
     """Serve as rank ``group.rank``; the exit status says how the group ended."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    assert config.model is not None  # cli refuses to serve without one
     log.info("rank %d of %d (%s): loading %s", group.rank, group.size, group.backend, config.model)
     try:
         loaded = shard.load_shard(config.model, group)

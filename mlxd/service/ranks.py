@@ -11,6 +11,7 @@ join refuse a backend that silently came up alone. Stdlib only until the launche
 from __future__ import annotations
 
 import json
+import socket
 import sys
 from collections.abc import Mapping
 from pathlib import Path
@@ -73,13 +74,36 @@ def _without(argv: list[str], flag: str) -> list[str]:
     return out
 
 
+PORT_TRIES = 20  # attempts at finding a block of free ports
+
+
+def free_ports(count: int) -> int:
+    """The first of ``count`` consecutive TCP ports free on this machine now. mlx.launch's fixed
+    defaults (32323 for ring and jaccl, 12345 for nccl) would let two groups on one machine
+    connect to each other's ranks."""
+    for _ in range(PORT_TRIES):
+        with socket.socket() as s:
+            s.bind(("", 0))
+            first = s.getsockname()[1]
+        try:
+            for port in range(first + 1, first + count):
+                with socket.socket() as s:
+                    s.bind(("", port))
+        except OSError:
+            continue
+        return first
+    raise OSError(f"no {count} consecutive free TCP ports")
+
+
 def launcher_argv(
-    argv: list[str], hosts: str, backend: str, *, python: str, frozen: bool
+    argv: list[str], hosts: str, backend: str, *, python: str, frozen: bool, port: int
 ) -> list[str]:
     """``mlx.launch``'s command line that runs ``mlxd argv`` (less ``--distributed``) on every
     rank: ``hosts`` is mlx.launch's host file, or a number of ranks on this machine (one per GPU
-    with ``nccl``, which gives rank r ``CUDA_VISIBLE_DEVICES=r``)."""
+    with ``nccl``, which gives rank r ``CUDA_VISIBLE_DEVICES=r``). ``port`` is the first of the
+    ports the group connects through (``free_ports``)."""
     where = ["--hosts", "127.0.0.1", "-n", hosts] if hosts.isdigit() else ["--hostfile", hosts]
+    where += ["--nccl-port" if backend == "nccl" else "--starting-port", str(port)]
     rest = _without(argv, "--distributed")
     # The frozen binary is its own interpreter; from a venv, run the package with this Python.
     if frozen:

@@ -10,16 +10,95 @@ import json
 import os
 import re
 import signal
+import socket
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
 from mlxd.service.config import Config
 from mlxd.service.run import EXIT_ENGINE_FAILED
 
-from group import Group
-from helpers import ServerThread, get_json
+from helpers import ROOT, ServerThread, get_json
+
+LAUNCH_TIMEOUT_S = 180  # two ranks import mlx-lm and warm up; slow on a busy 2-core machine
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Group:
+    """``mlx.launch --backend ring -n 2 -- -m mlxd MODEL --backend ring ...`` in a session of
+    its own (so that teardown can end the launcher and every rank at once)."""
+
+    def __init__(self, model: Path, tmp: Path, *args: str, ranks: int = 2) -> None:
+        self.port = free_port()
+        self.log_path = tmp / f"group-{self.port}.log"
+        launcher = Path(sys.executable).parent / "mlx.launch"
+        command = [
+            str(launcher),
+            "--backend",
+            "ring",
+            "-n",
+            str(ranks),
+            "--hosts",
+            "127.0.0.1",
+            "--starting-port",
+            str(free_port()),
+            "--python",
+            sys.executable,
+            "--",
+            "-m",
+            "mlxd",
+            str(model),
+            "--backend",
+            "ring",
+            "--port",
+            str(self.port),
+            "--pid-file",
+            str(tmp / f"mlxd-{self.port}.pid"),
+            "--max-tokens",
+            "16",
+            *args,
+        ]
+        env = dict(
+            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+        )
+        self._log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> Group:
+        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
+        while get_json(self.url + "/health", timeout=5)[0] != 200:
+            assert self.proc.poll() is None, f"the group exited: {self.log()}"
+            assert time.monotonic() < deadline, f"the group never became ready: {self.log()}"
+            time.sleep(0.2)
+        return self
+
+    def rank_pid(self, rank: int) -> int:
+        return get_json(self.url + "/health")[1]["group"]["ranks"][rank]["pid"]
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(10)
+        self._log.close()
+
 
 STEP_TIMEOUT_S = 3.0
 SHUTDOWN_S = 2.0
@@ -113,13 +192,18 @@ def test_single_requests_match_one_process(group, reference):
 
 
 def test_four_streams_with_a_cancel_match_one_process(group, reference):
+    greedy = {"max_tokens": 48, "temperature": 0, "logit_bias": NO_EOS}
     want = {
+<<<<<<< HEAD
         p: ask(
             reference.url,
             "/v1/completions",
             {"prompt": p, "max_tokens": 48, "temperature": 0, "logit_bias": NO_EOS},
         )
         for p in STREAM_PROMPTS
+=======
+        p: ask(reference.url, "/v1/completions", {"prompt": p, **greedy}) for p in STREAM_PROMPTS
+>>>>>>> eec211c (Distributed: free launcher ports (mlx.launch's fixed defaults let two groups on one machine meet), bench/distributed.py (one device vs tensor vs pipeline with bench.py's workload, greedy identity, per-rank memory, a one-device run under the per-rank --memory-limit), bench/distributed_step.py (a decode step split into compute and collectives), bench/distributed_gpu.sh; docs/DISTRIBUTED.md; README; setup tests)
     }
     got: dict = {}
     threads = [

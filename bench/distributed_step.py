@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""Where a group's decode step goes: compute vs collectives, per batch size.
+
+    mlx.launch --backend nccl -n 2 --hosts 127.0.0.1 --python python3 -- \\
+        bench/distributed_step.py --model DIR --backend nccl [--pipeline] --out OUT.json
+    python bench/distributed_step.py --model DIR --out OUT.json          # one device
+
+Each rank loads its share the way mlxd does (``mlxd.models.shard``), fills a KV cache of
+``--context`` tokens for B sequences, then times ``--steps`` synchronous decode steps (forward,
+argmax, eval) twice: with the real collectives, then with them replaced by no-ops, which leaves
+each rank's own compute. Tensor parallel: collectives = step - compute (the two ``all_sum`` per
+layer). Pipeline: the ranks run one after the other, so communication and waiting = step - the
+sum of the ranks' compute (``send``/``recv`` between slices, the closing ``all_gather``).
+One device: the whole model's step, for reference. Rank 0 writes the JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+from mlx_lm.models.cache import make_prompt_cache
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mlxd.models import loader, shard  # noqa: E402
+from mlxd.models.group import join  # noqa: E402
+from mlxd.service import launch  # noqa: E402
+
+REAL = {
+    name: getattr(mx.distributed, name) for name in ("all_sum", "all_gather", "send", "recv_like")
+}
+NO_COMM = {
+    "all_sum": lambda x, **_kw: x,
+    "all_gather": lambda x, **_kw: x,
+    "send": lambda x, *_a, **_kw: x,
+    "recv_like": lambda x, *_a, **_kw: x,
+}
+
+
+def step_time(model, batch: int, context: int, steps: int, warmup: int) -> float:
+    cache = make_prompt_cache(model)
+    vocab = model.args.vocab_size
+    prompt = mx.random.randint(0, vocab, (batch, context))
+    model(prompt, cache=cache)
+    mx.eval([c.state for c in cache])
+    y = mx.random.randint(0, vocab, (batch, 1))
+    times = []
+    for i in range(warmup + steps):
+        t = time.perf_counter()
+        y = mx.argmax(model(y, cache=cache)[:, -1, :], axis=-1, keepdims=True)
+        mx.eval(y)
+        if i >= warmup:
+            times.append(time.perf_counter() - t)
+    times.sort()
+    return times[len(times) // 2]  # median: one slow step (a compile) must not skew it
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--backend")
+    p.add_argument("--pipeline", action="store_true")
+    p.add_argument("--batches", default="1,32,64")
+    p.add_argument("--context", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20)
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--out", required=True)
+    a = p.parse_args(argv)
+    import os
+
+    group = None
+    if a.backend:
+        group = join(
+            a.backend,
+            pipeline=a.pipeline,
+            expected=ranks.expected_size(a.backend, os.environ),
+            step_timeout=60,
+        )
+        model = shard.load_shard(a.model, group).model
+    else:
+        model = loader.load(a.model).model
+    rows = []
+    for b in [int(x) for x in a.batches.split(",")]:
+        real = step_time(model, b, a.context, a.steps, a.warmup)
+        for name, fn in NO_COMM.items():
+            setattr(mx.distributed, name, fn)
+        try:
+            alone = step_time(model, b, a.context, a.steps, a.warmup) if group else real
+        finally:
+            for name, fn in REAL.items():
+                setattr(mx.distributed, name, fn)
+        rows.append({"batch": b, "step_s": real, "compute_s": alone})
+    if group is not None:  # every rank's compute, to rank 0
+        mine = mx.array([r["compute_s"] for r in rows])
+        every = mx.distributed.all_gather(mine[None], group=group.handle)
+        mx.eval(every)
+        for i, r in enumerate(rows):
+            r["compute_s_per_rank"] = [float(x) for x in every[:, i].tolist()]
+            sequential = group.mode == "pipeline"
+            compute = sum(r["compute_s_per_rank"]) if sequential else max(r["compute_s_per_rank"])
+            r["comm_s"] = r["step_s"] - compute
+        if group.rank != 0:
+            return 0
+    mode = "one device" if group is None else f"{group.mode} parallel over {group.size}"
+    out = {"mode": mode, "backend": a.backend, "context": a.context, "rows": rows}
+    Path(a.out).write_text(json.dumps(out, indent=1))
+    for r in rows:
+        extra = f", collectives {r['comm_s'] * 1e3:.2f} ms" if "comm_s" in r else ""
+        print(
+            f"{mode}: batch {r['batch']}: step {r['step_s'] * 1e3:.2f} ms, compute "
+            f"{r['compute_s'] * 1e3:.2f} ms{extra}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
