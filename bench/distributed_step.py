@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mlxd.models import loader, shard  # noqa: E402
 from mlxd.models.group import join  # noqa: E402
-from mlxd.service import launch  # noqa: E402
+from mlxd.service import ranks  # noqa: E402
 
 REAL = {
     name: getattr(mx.distributed, name) for name in ("all_sum", "all_gather", "send", "recv_like")

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 from mlxd.models.locate import HUB_ID
-from mlxd.service.ranks import BACKENDS
 from mlxd.service.options import (
     ENV_PREFIX,
     Option,
@@ -33,6 +32,7 @@ from mlxd.service.options import (
     text,
     text_list,
 )
+from mlxd.service.ranks import BACKENDS
 
 DEFAULT_HOST = "127.0.0.1"  # local by default: nothing listens beyond this machine unasked
 DEFAULT_PORT = 8000

@@ -194,16 +194,7 @@ def test_single_requests_match_one_process(group, reference):
 def test_four_streams_with_a_cancel_match_one_process(group, reference):
     greedy = {"max_tokens": 48, "temperature": 0, "logit_bias": NO_EOS}
     want = {
-<<<<<<< HEAD
-        p: ask(
-            reference.url,
-            "/v1/completions",
-            {"prompt": p, "max_tokens": 48, "temperature": 0, "logit_bias": NO_EOS},
-        )
-        for p in STREAM_PROMPTS
-=======
         p: ask(reference.url, "/v1/completions", {"prompt": p, **greedy}) for p in STREAM_PROMPTS
->>>>>>> eec211c (Distributed: free launcher ports (mlx.launch's fixed defaults let two groups on one machine meet), bench/distributed.py (one device vs tensor vs pipeline with bench.py's workload, greedy identity, per-rank memory, a one-device run under the per-rank --memory-limit), bench/distributed_step.py (a decode step split into compute and collectives), bench/distributed_gpu.sh; docs/DISTRIBUTED.md; README; setup tests)
     }
     got: dict = {}
     threads = [
@@ -220,7 +211,7 @@ def test_four_streams_with_a_cancel_match_one_process(group, reference):
         p: ("text", t) for p, t in want.items() if p != cancelled
     }
     deadline = time.monotonic() + 10
-    while get_json(group.url + "/v1/mlx/status")[1]["queue"]["running"]:
+    while get_json(group.url + "/v1/mlx/status")[1]["queue"]["running_sequences"]:
         assert time.monotonic() < deadline, "the cancelled stream kept running"
         time.sleep(0.05)
     _, health = get_json(group.url + "/health")

@@ -117,9 +117,9 @@ def test_a_cancelled_stream_leaves_the_others_unchanged(loaded, plain):
             w for i, w in enumerate(want) if i != 1
         ]
         deadline = time.monotonic() + 10
-        while engine.running and time.monotonic() < deadline:
+        while engine.running_sequences and time.monotonic() < deadline:
             time.sleep(0.02)
-        assert engine.running == 0 and engine.waiting == 0
+        assert engine.running_sequences == 0 and engine.waiting_requests == 0
     finally:
         engine.shutdown(5)
 
@@ -161,11 +161,13 @@ def test_a_decision_round_trips_through_the_collective_with_and_without_overflow
 
 def test_a_constraint_travels_without_its_vocabulary():
     grammar = compile_schema({"type": "array", "items": {"type": "boolean"}})
-    assert grammar.matches(b"[true]")  # fills the memo tables, which stay home
+    assert grammar.accepting(grammar.walk(b"[true]"))  # fills the memo tables, which stay home
     factory = ProcessorFactory(Enforce(grammar, "<", ">"), (2,), 9, vocab=object())
     back = pickle.loads(pickle.dumps(factory.portable()))
     assert back.vocab is None and back.enforce.prefix == "<" and back.max_tokens == 9
-    assert back.enforce.grammar._step == {} and back.enforce.grammar.matches(b"[false,true]")
+    assert back.enforce.grammar._step == {} and back.enforce.grammar.accepting(
+        back.enforce.grammar.walk(b"[false,true]")
+    )
 
 
 def test_ranks_that_generated_different_text_stop_the_group(loaded):
