@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from mlxd.service import ranks
 from mlxd.service.config import Config
 from mlxd.service.run import EXIT_ENGINE_FAILED
 
@@ -37,7 +38,7 @@ class Group:
     """``mlx.launch --backend ring -n 2 -- -m mlxd MODEL --backend ring ...`` in a session of
     its own (so that teardown can end the launcher and every rank at once)."""
 
-    def __init__(self, model: Path, tmp: Path, *args: str, ranks: int = 2) -> None:
+    def __init__(self, model: Path, tmp: Path, *args: str, count: int = 2) -> None:
         self.port = free_port()
         self.log_path = tmp / f"group-{self.port}.log"
         launcher = Path(sys.executable).parent / "mlx.launch"
@@ -46,11 +47,11 @@ class Group:
             "--backend",
             "ring",
             "-n",
-            str(ranks),
+            str(count),
             "--hosts",
             "127.0.0.1",
             "--starting-port",
-            str(free_port()),
+            str(ranks.free_ports(count)),
             "--python",
             sys.executable,
             "--",
