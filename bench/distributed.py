@@ -24,6 +24,8 @@ import argparse
 import asyncio
 import json
 import os
+import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -87,6 +89,28 @@ async def measure(srv: bench.ServerProcess, plan: dict, max_tokens: int, args) -
     return out
 
 
+def stop_group(srv: bench.ServerProcess, result: dict) -> float | None:
+    """As ``mlxd --stop`` does: SIGTERM to rank 0 only, which stops the others; the seconds until
+    the launcher (and so every rank) has exited."""
+    ranks = (result.get("group") or {}).get("ranks") or []
+    if not ranks or srv.proc is None:
+        return None
+    t = time.perf_counter()
+    os.kill(ranks[0]["pid"], signal.SIGTERM)
+    try:
+        srv.proc.wait(30)
+    except subprocess.TimeoutExpired:
+        return None
+    return time.perf_counter() - t
+
+
+def common_prefix(a: str, b: str) -> int:
+    n = 0
+    while n < min(len(a), len(b)) and a[n] == b[n]:
+        n += 1
+    return n
+
+
 def mlxd_command(args, mode: str, port: int, limited: bool) -> list[str]:
     cmd = [sys.executable, "-m", "mlxd", args.model, "--port", str(port)]
     cmd += ["--max-batch-size", str(args.max_batch_size), "--weights", "quantized"]
@@ -105,6 +129,7 @@ def run_mode(args, mode: str, plan: dict, log_dir: Path) -> dict:
     started = time.perf_counter()
     try:
         result = asyncio.run(measure(srv, plan, args.max_tokens, args))
+        result["stop_s"] = stop_group(srv, result)
     except Exception as e:
         bench.log(f"{mode} FAILED: {e}\n{srv.log_tail()}")
         result = {"error": str(e), "log_tail": srv.log_tail(40)}
@@ -149,10 +174,16 @@ def summary(res: dict) -> str:
         if "error" in r:
             lines.append(f"{mode}: FAILED {r['error'][:200]}")
             continue
-        same = {
-            k: r["identity"][k] == one.get("identity", {}).get(k) for k in ("alone", "together")
-        }
-        lines.append(f"{mode}: greedy text identical to one device: {same}")
+        for k in ("alone", "together"):
+            base = one.get("identity", {}).get(k) or []
+            mine = r["identity"][k]
+            prefixes = [f"{common_prefix(a, b)}/{len(b)}" for a, b in zip(mine, base, strict=False)]
+            lines.append(
+                f"{mode}: greedy text {k}: identical to one device: {mine == base} "
+                f"(common prefix, chars: {', '.join(prefixes)})"
+            )
+        if r.get("stop_s") is not None:
+            lines.append(f"  the group stopped {r['stop_s']:.1f}s after SIGTERM to rank 0")
         for c, s in r["levels"].items():
             base = one.get("levels", {}).get(c, {})
             ratio = bench.ratio(s["aggregate_tok_s"], base.get("aggregate_tok_s"))

@@ -14,6 +14,8 @@ CONC=${CONC:-1,32,64}
 TOKENS=${TOKENS:-128}
 MODEL=${MODEL:-/tmp/rand-$SHAPE}
 mkdir -p "$OUT"
+# The machine keeps NVLink multicast off (KINDS.md); say so again for every process started here.
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 t0=$(date +%s)
 left() { echo $((BUDGET_S - ($(date +%s) - t0))); }
 say() { echo "[gpu $(( $(date +%s) - t0 ))s] $*" | tee -a "$OUT/progress.txt"; }
