@@ -113,7 +113,7 @@ def common_prefix(a: str, b: str) -> int:
 
 def mlxd_command(args, mode: str, port: int, limited: bool) -> list[str]:
     cmd = [sys.executable, "-m", "mlxd", args.model, "--port", str(port)]
-    cmd += ["--max-batch-size", str(args.max_batch_size), "--weights", "quantized"]
+    cmd += ["--max-batch-size", str(args.max_batch_size), "--weights", args.weights]
     cmd += [a.format(ranks=args.ranks, backend=args.backend) for a in MODES[mode]]
     if limited and args.memory_limit:
         cmd += ["--memory-limit", args.memory_limit]
@@ -208,6 +208,7 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--warmup-rounds", type=int, default=1)
     p.add_argument("--max-batch-size", type=int, default=64)
+    p.add_argument("--weights", default="auto", help="mlxd --weights for every mode")
     p.add_argument("--memory-limit", help="per rank, for the modes in --limited")
     p.add_argument("--limited", default="tensor,pipeline")
     p.add_argument("--refusal-check", action="store_true")

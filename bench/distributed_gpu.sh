@@ -13,6 +13,10 @@ BUDGET_S=${BUDGET_S:-470}      # stop starting new phases past this
 CONC=${CONC:-1,32,64}
 TOKENS=${TOKENS:-128}
 MODEL=${MODEL:-/tmp/rand-$SHAPE}
+SERVERS=${SERVERS:-1}          # 0: only the step split (and greedy tokens) per mode
+WEIGHTS=${WEIGHTS:-auto}       # mlxd --weights for the servers
+STEP_ARGS=${STEP_ARGS:-}       # more distributed_step.py arguments (--batches, --steps, ...)
+ORDER=${ORDER:-tensor pipeline one}
 mkdir -p "$OUT"
 # The machine keeps NVLink multicast off (KINDS.md); say so again for every process started here.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
@@ -31,19 +35,21 @@ say "model: $(cat "$OUT/model.json" 2>/dev/null)"
 
 # 1. servers: one GPU, tensor parallel, pipeline parallel (bench.py's workload), then one GPU
 #    under the per-rank memory limit.
-say "servers (left $(left)s)"
-timeout $(( $(left) - 90 )) "$PY" bench/distributed.py --model "$MODEL" --backend "$BACKEND" --ranks 2 \
-  --concurrency "$CONC" --max-tokens "$TOKENS" --memory-limit "$LIMIT" --refusal-check \
-  --out "$OUT/servers.json" > "$OUT/servers.stdout" 2> "$OUT/servers.stderr"
-say "servers rc=$?"; cat "$OUT/servers.stdout"; tail -5 "$OUT/servers.stderr"
+if [ "$SERVERS" = 1 ]; then
+  say "servers (left $(left)s)"
+  timeout $(( $(left) - 90 )) "$PY" bench/distributed.py --model "$MODEL" --backend "$BACKEND" --ranks 2 \
+    --concurrency "$CONC" --max-tokens "$TOKENS" --memory-limit "$LIMIT" --refusal-check \
+    --weights "$WEIGHTS" --out "$OUT/servers.json" > "$OUT/servers.stdout" 2> "$OUT/servers.stderr"
+  say "servers rc=$?"; cat "$OUT/servers.stdout"; tail -5 "$OUT/servers.stderr"
+fi
 
 # 2. where a step goes: compute vs collectives, per batch size.
 step() {  # name, then launcher arguments or nothing
   local name=$1; shift
   [ "$(left)" -gt 40 ] || { say "no time left for step/$name"; return; }
   if [ "$name" = one ]; then
-    timeout $(( $(left) - 5 )) "$PY" bench/distributed_step.py --model "$MODEL" --out "$OUT/step-$name.json" \
-      > "$OUT/step-$name.stdout" 2>&1
+    timeout $(( $(left) - 5 )) "$PY" bench/distributed_step.py --model "$MODEL" $STEP_ARGS \
+      --out "$OUT/step-$name.json" > "$OUT/step-$name.stdout" 2>&1
   else
     # a free port of its own: mlx.launch's fixed default could meet another group's
     local port portflag=--starting-port
@@ -51,11 +57,15 @@ step() {  # name, then launcher arguments or nothing
     [ "$BACKEND" = nccl ] && portflag=--nccl-port
     timeout $(( $(left) - 5 )) bash -c "$(declare -f launch); PY=$PY; launch --backend $BACKEND -n 2 --hosts 127.0.0.1 \
       $portflag $port --python $PY -- bench/distributed_step.py --model $MODEL --backend $BACKEND $* \
-      --out $OUT/step-$name.json" > "$OUT/step-$name.stdout" 2>&1
+      $STEP_ARGS --out $OUT/step-$name.json" > "$OUT/step-$name.stdout" 2>&1
   fi
-  say "step/$name rc=$?: $(grep -v '^\[' "$OUT/step-$name.stdout" | tail -3 | tr '\n' ' ')"
+  say "step/$name rc=$?"; grep -v '^\[' "$OUT/step-$name.stdout" | tail -12
 }
-step tensor
-step pipeline --pipeline
-step one
+for mode in $ORDER; do
+  case $mode in
+    tensor) step tensor ;;
+    pipeline) step pipeline --pipeline ;;
+    one) step one ;;
+  esac
+done
 say "done"

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm.models.cache import make_prompt_cache
+from mlx_lm.utils import dequantize_model
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -60,6 +61,24 @@ def step_time(model, batch: int, context: int, steps: int, warmup: int) -> float
     return times[len(times) // 2]  # median: one slow step (a compile) must not skew it
 
 
+def greedy(model, tokens: int) -> list[int]:
+    """``tokens`` greedy tokens after a fixed prompt: one device and a group must agree."""
+    cache = make_prompt_cache(model)
+    y = mx.arange(1, 33)[None]
+    out = []
+    for _ in range(tokens):
+        y = mx.argmax(model(y, cache=cache)[:, -1, :], axis=-1, keepdims=True)
+        out.append(y.item())
+    return out
+
+
+def load(a, group, weights: str):
+    if group is not None:
+        return shard.load_shard(a.model, group, weights).model
+    model = loader.load(a.model).model
+    return dequantize_model(model) if weights == "dense" else model
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
@@ -69,6 +88,8 @@ def main(argv=None) -> int:
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--weights", default="quantized,dense")
+    p.add_argument("--greedy", type=int, default=32, help="greedy tokens recorded per format")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     import os
@@ -81,9 +102,18 @@ def main(argv=None) -> int:
             expected=ranks.expected_size(a.backend, os.environ),
             step_timeout=60,
         )
-        model = shard.load_shard(a.model, group).model
-    else:
-        model = loader.load(a.model).model
+    rows, tokens = [], {}
+    for weights in a.weights.split(","):
+        model = load(a, group, weights)
+        tokens[weights] = greedy(model, a.greedy)
+        rows += [{"weights": weights, **r} for r in measure(model, a, group)]
+        del model
+        mx.clear_cache()
+    report(a, group, rows, tokens)
+    return 0
+
+
+def measure(model, a, group) -> list[dict]:
     rows = []
     for b in [int(x) for x in a.batches.split(",")]:
         real = step_time(model, b, a.context, a.steps, a.warmup)
@@ -95,6 +125,10 @@ def main(argv=None) -> int:
             for name, fn in REAL.items():
                 setattr(mx.distributed, name, fn)
         rows.append({"batch": b, "step_s": real, "compute_s": alone})
+    return rows
+
+
+def report(a, group, rows: list[dict], tokens: dict) -> None:
     if group is not None:  # every rank's compute, to rank 0
         mine = mx.array([r["compute_s"] for r in rows])
         every = mx.distributed.all_gather(mine[None], group=group.handle)
@@ -105,18 +139,20 @@ def main(argv=None) -> int:
             compute = sum(r["compute_s_per_rank"]) if sequential else max(r["compute_s_per_rank"])
             r["comm_s"] = r["step_s"] - compute
         if group.rank != 0:
-            return 0
+            return
     mode = "one device" if group is None else f"{group.mode} parallel over {group.size}"
     out = {"mode": mode, "backend": a.backend, "context": a.context, "rows": rows}
+    out["greedy_tokens"] = tokens
     Path(a.out).write_text(json.dumps(out, indent=1))
     for r in rows:
         extra = f", collectives {r['comm_s'] * 1e3:.2f} ms" if "comm_s" in r else ""
         print(
-            f"{mode}: batch {r['batch']}: step {r['step_s'] * 1e3:.2f} ms, compute "
-            f"{r['compute_s'] * 1e3:.2f} ms{extra}",
+            f"{mode} {r['weights']}: batch {r['batch']}: step {r['step_s'] * 1e3:.2f} ms "
+            f"({r['batch'] / r['step_s']:.0f} tok/s), compute {r['compute_s'] * 1e3:.2f} ms{extra}",
             flush=True,
         )
-    return 0
+    for weights, ids in tokens.items():
+        print(f"{mode} {weights}: greedy {ids}", flush=True)
 
 
 if __name__ == "__main__":

@@ -2,11 +2,14 @@
 
 mlx-lm 0.32 gives ``model.model.pipeline(group)`` to qwen2, qwen3-moe, deepseek and a few more
 (its ``PipelineMixin``), not to llama (nor mistral, which loads as llama). ``enable`` turns a
-loaded llama model into one that has it, with the same forward pass as mlx-lm's qwen2: each
-rank runs its slice of the layers, receives the hidden state from the rank before it with
-``recv_like``, sends its output on with ``send``, and an ``all_gather`` hands the last rank's
-result to every rank so that all of them compute the same logits. Rank 0 runs the last layers.
-No transport of ours: MLX's send, recv and all_gather over the group's backend.
+loaded llama model into one that has it, split as mlx-lm splits (rank 0 runs the last layers).
+
+The hidden state moves from stage to stage with ``all_sum``, the stage that computed it adding
+it and every other rank adding zeros: every rank ends each stage holding that stage's output,
+the last stage's included, so all of them compute the same logits (mlx-lm's pipelines use
+``send``/``recv_like`` and a closing ``all_gather``, but MLX 0.32's CUDA backend has no send or
+recv, while every backend has ``all_sum``). Adding zeros is exact, so the output is bit for bit
+what one device computes. No transport of ours: MLX's collective over the group's backend.
 """
 
 from __future__ import annotations
@@ -40,16 +43,19 @@ class PipelineLlamaModel(PipelineMixin, llama.LlamaModel):
             if first is not None:
                 window = self.sliding_window if sliding else None
                 masks[sliding] = create_attention_mask(h, cache[first], window_size=window)
-        if rank < size - 1:  # the ranks after us ran the earlier layers
-            h = mx.distributed.recv_like(h, rank + 1, group=group)
-        for layer, c in zip(layers, cache, strict=True):
-            h = layer(h, masks[layer.use_sliding], cache=c)
-        if rank != 0:
-            h = mx.distributed.send(h, rank - 1, group=group)
-            if cache[-1] is not None:  # keep the send in the graph the caller evaluates
-                cache[-1].keys = mx.depends(cache[-1].keys, h)
-        if size > 1:  # every rank gets the last rank's output, inside the graph
-            h = mx.distributed.all_gather(h, group=group)[: h.shape[0]]
+        for stage in reversed(range(size)):  # the last rank runs the first layers
+            if stage == rank:
+                for layer, c in zip(layers, cache, strict=True):
+                    h = layer(h, masks[layer.use_sliding], cache=c)
+            if size > 1:  # hand this stage's output to every rank
+                # Zeros that depend on h: each all_sum waits for the one before it, on every rank
+                mine = h if stage == rank else mx.depends(mx.zeros_like(h), h)
+                h = mx.distributed.all_sum(mine, group=group)
+        last = cache[-1] if cache else None
+        if size > 1 and getattr(last, "keys", None) is not None:
+            # A prefill chunk evaluates only the caches; on an early stage those do not depend
+            # on the later stages' all_sums, which the other ranks would then wait for forever.
+            last.keys = mx.depends(last.keys, h)
         return self.norm(h)
 
 

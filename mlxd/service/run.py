@@ -272,7 +272,9 @@ async def _load_phases(
     if group is None:
         loaded = await _in_thread(loader.load, config.model, config.adapter)
     else:
-        loaded = await _in_thread(shard.load_shard, config.model, group)
+        loaded = await _in_thread(
+            shard.load_shard, config.model, group, config.weights, config.memory_limit
+        )
     log.info(
         "loaded %s (%s%s, context %d) in %.2fs",
         loaded.name,
@@ -281,8 +283,8 @@ async def _load_phases(
         loaded.context_length,
         loaded.load_seconds,
     )
-    # A group serves the weights as they are: a dense twin would double each rank's share, and
-    # each rank's calibration could pick differently.
+    # A group serves one copy, dense or as stored (shard.load_shard chose): a dense twin would
+    # double each rank's share.
     model, kept = (
         await _in_thread(_weights_for, loaded.model, config, startup)
         if group is None
