@@ -2,22 +2,28 @@
 """Where a group's decode step goes: compute vs collectives, per batch size.
 
     mlx.launch --backend nccl -n 2 --hosts 127.0.0.1 --python python3 -- \\
-        bench/distributed_step.py --model DIR --backend nccl [--pipeline] --out OUT.json
-    python bench/distributed_step.py --model DIR --out OUT.json          # one device
+        bench/distributed_step.py --model DIR --backend nccl --out OUT.json
+    python bench/distributed_step.py --model DIR --modes one --out OUT.json   # one device
+
+Within one launch it measures each of ``--modes`` (tensor, pipeline, then one: rank 0 alone with
+the whole model) in each of ``--weights`` (quantized, dense).
 
 Each rank loads its share the way mlxd does (``mlxd.models.shard``), fills a KV cache of
 ``--context`` tokens for B sequences, then times ``--steps`` synchronous decode steps (forward,
 argmax, eval) twice: with the real collectives, then with them replaced by no-ops, which leaves
 each rank's own compute. Tensor parallel: collectives = step - compute (the two ``all_sum`` per
 layer). Pipeline: the ranks run one after the other, so communication and waiting = step - the
-sum of the ranks' compute (``send``/``recv`` between slices, the closing ``all_gather``).
-One device: the whole model's step, for reference. Rank 0 writes the JSON.
+sum of the ranks' compute (the ``all_sum`` that hands each stage's output on).
+One device: the whole model's step, for reference. Rank 0 writes the JSON (after each
+measurement, so a run cut short keeps what it measured).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -82,8 +88,8 @@ def load(a, group, weights: str):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
-    p.add_argument("--backend")
-    p.add_argument("--pipeline", action="store_true")
+    p.add_argument("--backend", help="join a group over it (under mlx.launch)")
+    p.add_argument("--modes", default="tensor,pipeline,one", help="'one': rank 0 alone, last")
     p.add_argument("--batches", default="1,32,64")
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
@@ -92,24 +98,26 @@ def main(argv=None) -> int:
     p.add_argument("--greedy", type=int, default=32, help="greedy tokens recorded per format")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
-    import os
-
     group = None
     if a.backend:
-        group = join(
-            a.backend,
-            pipeline=a.pipeline,
-            expected=ranks.expected_size(a.backend, os.environ),
-            step_timeout=60,
-        )
-    rows, tokens = [], {}
-    for weights in a.weights.split(","):
-        model = load(a, group, weights)
-        tokens[weights] = greedy(model, a.greedy)
-        rows += [{"weights": weights, **r} for r in measure(model, a, group)]
-        del model
-        mx.clear_cache()
-    report(a, group, rows, tokens)
+        expected = ranks.expected_size(a.backend, os.environ)
+        group = join(a.backend, pipeline=False, expected=expected, step_timeout=60)
+    out: dict = {"backend": a.backend, "context": a.context, "rows": [], "greedy_tokens": {}}
+    for mode in a.modes.split(","):
+        here = None if mode == "one" else dataclasses.replace(group, mode=mode)
+        if here is None and group is not None and not group.leader:
+            continue  # one device: rank 0's alone
+        for weights in a.weights.split(","):
+            model = load(a, here, weights)
+            tokens = greedy(model, a.greedy)
+            rows = gather(measure(model, a, here), here)
+            del model
+            mx.clear_cache()
+            out["greedy_tokens"][f"{mode} {weights}"] = tokens
+            out["rows"] += [{"mode": mode, "weights": weights, **r} for r in rows]
+            show(mode, weights, rows, tokens)
+            if group is None or group.leader:
+                Path(a.out).write_text(json.dumps(out, indent=1))
     return 0
 
 
@@ -128,31 +136,30 @@ def measure(model, a, group) -> list[dict]:
     return rows
 
 
-def report(a, group, rows: list[dict], tokens: dict) -> None:
-    if group is not None:  # every rank's compute, to rank 0
-        mine = mx.array([r["compute_s"] for r in rows])
-        every = mx.distributed.all_gather(mine[None], group=group.handle)
-        mx.eval(every)
-        for i, r in enumerate(rows):
-            r["compute_s_per_rank"] = [float(x) for x in every[:, i].tolist()]
-            sequential = group.mode == "pipeline"
-            compute = sum(r["compute_s_per_rank"]) if sequential else max(r["compute_s_per_rank"])
-            r["comm_s"] = r["step_s"] - compute
-        if group.rank != 0:
-            return
-    mode = "one device" if group is None else f"{group.mode} parallel over {group.size}"
-    out = {"mode": mode, "backend": a.backend, "context": a.context, "rows": rows}
-    out["greedy_tokens"] = tokens
-    Path(a.out).write_text(json.dumps(out, indent=1))
+def gather(rows: list[dict], group) -> list[dict]:
+    """Every rank's compute, on every rank; collectives = step - compute (see the top)."""
+    if group is None:
+        return rows
+    mine = mx.array([r["compute_s"] for r in rows])
+    every = mx.distributed.all_gather(mine[None], group=group.handle)
+    mx.eval(every)
+    for i, r in enumerate(rows):
+        r["compute_s_per_rank"] = [float(x) for x in every[:, i].tolist()]
+        per_rank = r["compute_s_per_rank"]
+        compute = sum(per_rank) if group.mode == "pipeline" else max(per_rank)
+        r["comm_s"] = r["step_s"] - compute
+    return rows
+
+
+def show(mode: str, weights: str, rows: list[dict], tokens: list[int]) -> None:
     for r in rows:
         extra = f", collectives {r['comm_s'] * 1e3:.2f} ms" if "comm_s" in r else ""
         print(
-            f"{mode} {r['weights']}: batch {r['batch']}: step {r['step_s'] * 1e3:.2f} ms "
+            f"{mode} {weights}: batch {r['batch']}: step {r['step_s'] * 1e3:.2f} ms "
             f"({r['batch'] / r['step_s']:.0f} tok/s), compute {r['compute_s'] * 1e3:.2f} ms{extra}",
             flush=True,
         )
-    for weights, ids in tokens.items():
-        print(f"{mode} {weights}: greedy {ids}", flush=True)
+    print(f"{mode} {weights}: greedy {tokens}", flush=True)
 
 
 if __name__ == "__main__":
