@@ -27,7 +27,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_lm.utils import dequantize_model, load_model, load_tokenizer
 
-from mlxd.models import gguf, pipeline
+from mlxd.models import gguf, pipeline, vlm
 from mlxd.models.device import device_memory
 from mlxd.models.group import Group
 from mlxd.models.loader import LoadedModel, ModelLoadError, context_length, served_name
@@ -52,6 +52,8 @@ def load_shard(
     start = time.perf_counter()
     if not path.exists():
         raise ModelLoadError(f"model not found: {path}")
+    if path.is_dir() and vlm.vlm_config(path) is not None:
+        raise ModelLoadError(f"{path}: a vision-language model is served by one mlxd alone")
     if path.is_dir():
         model, tokenizer, config = _open_dir(path, group, policy)
         fmt = "mlx"

@@ -155,3 +155,47 @@ def test_a_pipeline_rank_needs_only_the_files_of_its_layers(tiny, tmp_path):
     tensor = Group(FakeHandle(0, 2), 0, 2, "ring", "tensor", 5)
     with pytest.raises(ModelLoadError, match="first.safetensors"):
         shard._check_files(tmp_path, model, tensor)
+
+
+def test_a_dense_share_is_dequantized_before_the_split(tmp_path):
+    from mlx.utils import tree_flatten
+    from mlx_lm import load
+    from mlx_lm.utils import dequantize_model
+
+    from tinymodel import build_tiny_model
+
+    path = build_tiny_model(tmp_path / "q4", quantize_bits=4)
+    one = Group(mx.distributed.init(), 0, 1, "ring", "tensor", 5)  # a group of one: no transfers
+    tokens = mx.array([[5, 6, 7, 8]])
+    want = dequantize_model(load(str(path))[0])(tokens)
+    for weights, scaled in (("dense", False), ("quantized", True)):
+        model = shard.load_shard(path, one, weights).model
+        assert any(k.endswith("scales") for k, _ in tree_flatten(model.parameters())) == scaled
+    assert mx.allclose(model(tokens), load(str(path))[0](tokens)).item()
+    assert mx.allclose(shard.load_shard(path, one, "dense").model(tokens), want).item()
+
+
+def test_mlx_lm_own_pipelines_are_refused_on_nccl():
+    from mlx_lm.models import qwen2
+
+    def qwen():
+        args = qwen2.ModelArgs(
+            model_type="qwen2",
+            hidden_size=16,
+            num_hidden_layers=2,
+            intermediate_size=32,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            rms_norm_eps=1e-5,
+            vocab_size=10,
+        )
+        return qwen2.Model(args)
+
+    nccl = Group(FakeHandle(0, 2), 0, 2, "nccl", "pipeline", 5)
+    with pytest.raises(ModelLoadError, match="send/recv"):
+        shard.split(qwen(), {"model_type": "qwen2"}, nccl)
+    model = qwen()
+    shard.split(
+        model, {"model_type": "qwen2"}, Group(FakeHandle(0, 2), 0, 2, "ring", "pipeline", 5)
+    )
+    assert model.model.start_idx == 1  # rank 0 keeps the last layer
