@@ -52,7 +52,7 @@ class PipelineLlamaModel(PipelineMixin, llama.LlamaModel):
                 mine = h if stage == rank else mx.depends(mx.zeros_like(h), h)
                 h = mx.distributed.all_sum(mine, group=group)
         last = cache[-1] if cache else None
-        if size > 1 and getattr(last, "keys", None) is not None:
+        if size > 1 and last is not None and getattr(last, "keys", None) is not None:
             # A prefill chunk evaluates only the caches; on an early stage those do not depend
             # on the later stages' all_sums, which the other ranks would then wait for forever.
             last.keys = mx.depends(last.keys, h)

@@ -106,7 +106,8 @@ def _open_dir(path: Path, group: Group, policy: tuple[str, int | None]):
 def _weights(model, group: Group, policy: tuple[str, int | None]):
     """The model to split: as stored, or dequantized (lazily: nothing is computed yet)."""
     weights, memory_limit = policy
-    quantized = any("scales" in k for k, _ in tree_flatten(model.parameters()))
+    params: list[tuple[str, mx.array]] = tree_flatten(model.parameters())  # type: ignore[assignment]
+    quantized = any("scales" in k for k, _ in params)
     dense = quantized and (
         weights == "dense" or (weights != "quantized" and dense_pays(model, group, memory_limit))
     )
@@ -119,7 +120,7 @@ def dense_pays(model, group: Group, memory_limit: int | None) -> bool:
     share takes at most DENSE_SHARE of its device memory or --memory-limit."""
     if not mx.cuda.is_available():
         return False
-    params = tree_flatten(model.parameters())
+    params: list[tuple[str, mx.array]] = tree_flatten(model.parameters())  # type: ignore[assignment]
     codes = sum(v.size for k, v in params if not k.endswith(("scales", "biases")))
     dense_bytes = codes * 8 * 2  # at most 8 4-bit codes per packed element, 2 bytes each dense
     available = memory_limit or device_memory() or 0
