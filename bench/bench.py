@@ -44,6 +44,7 @@ import refservers
 import reportmore
 import workloads
 from benchclient import (
+    EXTRA_FIELDS,
     HOST,
     chat_payload,
     http_request,
@@ -304,7 +305,7 @@ async def wait_ready(srv: ServerProcess, tiny_request: bool, timeout: float) -> 
     out["health_s"] = time.perf_counter() - srv.started_at
     if tiny_request:
         t = time.perf_counter()
-        payload = {"messages": TINY_MESSAGES, "max_tokens": 1, "temperature": 0}
+        payload = {**EXTRA_FIELDS, "messages": TINY_MESSAGES, "max_tokens": 1, "temperature": 0}
         status, body = await http_request(
             srv.port, "POST", "/v1/chat/completions", payload, timeout=max(deadline - t, 1)
         )
@@ -1134,17 +1135,21 @@ def main(argv=None) -> int:
                     f"vllm-mlx ({refservers.VLLM_MLX}) runs in {refservers.VENV} with "
                     "--continuous-batching; ready once it answers a 1-token request"
                 )
-                res["servers"]["vllm-mlx"] = run_server(
-                    "vllm-mlx",
-                    cmd,
-                    port,
-                    log_dir / "vllm_mlx.log",
-                    with_kernel_cache(env, cache_root, "vllm_mlx"),
-                    True,
-                    plan,
-                    max_tokens,
-                    args,
-                )
+                EXTRA_FIELDS["model"] = refservers.SERVED_NAME
+                try:
+                    res["servers"]["vllm-mlx"] = run_server(
+                        "vllm-mlx",
+                        cmd,
+                        port,
+                        log_dir / "vllm_mlx.log",
+                        with_kernel_cache(env, cache_root, "vllm_mlx"),
+                        True,
+                        plan,
+                        max_tokens,
+                        args,
+                    )
+                finally:
+                    EXTRA_FIELDS.clear()
     except (KeyboardInterrupt, SystemExit) as e:  # Ctrl-C; SIGTERM/SIGHUP raise SystemExit
         crashed = True
         res["interrupted"] = True

@@ -11,6 +11,9 @@ import time
 from itertools import pairwise
 
 HOST = "127.0.0.1"
+# Fields every request body gets: vllm-mlx requires "model" (bench.py sets it while vllm-mlx
+# runs); mlxd serves any name, and mlx_lm.server would try to load a model so named.
+EXTRA_FIELDS: dict = {}
 
 
 class _Dechunker:
@@ -88,8 +91,8 @@ async def http_request(
 
 
 def chat_payload(messages: list[dict], max_tokens: int) -> dict:
-    # No "model": mlxd serves any name, and mlx_lm.server would try to load a model so named.
     return {
+        **EXTRA_FIELDS,
         "messages": messages,
         "max_tokens": max_tokens,
         "temperature": 0,

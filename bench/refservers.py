@@ -16,6 +16,7 @@ from pathlib import Path
 VLLM_MLX = "vllm-mlx==0.6.0"  # the version measured in issue 15
 VENV = Path(__file__).resolve().parent / ".venv-vllm-mlx"
 INSTALL_TIMEOUT_S = 1800
+SERVED_NAME = "bench"  # vllm-mlx requires a "model" field that names what it serves
 
 
 def vllm_mlx_executable(mlx_version: str, log) -> Path:
@@ -53,5 +54,7 @@ def vllm_mlx_command(
         "--port",
         str(port),
         "--continuous-batching",
+        "--served-model-name",
+        SERVED_NAME,
         *extra,
     ]
