@@ -237,6 +237,8 @@ class Engine:
 
     def _warm_up(self) -> None:
         s = self.settings
+        if s.kv_bits is not None and self.vlm is not None:  # image prefill makes its own caches
+            raise ValueError("--kv-bits does not work with a vision-language model yet")
         # On CUDA there is no quantized attention kernel: caches dequantize for it (kvcache.py).
         self._new_cache = CacheMaker(self.model, s.kv_bits, s.quantized_kv_start, self._cuda)
         done = warmup.run(self._gen, self.tokenizer, s.prefill_step_size, self._new_cache)
