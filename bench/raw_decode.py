@@ -36,6 +36,7 @@ def probe() -> dict:
         "backend": "cuda" if cuda else "metal" if metal else "cpu",
         "gpu": cuda or metal,
         "mlx_lm_server_defaults": _mlx_lm_server_defaults(),
+        "read_bandwidth_bytes_s": _read_bandwidth(mx, 1 << 30 if cuda or metal else 1 << 28),
     }
     if cuda or metal:
         try:
@@ -45,6 +46,20 @@ def probe() -> dict:
         except Exception:  # older MLX: mx.metal.device_info only
             pass
     return info
+
+
+def _read_bandwidth(mx, nbytes: int, reps: int = 5) -> float:
+    """Bytes per second MLX reads on this device (the best of a few sums over ``nbytes``): what a
+    decode step could reach at best, next to the spec sheet's peak."""
+    x = mx.ones((nbytes // 4,), dtype=mx.float32)
+    mx.eval(x)
+    mx.eval(x.sum())  # compile
+    best = float("inf")
+    for _ in range(reps):
+        t = time.perf_counter()
+        mx.eval(x.sum())
+        best = min(best, time.perf_counter() - t)
+    return nbytes / best
 
 
 def _mlx_lm_server_defaults() -> dict:
@@ -103,8 +118,11 @@ def raw(model_dir: str, messages: list, warmup_messages: list, max_tokens: int, 
     ids = prompt_ids(messages)
     runs = [one(ids, max_tokens) for _ in range(reps)]
     decodes = [r["decode_tok_s"] for r in runs if r["decode_tok_s"]]
+    from mlx.utils import tree_flatten
+
     return {
         "load_s": load_s,
+        "weight_bytes": sum(p.nbytes for _, p in tree_flatten(model.parameters())),
         "prompt_tokens": len(ids),
         "warmup": warm,
         "runs": runs,

@@ -168,7 +168,12 @@ def main(argv: list[str] | None = None) -> int:
     for warning in env_warnings(os.environ):
         print(f"mlxd: warning: {warning}", file=sys.stderr)
     if args.print_config:
-        print(json.dumps(config.to_json(), indent=2))
+        out = config.to_json()
+        if config.model:  # what "auto" comes to here (imports mlx to ask about the device)
+            from mlxd.service.run import auto_settings
+
+            out["auto"] = auto_settings(config)
+        print(json.dumps(out, indent=2))
         return 0
     if args.stop or args.status:
         return control.command(args.stop, _target(parser, args, config, given), args.timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import mlx.core as mx
@@ -39,6 +40,9 @@ def queue_state(app) -> dict:
         "max_batch_size": engine.settings.max_batch_size,
         "queue_size": engine.settings.queue_size,
         "prompt_cache_bytes": engine.prompt_cache_nbytes(),
+        "kv_budget_bytes": engine.settings.kv_budget_bytes,
+        "kv_bits": engine.settings.kv_bits,
+        "counters": dataclasses.asdict(engine.stats),
     }
 
 
@@ -62,6 +66,7 @@ def _model_info(app) -> dict:
         "context_length": loaded.context_length,
         "load_seconds": round(loaded.load_seconds, 3),
         "kv_bytes_per_token": app.engine.kv_bytes_per_token if app.engine else None,
+        "weights": app.engine.weights_report() if app.engine else None,
     }
 
 

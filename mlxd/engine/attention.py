@@ -15,11 +15,14 @@ and attention sinks keep mlx-lm's path. ``install`` patches the name the model's
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import base
+
+log = logging.getLogger(__name__)
 
 MAX_SCORE_BYTES = 1 << 30  # float32 scores of one prefill step, all heads and sequences
 
@@ -92,6 +95,16 @@ def install(model: nn.Module) -> int:
             vars(module)["scaled_dot_product_attention"] = _prefill_aware  # a module attribute
             patched += 1
     return patched
+
+
+def install_for(model: nn.Module) -> None:
+    """``install``, and say so in the log."""
+    if install(model):
+        log.info(
+            "prefill attention: plain matmul + softmax up to %d MiB of scores "
+            "(no per-shape cuDNN set-up)",
+            MAX_SCORE_BYTES >> 20,
+        )
 
 
 def wanted() -> bool:

@@ -43,4 +43,14 @@ class Seq:
     reserved: int  # KV bytes counted against the budget
     cached_tokens: int = 0
     produced: int = 0
-    to_prefill: int = 0  # prompt tokens the batch still had to prefill when it joined
+
+
+@dataclass
+class EngineStats:
+    """Counters of the generation thread (others read them; ints are safe to read)."""
+
+    prompt_tokens: int = 0  # prompt tokens the model computed (prefill)
+    reused_tokens: int = 0  # prompt tokens taken from a KV cache instead
+    shared_starts: int = 0  # choices that started from a running sequence's cache
+    steps: int = 0  # batch steps
+    prefill_steps: int = 0  # of them, steps that also prefilled

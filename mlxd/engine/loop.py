@@ -3,8 +3,10 @@ events back through each job's ``emit`` callback (the server wraps ``loop.call_s
 
 Scheduling is continuous batching on mlx-lm's ``BatchGenerator``: between two decode steps the
 thread admits waiting jobs (within ``max_batch_size`` and the KV memory budget), drops cancelled
-ones, and prefills new prompts in chunks of ``prefill_step_size`` so running streams keep flowing.
-Layering follows mlx-lm: token ids -> ``TextStream`` (safe text deltas) -> our events -> the API.
+ones, and prefills new prompts in chunks that fit the step's token budget (schedule.py), so
+running streams keep flowing. A prompt that shares a long beginning with a running one starts
+from that sequence's cache (prefix.py). Layering follows mlx-lm: token ids -> ``TextStream``
+(safe text deltas) -> our events (emit.py) -> the API.
 
 Which submitted job starts when is admission.py's; ``Job`` and ``Seq`` are in job.py and
 ``EngineSettings`` in settings.py (all three importable from here as before).
@@ -12,20 +14,19 @@ Which submitted job starts when is admission.py's; ``Job`` and ``Seq`` are in jo
 
 from __future__ import annotations
 
-import copy
-import gc
 import logging
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
 
-from mlxd.engine import attention, vision, warmup
+from mlxd.engine import attention, buffers, vision, warmup
 from mlxd.engine.admission import Admission
+from mlxd.engine.calibration import IDLE_BEFORE_S, Weights
 from mlxd.engine.emit import emit_token
 from mlxd.engine.errors import (
     EngineDead,
@@ -37,12 +38,14 @@ from mlxd.engine.errors import (
 )
 from mlxd.engine.events import Delta, Failed, Finished
 from mlxd.engine.group import GroupAdmission, Lockstep
-from mlxd.engine.job import Job, Seq
+from mlxd.engine.job import EngineStats, Job, Seq
+from mlxd.engine.kvcache import CacheMaker
+from mlxd.engine.prefix import Followers, cut_for, find_source
 from mlxd.engine.sampling import SamplingParams, make_processors, make_sampler
+from mlxd.engine.schedule import Pacer, StepBudget
 from mlxd.engine.settings import EngineSettings
 from mlxd.engine.solo import SOLO_UID, SoloRun
 from mlxd.engine.textstream import StopScanner, TextStream
-from mlxd.models.weights import DualModel, RoutingStore, calibrate, log_routing
 
 # Re-exported: callers and tests import these from here.
 __all__ = ["Delta", "Engine", "EngineSettings", "Failed", "Finished", "Job", "SamplingParams"]
@@ -50,12 +53,7 @@ __all__ = ["Delta", "Engine", "EngineSettings", "Failed", "Finished", "Job", "Sa
 log = logging.getLogger(__name__)
 
 CLEAR_CACHE_EVERY = 256  # decode steps between returns of MLX's buffer cache
-# Auto prefill batch: one prefill step takes as many new prompts as keep it within this many
-# prefill chunks' worth of tokens (8 x 512 = 4096 by default), up to max_batch_size. Each group
-# that joins the batch separately costs every running stream a step, so a burst of N short
-# prompts joining in N/4 groups (mlx-lm's fixed 4-8) made the last one wait seconds on an H100:
-# 64 streams of 8B decoded 830 tok/s with groups of 4 and 2541 tok/s with one group of 64.
-PREFILL_CHUNKS_PER_STEP = 8
+PROMPT_CACHE_KEY = "model"  # one model per engine; its weights' copy may change (calibration)
 
 
 # Probe points: where a test may inject a failure (``Engine(probe=...)``), one per kind of work
@@ -103,16 +101,21 @@ class Engine:
             else Admission(lambda: self.settings, self.kv_bytes)
         )
         # Generation-thread state.
+        self.stats = EngineStats()
         self._seqs: dict[int, Seq] = {}
-        self._followers: dict[Job, list[int]] = {}  # n > 1: choices waiting for the prefill
-        self._reserved = 0
+        self._followers = Followers()  # choices waiting for a leader's first token
         self._gen: BatchGenerator  # made by _run, before the first job
+        self._pacer: Pacer  # made with it
         self._solo: SoloRun | None = None  # the lone sequence, while nothing else runs
         self._prompt_cache = LRUPromptCache(max_bytes=self.settings.prompt_cache_bytes)
-        self._steps = 0
+        self._weights = Weights(model, self.settings)
+        self._idle_since = time.monotonic()
+        self._cuda = attention.wanted()
+        self._new_cache = CacheMaker(model, None, 0, False)  # set at warm-up
         # Learnt at warm-up.
         self.vocab_size = 0  # the model's output width
-        self.kv_bytes_per_token: int = 0
+        self.kv_bytes_per_token: int = 0  # what a token costs once the cache is quantized
+        self._kv_full_bytes_per_token = 0
 
     # ----- called from the event loop -----
 
@@ -134,7 +137,10 @@ class Engine:
         return len(self._seqs)
 
     def kv_bytes(self, tokens: int) -> int:
-        return tokens * self.kv_bytes_per_token
+        """KV bytes ``tokens`` tokens of one sequence may hold (full precision up to
+        --quantized-kv-start, then quantized)."""
+        full = min(tokens, self.settings.quantized_kv_start) if self.settings.kv_bits else tokens
+        return full * self._kv_full_bytes_per_token + (tokens - full) * self.kv_bytes_per_token
 
     def submit(self, job: Job) -> None:
         """Queue a job, or raise the 429/503 that says why it cannot be queued."""
@@ -148,6 +154,9 @@ class Engine:
         """From another thread (the group's watchdog): the generation thread is stuck in a
         collective that will not return; fail everything as if it had died."""
         self._die(exc)
+
+    def weights_report(self) -> dict:
+        return self._weights.report()
 
     # ----- the generation thread -----
 
@@ -167,16 +176,11 @@ class Engine:
     def _prepare(self) -> bool:
         """Attention, weight routing, the batch generator and the warm-up; False (with
         ``failure`` set) when the model cannot serve."""
-        if attention.wanted():
-            base = self.model.quantized if isinstance(self.model, DualModel) else self.model
-            if attention.install(base):
-                log.info(
-                    "prefill attention: plain matmul + softmax up to %d MiB of scores "
-                    "(no per-shape cuDNN set-up)",
-                    attention.MAX_SCORE_BYTES >> 20,
-                )
+        if self._cuda:  # both copies share the modules' attention function
+            attention.install_for(getattr(self.model, "quantized", self.model))
         try:
-            self._route_weights()
+            self._weights.begin(self._on_phase)
+            self._use_weights()
         except Exception as exc:
             log.exception("weight calibration failed")
             self.failure = f"weight calibration failed: {exc}"
@@ -194,17 +198,32 @@ class Engine:
                 self.settings, self.kv_bytes_per_token
             )
             self._prompt_cache = LRUPromptCache(max_bytes=cache_bytes)
+        self._idle_since = time.monotonic()
         return True
 
     def _new_generator(self) -> BatchGenerator:
         s = self.settings
+        self._pacer = Pacer(
+            StepBudget(s.max_step_tokens),
+            s.prefill_step_size,
+            min(s.prefill_batch_size or s.max_batch_size, s.max_batch_size),
+        )
         return BatchGenerator(
             self.model,
             stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
             completion_batch_size=s.max_batch_size,
-            prefill_batch_size=min(s.prefill_batch_size or s.max_batch_size, s.max_batch_size),
+            prefill_batch_size=s.max_batch_size,  # the pacer sets both per step
             prefill_step_size=s.prefill_step_size,
         )
+
+    def _use_weights(self) -> None:
+        """Serve what ``_weights`` holds; memory a dropped twin gave back goes to KV caches."""
+        self.model, freed = self._weights.model, self._weights.freed
+        self._weights.freed = 0
+        if freed and self.settings.kv_budget_bytes is not None:
+            self.settings = replace(
+                self.settings, kv_budget_bytes=self.settings.kv_budget_bytes + freed
+            )
 
     def _serve_jobs(self) -> None:
         """Admit, drop, step, until shutdown; a failed iteration fails what was in flight and
@@ -229,46 +248,30 @@ class Engine:
         self._start_waiting()
         if self._seqs:
             self._step()
+            self._idle_since = time.monotonic()
+        elif self._weights.measuring and self._idle_for(IDLE_BEFORE_S):
+            if self._weights.when_idle():  # the dense copy went
+                self._use_weights()
+                self._gen = self._new_generator()  # idle: nothing runs in the old one
 
-    def _route_weights(self) -> None:
-        """With a quantized model and its dense twin: calibrate which serves which step; under
-        ``auto`` a twin that never wins is dropped and its memory goes to the KV budget."""
-        if not isinstance(self.model, DualModel):
-            return
-        dual = self.model
-        kept = self.settings.calibration_file and Path(self.settings.calibration_file)
-        reused = RoutingStore.load(kept) if kept else None
-        if reused is not None:
-            dual.routing = reused
-            log_routing(reused, f"calibration reused from {kept}; delete it to measure again")
-        else:
-            self._on_phase("calibration")
-            dual.routing = calibrate(
-                dual,
-                self.settings.max_batch_size,
-                progress=lambda done, total: self._on_phase("calibration", done, total),
-            )
-            if kept:
-                RoutingStore.save(kept, dual.routing)
-        if self.settings.weights == "auto" and not dual.routing.uses_dense:
-            before = mx.get_active_memory()
-            self.model = dual.quantized
-            del dual
-            gc.collect()
-            mx.clear_cache()
-            freed = max(before - mx.get_active_memory(), 0)
-            log.info("dense copy dropped: quantized weights win here (%d MiB freed)", freed >> 20)
-            if self.settings.kv_budget_bytes is not None:
-                self.settings = replace(
-                    self.settings, kv_budget_bytes=self.settings.kv_budget_bytes + freed
-                )
+    def _idle_for(self, seconds: float) -> bool:
+        return time.monotonic() - self._idle_since >= seconds and not self._admission.has_waiting
 
     def _warm_up(self) -> None:
-        done = warmup.run(self._gen, self.tokenizer)
-        self.vocab_size, self.kv_bytes_per_token = done.vocab_size, done.kv_bytes_per_token
-        log.info(
-            "warm-up done in %.2fs (KV cache %d bytes/token)", done.seconds, done.kv_bytes_per_token
-        )
+        s = self.settings
+        if s.kv_bits is not None and self.vlm is not None:  # image prefill makes its own caches
+            raise ValueError("--kv-bits does not work with a vision-language model yet")
+        # On CUDA there is no quantized attention kernel: caches dequantize for it (kvcache.py).
+        self._new_cache = CacheMaker(self.model, s.kv_bits, s.quantized_kv_start, self._cuda)
+        done = warmup.run(self._gen, self.tokenizer, s.prefill_step_size, self._new_cache)
+        self.vocab_size = done.vocab_size
+        self._kv_full_bytes_per_token = self.kv_bytes_per_token = done.kv_bytes_per_token
+        how = ""
+        if s.kv_bits is not None:
+            self.kv_bytes_per_token = done.kv_quantized_bytes_per_token
+            how = f", {s.kv_bits}-bit: {self.kv_bytes_per_token} from token {s.quantized_kv_start}"
+        per_token = done.kv_bytes_per_token
+        log.info("warm-up done in %.2fs (KV cache %d bytes/token%s)", done.seconds, per_token, how)
 
     def _drop_cancelled(self) -> None:
         gone = [uid for uid, seq in self._seqs.items() if seq.job.cancelled]
@@ -278,17 +281,25 @@ class Engine:
             self._gen.remove([uid for uid in gone if uid != SOLO_UID])
         for uid in gone:
             self._release(uid)
-        for job in [j for j in self._followers if j.cancelled]:
-            del self._followers[job]
+        for orphan in self._followers.drop(gone):  # their leader went before its first token
+            self._start(orphan.job, orphan.need)
+
+    def _occupancy(self) -> tuple[int, int]:
+        """Choices running or following, and the KV bytes they reserve."""
+        waiting = self._followers.waiting()
+        reserved = sum(s.reserved for s in self._seqs.values()) + sum(f.need for f in waiting)
+        return len(self._seqs) + len(waiting), reserved
 
     def _start_waiting(self) -> None:
-        while started := self._admission.next_to_start(len(self._seqs), self._reserved):
-            job, need = started
-            try:
-                self._insert(job, need)
-            except Exception as exc:
-                log.exception("could not start a job")
-                job.emit(Failed(GenerationFailed(f"could not start: {exc}")))
+        while started := self._admission.next_to_start(*self._occupancy()):
+            self._start(*started)
+
+    def _start(self, job: Job, need: int) -> None:
+        try:
+            self._insert(job, need)
+        except Exception as exc:
+            log.exception("could not start a job")
+            job.emit(Failed(GenerationFailed(f"could not start: {exc}")))
 
     def _insert(self, job: Job, need: int) -> None:
         self._probe("admit")
@@ -297,6 +308,15 @@ class Engine:
             job.emit(Failed(vocabulary_error(bad, self.vocab_size, "prompt")))
             return
         cache, cached, hit = self._cached_prefix(job)
+        source = self._shared_source(job, cached)
+        if source is not None and not source.ready:  # follow it: start with its first token
+            self._followers.add(source.uid, job, need)
+            return
+        if source is not None:
+            ((leader, tokens),) = self._gen.extract_cache([source.uid]).values()
+            cache, cached = cut_for(leader, list(tokens), job.prompt)
+            hit = cached
+            self.stats.shared_starts += 1
         rest = job.prompt[cached:]
         alone = not self._seqs and not self._admission.has_waiting
         if self.settings.solo and job.params.n == 1 and alone:
@@ -306,13 +326,25 @@ class Engine:
         uid = self._insert_choice(job, 0, rest, cache, job.prompt[:cached], need)
         self._seqs[uid].cached_tokens = hit
         if job.params.n > 1:
-            self._followers[job] = [uid]
+            self._followers.add(uid, job, need, first=1)
+
+    def _shared_source(self, job: Job, cached: int):
+        """A running sequence whose prompt begins like ``job``'s (prefix.py); text only: an
+        image's placeholder tokens are alike whatever the image."""
+        if job.vision is not None:
+            return None
+        running = {
+            uid: (seq.job.prompt, self._pacer.decoding(uid))
+            for uid, seq in self._seqs.items()
+            if uid != SOLO_UID and seq.job.vision is None
+        }
+        return find_source(job.prompt, cached, running)
 
     def _cached_prefix(self, job: Job) -> tuple[list | None, int, int]:
         """(KV cache, prompt tokens it holds, of which the prompt cache gave): the longest cached
         prefix, then, for a vision job, its images prefilled after it (engine/vision.py)."""
         key = vision.cache_key(job.prompt, job.vision)
-        cache, rest = self._prompt_cache.fetch_nearest_cache(id(self.model), key)
+        cache, rest = self._prompt_cache.fetch_nearest_cache(PROMPT_CACHE_KEY, key)
         if cache is not None and not rest:  # all cached: recompute the last token for logits
             trim_prompt_cache(cache, 1)
             rest = key[-1:]
@@ -327,30 +359,32 @@ class Engine:
 
     def _insert_choice(self, job: Job, index: int, rest, cache, cached_tokens, need: int) -> int:
         p = job.params
+        cache = cache or self._new_cache()  # None: mlx-lm makes its own
         [uid] = self._gen.insert(
             [list(rest)],
             max_tokens=[p.max_tokens],
-            caches=[cache] if cache else None,
+            caches=None if cache is None else [cache],
             all_tokens=[list(cached_tokens)],
             samplers=[make_sampler(p, index)],
             logits_processors=[make_processors(p, len(job.prompt))],
         )
+        self._pacer.add(uid, len(rest))
         self._track(uid, job, index, need, cached_tokens=len(cached_tokens))
-        self._seqs[uid].to_prefill = len(rest)
+        self.stats.prompt_tokens += len(rest)
+        self.stats.reused_tokens += len(cached_tokens)
         return uid
 
     def _track(self, uid: int, job: Job, index: int, need: int, cached_tokens: int = 0) -> None:
         """Register a running choice: its text stream, and its KV bytes against the budget."""
         text = TextStream(self.tokenizer.detokenizer, StopScanner(job.params.stop))
         self._seqs[uid] = Seq(job, index, text, need, cached_tokens=cached_tokens)
-        self._reserved += need
 
     def _start_solo(self, job: Job, rest, cache, cached_tokens, need: int) -> None:
         p = job.params
         self._solo = SoloRun(
             self.model,
             list(rest),
-            cache,
+            cache if cache is not None else self._new_cache(),
             list(cached_tokens),
             make_sampler(p),
             make_processors(p, len(job.prompt)),
@@ -359,6 +393,8 @@ class Engine:
             set(self.tokenizer.eos_token_ids),
         )
         self._track(SOLO_UID, job, 0, need, cached_tokens=len(cached_tokens))
+        self.stats.prompt_tokens += len(rest)
+        self.stats.reused_tokens += len(cached_tokens)
 
     def _solo_step(self) -> None:
         seq, solo = self._seqs[SOLO_UID], self._solo
@@ -391,68 +427,53 @@ class Engine:
         if last is not None and self._on_token(seq, last):
             self._end_solo()
             return
-        args = solo.handoff(last)
         self._solo = None
-        [uid] = self._gen.insert(
-            [args["prompt"]],
-            max_tokens=[args["max_tokens"]],
-            caches=[args["cache"]],
-            all_tokens=[args["all_tokens"]],
-            samplers=[solo.sampler],
-            logits_processors=[solo.processors],
-        )
+        uid, to_feed = solo.continue_in(self._gen, last)
+        self._pacer.add(uid, to_feed)
         self._seqs[uid] = self._seqs.pop(SOLO_UID)
 
-    def _start_followers(self, job: Job, leader) -> None:
-        """n > 1: once the first choice has prefilled the prompt, the others copy its cache."""
+    def _start_followers(self, leader) -> None:
+        """The leader's prompt is in its cache: each follower copies the part it shares and
+        prefills the rest (the n choices of one job share the whole prompt)."""
         self._probe("followers")
-        del self._followers[job]
+        followers = self._followers.pop(leader.uid)
         if leader.prompt_cache is not None:  # the leader already ended (eos or max_tokens 1)
-            cache, tokens = copy.deepcopy(leader.prompt_cache), leader.all_tokens
+            cache, tokens = leader.prompt_cache, leader.all_tokens
         else:
             ((cache, tokens),) = self._gen.extract_cache([leader.uid]).values()
-        shared = len(job.prompt) - 1
-        trim_prompt_cache(cache, len(tokens) - shared)
-        reserved = self._seqs[leader.uid].reserved
-        for index in range(1, job.params.n):
-            self._insert_choice(
-                job, index, job.prompt[shared:], copy.deepcopy(cache), job.prompt[:shared], reserved
-            )
+        tokens = list(tokens)
+        for f in followers:
+            mine, shared = cut_for(cache, tokens, f.job.prompt)
+            if f.index == 0:
+                self.stats.shared_starts += 1
+            rest, cached = f.job.prompt[shared:], f.job.prompt[:shared]
+            self._insert_choice(f.job, f.index, rest, mine, cached, f.need)
 
     def _step(self) -> None:
         if self._solo is not None:
             self._solo_step()
             return
-        self._size_prefill_batch()
+        self._pacer.before(self._gen)
         self._probe("step")
-        _prompt_progress, responses = self._gen.next()
-        self._steps += 1
-        if self._steps % CLEAR_CACHE_EVERY == 0:
+        started = time.perf_counter()
+        with buffers.kept(self._cuda):
+            progress, responses = self._gen.next()
+        if self._pacer.after(progress, time.perf_counter() - started):
+            self.stats.prefill_steps += 1
+        self.stats.steps += 1
+        if self.stats.steps % CLEAR_CACHE_EVERY == 0:
             mx.clear_cache()
         finished = []
         for r in responses:
             seq = self._seqs.get(r.uid)
             if seq is None:
                 continue
-            if seq.job in self._followers:
-                self._start_followers(seq.job, r)
+            if r.uid in self._followers:
+                self._start_followers(r)
             if self._on_token(seq, r):
                 finished.append(r)
         for r in finished:
             self._finish_seq(r)
-
-    def _size_prefill_batch(self) -> None:
-        """Auto prefill batch: as many new prompts per prefill step as keep the step's tokens
-        within PREFILL_CHUNKS_PER_STEP chunks, judged by the longest prompt still to prefill."""
-        s = self.settings
-        if s.prefill_batch_size is not None:
-            return
-        longest = max(
-            (min(q.to_prefill, s.prefill_step_size) for q in self._seqs.values() if not q.produced),
-            default=1,
-        )
-        budget = PREFILL_CHUNKS_PER_STEP * s.prefill_step_size
-        self._gen.prefill_batch_size = max(1, min(s.max_batch_size, budget // max(longest, 1)))
 
     def _on_token(self, seq: Seq, r) -> bool:
         """Emit what token ``r`` adds; True when the sequence has ended."""
@@ -474,11 +495,11 @@ class Engine:
         by their hash)."""
         if self.settings.prompt_cache_bytes > 0 and tokens:
             key = vision.cache_tokens(job.prompt, job.vision, list(tokens))
-            self._prompt_cache.insert_cache(id(self.model), key, cache)
+            self._prompt_cache.insert_cache(PROMPT_CACHE_KEY, key, cache)
 
     def _release(self, uid: int) -> None:
-        seq = self._seqs.pop(uid)
-        self._reserved -= seq.reserved
+        self._seqs.pop(uid)
+        self._pacer.forget(uid)
 
     def _recover(self, exc: Exception) -> None:
         """A failed iteration leaves the batch in an unknown state: fail every job in flight
@@ -490,10 +511,10 @@ class Engine:
         )
         self._probe("recover")
         self._fail_in_flight(GenerationFailed(f"generation failed: {exc}"))
-        self._gen = self._new_generator()
+        self._gen = self._new_generator()  # and a fresh pacer
 
     def _in_flight(self) -> set[Job]:
-        return {seq.job for seq in self._seqs.values()} | set(self._followers)
+        return {seq.job for seq in self._seqs.values()} | {f.job for f in self._followers.waiting()}
 
     def _fail_in_flight(self, error: EngineError) -> None:
         for job in self._in_flight():
@@ -501,7 +522,6 @@ class Engine:
         self._solo = None
         self._seqs.clear()
         self._followers.clear()
-        self._reserved = 0
 
     def _die(self, exc: BaseException) -> None:
         """The thread cannot go on: say why, fail what was running (500) and waiting (503),

@@ -3,7 +3,7 @@
 
 The batch machinery costs a lone stream about a quarter of its speed on CUDA (H200, 8B 4-bit:
 142 tok/s against 183 for ``generate_step``), so the engine runs a request this way while it is
-the only one, and hands it to the ``BatchGenerator`` (``handoff``) the moment another arrives.
+the only one, and hands it to the ``BatchGenerator`` (``continue_in``) the moment another arrives.
 Each sampler and logits processor is called exactly once per emitted token on either path, so a
 seeded or constrained request comes out the same whichever way it ran.
 """
@@ -104,12 +104,17 @@ class SoloRun:
         self.pending = None
         return self._out(token, logprobs, fed_next=False)
 
-    def handoff(self, last: TokenOut | None) -> dict:
-        """``BatchGenerator.insert`` arguments that continue this sequence in the batch."""
+    def continue_in(self, gen, last: TokenOut | None) -> tuple[int, int]:
+        """Insert this sequence into ``gen`` (an mlx-lm ``BatchGenerator``) where it stands, with
+        ``last`` the token read before (``read_pending``): its uid there, and how many prompt
+        tokens it still has to feed."""
         prompt = self.todo if last is None else [last.token]
-        return {
-            "prompt": prompt,
-            "cache": self.cache,
-            "all_tokens": list(self.fed),
-            "max_tokens": self.max_tokens - self.produced,
-        }
+        [uid] = gen.insert(
+            [prompt],
+            max_tokens=[self.max_tokens - self.produced],
+            caches=[self.cache],
+            all_tokens=[list(self.fed)],
+            samplers=[self.sampler],
+            logits_processors=[self.processors],
+        )
+        return uid, len(prompt)

@@ -106,10 +106,11 @@ def prepare(
     """The model object to serve under ``policy`` (calibration happens later, on the thread
     that will generate; see ``calibrate``).
 
-    ``auto`` builds the twin wherever it fits in half the free memory (GPU, Apple silicon, CPU)
-    and lets calibration decide; on this project's x86 CPU calibrating SmolLM2 took 35 s and chose
-    quantized decode at batch 1-4 but dense prefill (1.32 vs 1.59 s) and dense decode at batch 8
-    (776 vs 852 ms), so the result is kept on disk (``RoutingStore``) and later starts reuse it.
+    ``auto`` builds the twin on a GPU (CUDA, Apple silicon) wherever it fits in half the free
+    memory and lets calibration decide; the result is kept on disk (``RoutingStore``) and later
+    starts reuse it. On this project's x86 CPU calibrating SmolLM2 took 35 s and chose quantized
+    decode at batch 1-4 but dense prefill (1.32 vs 1.59 s) on a quiet machine, and quantized
+    everywhere (8.2 vs 13.5 s prefill) with other work running, so the CPU serves quantized.
     ``on_copy()`` runs as the dense copy begins (start-up progress)."""
     if policy == "quantized" or not is_quantized(model):
         return model
@@ -118,6 +119,12 @@ def prepare(
     ):
         # An adapter wraps the quantized layers; a dense twin of the base alone would drop it.
         log.info("weights: quantized (a LoRA adapter is loaded; no dense copy)")
+        return model
+    if policy == "auto" and mx.default_device() != mx.gpu:
+        # On the CPU the copies trade places with the machine's load (SmolLM2 on 2 cores: dense
+        # prefill 17% faster when quiet, 39% slower when busy) and timing them takes 50 s, or
+        # minutes on a busy machine, during which a request would wait: serve quantized.
+        log.info("weights: quantized (CPU; --weights both --calibrate start to measure)")
         return model
     if policy == "auto" and not _dense_fits(model):
         return model
@@ -189,29 +196,55 @@ def calibrate(
     shape timed (start-up progress)."""
     plan = plan or (GPU_PLAN if mx.default_device() == mx.gpu else CPU_PLAN)
     start = time.perf_counter()
-    batches = [b for b in plan.batches if b <= max(max_batch, 1)]
+    total = 1 + len([b for b in plan.batches if b <= max(max_batch, 1)])
     tick = progress or (lambda done, total: None)
-    tick(0, 1 + len(batches))
+    tick(0, total)
     rows = []
-    pq, pd = _prefill_time(dual.quantized, plan), _prefill_time(dual.dense, plan)
-    rows.append(("prefill", 1, pq, pd))
-    tick(1, 1 + len(batches))
+    for row in measure(dual, max_batch, plan):
+        if row is not None:
+            rows.append(row)
+            tick(len(rows), total)
+    routing = decide(rows)
+    log_routing(routing, f"calibrated in {time.perf_counter() - start:.1f}s")
+    return routing
+
+
+def measure(dual: DualModel, max_batch: int, plan: Plan | None = None):
+    """The calibration in small pieces, for a caller that measures between other work: yields
+    None after timing one copy, and a (kind, batch, quantized_s, dense_s) row after both."""
+    plan = plan or (GPU_PLAN if mx.default_device() == mx.gpu else CPU_PLAN)
+    pq = _prefill_time(dual.quantized, plan)
+    yield None
+    yield ("prefill", 1, pq, _prefill_time(dual.dense, plan))
+    for batch in [b for b in plan.batches if b <= max(max_batch, 1)]:
+        q = _decode_step_time(dual.quantized, batch, plan)
+        yield None
+        yield ("decode", batch, q, _decode_step_time(dual.dense, batch, plan))
+    mx.clear_cache()
+
+
+def decide(rows: list) -> Routing:
+    """The routing that timed ``rows`` (see ``measure``) call for."""
     dense_from = None
-    for batch in batches:
-        q, d = (
-            _decode_step_time(dual.quantized, batch, plan),
-            _decode_step_time(dual.dense, batch, plan),
-        )
-        rows.append(("decode", batch, q, d))
-        tick(len(rows), 1 + len(batches))
-        if d < q * DENSE_MARGIN:
+    prefill_dense = False
+    for kind, batch, q, d in rows:
+        if kind == "prefill":
+            prefill_dense = d < q * DENSE_MARGIN
+        elif d < q * DENSE_MARGIN:
             dense_from = batch if dense_from is None else dense_from
         else:
             dense_from = None  # dense must keep winning from the crossover on
-    mx.clear_cache()
-    routing = Routing(dense_from, pd < pq * DENSE_MARGIN, tuple(rows))
-    log_routing(routing, f"calibrated in {time.perf_counter() - start:.1f}s")
-    return routing
+    return Routing(dense_from, prefill_dense, tuple(rows))
+
+
+def prior(kind: str) -> Routing:
+    """The routing served before a calibration has run (--calibrate idle), per device kind:
+    what calibrating has concluded there (on CUDA, H100 and H200, 8B 4-bit, four runs: dense
+    prefill 2-3x faster, dense decode from batch 1-2, e.g. 12 vs 107 ms at batch 32; on this
+    project's 2-core CPU and elsewhere: quantized, which needs no dense copy to be right)."""
+    if kind == "cuda":
+        return Routing(decode_dense_from=2, prefill_dense=True)
+    return Routing()
 
 
 def log_routing(routing: Routing, how: str) -> None:

@@ -27,6 +27,7 @@ from mlxd.service.options import (
     choice,
     integer,
     number,
+    one_of,
     optional,
     size,
     text,
@@ -42,6 +43,7 @@ DEFAULT_TOP_P = 1.0
 DEFAULT_SHUTDOWN_TIMEOUT_S = 30.0
 DEFAULT_MAX_BODY_BYTES = 8 * 1024 * 1024  # a long chat history is well under this
 DEFAULT_QUEUE_SIZE = 64  # requests waiting for the engine before new ones are refused
+# A bare engine's (tests, tools); the service resolves "auto" per device (engine/tuning.py).
 DEFAULT_MAX_BATCH_SIZE = 8
 DEFAULT_PREFILL_STEP = 512  # prompt tokens per sequence per engine step: streams keep flowing
 DEFAULT_PROMPT_CACHE_BYTES = 512 * 1024**2
@@ -55,6 +57,8 @@ DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0  # a remote image must arrive whole within th
 # items are some 100 KB of JSON, so hundreds of turns fit; least recently used out.
 DEFAULT_RESPONSES_STORE_BYTES = 64 * 1024**2
 WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
+CALIBRATE_WHEN = ("idle", "start")  # see mlxd/engine/calibration.py
+KV_BITS = (4, 8)  # of what mx.quantize offers, the widths that keep keys and values useful
 # thinking models: auto/deepseek split the thinking into reasoning_content (mlxd/api/reasoning.py)
 REASONING_FORMATS = ("auto", "deepseek", "none")
 DEFAULT_REASONING_FORMAT = "auto"
@@ -90,16 +94,21 @@ class Config:
     api_key_file: str | None = None  # already merged into api_keys
     auth_health: bool = False  # require the key on /health and /metrics too
     cors_origins: tuple[str, ...] = ()
-    # Scheduling (reserved for the engine).
+    # Scheduling (reserved for the engine). None in an "auto" setting: chosen at start from the
+    # device and the model (engine/tuning.py, engine/schedule.py).
     queue_size: int = DEFAULT_QUEUE_SIZE
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
+    max_batch_size: int | None = None
     queue_timeout: float | None = None
-    prefill_step_size: int = DEFAULT_PREFILL_STEP
-    prefill_batch_size: int | None = None  # None: auto (see engine/loop.py)
+    prefill_step_size: int | None = None
+    prefill_batch_size: int | None = None
+    max_step_tokens: int | None = None  # None: adaptive
     prompt_cache_bytes: int = DEFAULT_PROMPT_CACHE_BYTES
     responses_store_bytes: int = DEFAULT_RESPONSES_STORE_BYTES
     memory_limit: int | None = None  # bytes for model + KV; None: from the device
     weights: str = "auto"  # quantized / dense twin / both, per step
+    calibrate: str = "idle"  # when the weight routing is measured
+    kv_bits: int | None = None  # quantized KV cache (engine/kvcache.py); None: full precision
+    quantized_kv_start: int = 0  # tokens a sequence keeps in full precision before that
     request_timeout: float | None = None
     # Images (vision-language models).
     max_images: int = DEFAULT_MAX_IMAGES
@@ -122,10 +131,14 @@ class Config:
     daemon: bool = False
 
     def to_json(self) -> dict:
-        """The configuration as JSON, API keys masked (for ``--print-config``)."""
+        """The configuration as JSON, API keys masked, auto settings as "auto" (for
+        ``--print-config``)."""
         out = dataclasses.asdict(self)
         out["api_keys"] = [MASK] * len(self.api_keys)
         out["cors_origins"] = list(self.cors_origins)
+        for opt in OPTIONS:
+            if out[opt.field] is None and getattr(opt.parse, "unset_word", None) == "auto":
+                out[opt.field] = "auto"
         return out
 
 
@@ -222,9 +235,11 @@ OPTIONS = (
     Option(
         "max_batch_size",
         "max-batch-size",
-        integer(1),
-        "most requests generated together (default %(default)s)",
-        metavar="N",
+        auto(integer(1)),
+        "most requests generated together; 'auto' (the default) picks it from the device and "
+        "the model: 8 on a CPU, on a GPU as many streams of 4096 tokens as its memory holds "
+        "(8-128), logged at start",
+        metavar="N|auto",
     ),
     Option(
         "queue_timeout",
@@ -236,16 +251,27 @@ OPTIONS = (
     Option(
         "prefill_step_size",
         "prefill-step-size",
-        integer(1),
-        "prompt tokens prefilled per sequence between decode steps (default %(default)s)",
-        metavar="N",
+        auto(integer(1)),
+        "most prompt tokens prefilled per sequence in one step; 'auto' (the default): 512 on "
+        "a CPU, 1024 on a GPU",
+        metavar="N|auto",
     ),
     Option(
         "prefill_batch_size",
         "prefill-batch-size",
         auto(integer(1)),
         "new prompts prefilled together in one step; 'auto' (the default) takes as many as "
-        "keep one prefill step within 8 x --prefill-step-size tokens, up to --max-batch-size",
+        "the step's token budget holds (--max-step-tokens), up to --max-batch-size",
+        metavar="N|auto",
+    ),
+    Option(
+        "max_step_tokens",
+        "max-step-tokens",
+        auto(integer(16)),
+        "tokens one engine step may compute, decoding streams and prompt chunks together "
+        "(chunked prefill: long prompts are cut to fit beside running streams); 'auto' (the "
+        "default) adapts the prompt share so a step that prefills takes about 2.5 decode "
+        "steps while streams decode, and up to 4096 tokens when more prompts wait than stream",
         metavar="N|auto",
     ),
     Option(
@@ -277,8 +303,33 @@ OPTIONS = (
         "weights",
         choice(WEIGHT_POLICIES),
         "for a quantized model: keep the quantized weights, a dense copy, or both and pick "
-        "per step by batch size; auto calibrates at start and keeps the dense copy only "
-        "where it wins (default %(default)s)",
+        "per step by batch size; auto (on a GPU) calibrates and keeps the dense copy only "
+        "where it wins, and serves the quantized weights on a CPU (default %(default)s)",
+    ),
+    Option(
+        "calibrate",
+        "calibrate",
+        choice(CALIBRATE_WHEN),
+        "when to time the quantized weights against their dense copy, the first time a model "
+        "runs on a machine: idle serves at once with a routing known to be safe for the device "
+        "and measures between requests; start measures before ready (default %(default)s)",
+        metavar="WHEN",
+    ),
+    Option(
+        "kv_bits",
+        "kv-bits",
+        optional(one_of(KV_BITS)),
+        "keep the KV cache quantized to 8 or 4 bits (about 1/2 or 1/4 of the memory per "
+        "token, so more streams or longer contexts fit; default: full precision)",
+        metavar="8|4",
+    ),
+    Option(
+        "quantized_kv_start",
+        "quantized-kv-start",
+        integer(0),
+        "with --kv-bits: a batch's KV cache stays in full precision until it holds this many "
+        "tokens (default %(default)s: quantized from the first)",
+        metavar="N",
     ),
     Option(
         "request_timeout",

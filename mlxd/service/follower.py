@@ -45,7 +45,7 @@ def follow(config: Config, group: Group) -> int:
     engine = Engine(
         loaded.model,
         loaded.tokenizer,
-        settings=engine_settings(config, None),
+        settings=engine_settings(config, None, loaded, loaded.model),
         lockstep=lockstep,
     )
     engine.start()

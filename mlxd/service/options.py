@@ -74,6 +74,7 @@ def _unset_by(word: str):
                 return None
             return parse(raw)
 
+        parse_or_none.unset_word = word  # type: ignore[attr-defined]  # to_json shows "auto"
         return parse_or_none
 
     return wrap
@@ -88,6 +89,16 @@ def choice(values: tuple[str, ...]) -> Callable[[object], str]:
         if not isinstance(raw, str) or raw.lower() not in values:
             raise ValueError(f"{raw!r} is not one of {', '.join(values)}")
         return raw.lower()
+
+    return parse
+
+
+def one_of(values: tuple[int, ...]) -> Callable[[object], int]:
+    def parse(raw: object) -> int:
+        value = integer(min(values), max(values))(raw)
+        if value not in values:
+            raise ValueError(f"{raw!r} is not one of {', '.join(map(str, values))}")
+        return value
 
     return parse
 

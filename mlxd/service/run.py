@@ -21,6 +21,7 @@ from mlxd.api.app import App, Defaults
 from mlxd.api.images import ImageLimits
 from mlxd.api.responses.store import ResponseStore
 from mlxd.api.routes import PUBLIC_PATHS, QUIET_PATHS, ROUTES
+from mlxd.engine import tuning
 from mlxd.engine.group import Lockstep
 from mlxd.engine.loop import Engine, EngineSettings
 from mlxd.models import device, loader, shard, weights
@@ -177,23 +178,62 @@ def _build(config: Config) -> tuple[App, Server]:
     )
 
 
-def engine_settings(config: Config, calibration_file: Path | None) -> EngineSettings:
-    kv_budget = device.kv_budget(config.memory_limit, config.prompt_cache_bytes)
+def _scheduling(config: Config, facts: tuning.ModelFacts | None) -> tuning.Scheduling:
+    return tuning.choose(
+        device.device_facts(),
+        facts,
+        max_batch_size=config.max_batch_size,
+        prefill_step_size=config.prefill_step_size,
+    )
+
+
+def auto_settings(config: Config) -> dict:
+    """What the auto settings come to on this machine for ``config.model`` (--print-config)."""
+    try:
+        facts = tuning.file_facts(config.model) if config.model else None
+    except ValueError as exc:
+        return {"error": str(exc)}
+    chosen = _scheduling(config, facts)
+    return {
+        "device": dataclasses.asdict(device.device_facts()),
+        "max_batch_size": chosen.max_batch_size,
+        "prefill_step_size": chosen.prefill_step_size,
+        "max_step_tokens": config.max_step_tokens or "adaptive (see --help)",
+        "memory_share": chosen.memory_share,
+        "why": list(chosen.reasons),
+    }
+
+
+def engine_settings(
+    config: Config, calibration_file: Path | None, loaded: loader.LoadedModel, model
+) -> EngineSettings:
+    """The engine's settings: the auto ones chosen for this device and model (rank 0 and each
+    follower of a group alike; the group then agrees on them, engine/group.py)."""
+    chosen = _scheduling(config, tuning.loaded_facts(model, loaded.config, loaded.context_length))
+    for reason in chosen.reasons:
+        log.info("auto: %s", reason)
+    kv_budget = device.kv_budget(
+        config.memory_limit, config.prompt_cache_bytes, chosen.memory_share
+    )
     log.info(
         "memory: %s for KV caches of running requests (prompt cache up to %s)",
         device.human(kv_budget),
         device.human(config.prompt_cache_bytes),
     )
     return EngineSettings(
-        max_batch_size=config.max_batch_size,
+        max_batch_size=chosen.max_batch_size,
         queue_size=config.queue_size,
         queue_timeout=config.queue_timeout,
-        prefill_step_size=config.prefill_step_size,
+        prefill_step_size=chosen.prefill_step_size,
         prefill_batch_size=config.prefill_batch_size,
+        max_step_tokens=config.max_step_tokens,
         prompt_cache_bytes=config.prompt_cache_bytes,
         kv_budget_bytes=kv_budget,
         weights=config.weights,
+        calibrate=config.calibrate,
         calibration_file=str(calibration_file) if calibration_file else None,
+        kv_bits=config.kv_bits,
+        quantized_kv_start=config.quantized_kv_start,
     )
 
 
@@ -250,6 +290,9 @@ async def _load(
 ) -> None:
     """Read the model, build what its weight policy needs, start the engine, wait for its
     warm-up; each phase logged as it begins, and on a terminal a status line below the log."""
+    kernels = device.use_kernel_cache()
+    if kernels:
+        log.info("compiled kernels kept in %s", kernels)
     shown = startup.show()
     try:
         await _load_phases(app, config, engine_factory, failed, startup, group)
@@ -302,7 +345,7 @@ async def _load_phases(
     engine = engine_factory(
         model,
         loaded.tokenizer,
-        settings=engine_settings(config, kept),
+        settings=engine_settings(config, kept, loaded, model),
         on_failure=on_failure,
         on_phase=startup.phase,
         vlm=loaded.vision.model if loaded.vision else None,
@@ -322,8 +365,8 @@ def _weights_for(model, config: Config, startup: Startup) -> tuple[object, Path 
     only to be dropped (1.6-2.9 s for SmolLM2 on a 2-core CPU)."""
     if config.weights == "quantized" or not weights.is_quantized(model):
         return model, None
-    try:
-        kept = weights.RoutingStore.default().path(str(config.model), config.max_batch_size)
+    try:  # keyed by the batch limit as configured (0: auto, which resolves alike each start)
+        kept = weights.RoutingStore.default().path(str(config.model), config.max_batch_size or 0)
     except OSError as exc:
         log.warning("calibration will not be kept: %s", exc)
         kept = None
@@ -332,7 +375,10 @@ def _weights_for(model, config: Config, startup: Startup) -> tuple[object, Path 
         how = f"kept in {kept}, no dense copy built; delete it to measure again"
         weights.log_routing(routing, how)
         return model, None
-    served = weights.prepare(model, config.weights, on_copy=lambda: startup.phase("dense copy"))
+    policy = config.weights
+    if policy == "auto" and routing is not None and routing.uses_dense:
+        policy = "both"  # measured here before: kept even on a CPU (where auto serves quantized)
+    served = weights.prepare(model, policy, on_copy=lambda: startup.phase("dense copy"))
     return served, kept if isinstance(served, weights.DualModel) else None
 
 

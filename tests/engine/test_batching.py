@@ -304,22 +304,3 @@ def test_a_burst_of_prompts_joins_in_one_prefill_group_by_default(loaded, settin
             assert len(sizes) >= 3 and max(sizes) <= 2 and sum(sizes) == 6, logged.prefills
     finally:
         eng.shutdown(5)
-
-
-def test_auto_prefill_batch_shrinks_for_long_prompts(loaded):
-    """The auto size keeps one prefill step within 8 chunks of --prefill-step-size tokens."""
-    model, tokenizer = loaded
-    eng = Engine(model, tokenizer, EngineSettings(max_batch_size=64, prefill_step_size=16))
-    eng._gen = type("Gen", (), {"prefill_batch_size": 0})()
-    job = Job([1] * 100, SamplingParams(max_tokens=4), lambda ev: None)
-    for uid, to_prefill in enumerate([3, 5, 2]):
-        eng._track(uid, job, 0, 0)
-        eng._seqs[uid].to_prefill = to_prefill
-    eng._size_prefill_batch()
-    assert eng._gen.prefill_batch_size == 8 * 16 // 5
-    eng._seqs[1].to_prefill = 100  # chunks of 16: one long prompt caps the step
-    eng._size_prefill_batch()
-    assert eng._gen.prefill_batch_size == 8
-    eng._seqs[1].produced = 1  # prefilled already: no longer counted
-    eng._size_prefill_batch()
-    assert eng._gen.prefill_batch_size == 8 * 16 // 3

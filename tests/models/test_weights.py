@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -64,8 +65,11 @@ def test_prepare_policies(quantized):
     assert not is_quantized(prepare(quantized, "dense"))
     both = prepare(quantized, "both")
     assert isinstance(both, DualModel) and both.quantized is quantized
-    auto = prepare(quantized, "auto")  # fits: calibration will decide
-    assert isinstance(auto, DualModel) and auto.quantized is quantized
+    auto = prepare(quantized, "auto")
+    if mx.default_device() == mx.gpu:  # fits: calibration will decide
+        assert isinstance(auto, DualModel) and auto.quantized is quantized
+    else:  # the CPU serves quantized weights (no dense copy, nothing to time)
+        assert auto is quantized
 
 
 def test_calibration_routes_and_generation_agrees(quantized):
@@ -101,7 +105,9 @@ def test_engine_serves_through_a_dual_model(quantized, tiny_model_dir):
     from mlxd.engine.sampling import SamplingParams
 
     _model, tokenizer = load(str(tiny_model_dir))
-    engine = Engine(prepare(quantized, "both"), tokenizer, EngineSettings(weights="both"))
+    engine = Engine(
+        prepare(quantized, "both"), tokenizer, EngineSettings(weights="both", calibrate="start")
+    )
     engine.start()
     try:
         assert engine.ready.wait(60)
@@ -133,7 +139,7 @@ def test_a_calibration_is_kept_and_reused(quantized, tiny_model_dir, tmp_path, c
         engine = Engine(
             prepare(quantized, "both"),
             tokenizer,
-            EngineSettings(weights="both", calibration_file=str(path)),
+            EngineSettings(weights="both", calibrate="start", calibration_file=str(path)),
         )
         engine.start()
         try:
@@ -167,3 +173,40 @@ def test_the_calibration_key_is_the_content_not_the_place(tiny_model_dir, tmp_pa
     gguf.write_bytes(b"GGUF" + bytes(100))
     shutil.copy(gguf, tmp_path / "model")
     assert store.path(str(gguf), 8) == store.path(str(tmp_path / "model"), 8)
+
+
+def test_idle_calibration_serves_at_once_then_measures(
+    quantized, tiny_model_dir, tmp_path, monkeypatch
+):
+    """--calibrate idle: ready with the device's default routing (nothing timed before ready),
+    then the pieces are measured while the engine has nothing to do, and the result is kept."""
+    from mlx_lm import load
+
+    from mlxd.engine import calibration
+    from mlxd.engine.loop import Engine, EngineSettings
+    from mlxd.models.weights import RoutingStore, prior
+
+    monkeypatch.setattr(calibration, "IDLE_BEFORE_S", 0.0)
+    _model, tokenizer = load(str(tiny_model_dir))
+    path = RoutingStore(tmp_path).path(str(tiny_model_dir), 8)
+    pieces = []
+    original = calibration.Calibration.step
+    monkeypatch.setattr(
+        calibration.Calibration, "step", lambda self: pieces.append(1) or original(self)
+    )
+    engine = Engine(
+        prepare(quantized, "both"),
+        tokenizer,
+        EngineSettings(weights="both", calibrate="idle", calibration_file=str(path)),
+    )
+    engine.start()
+    try:
+        assert engine.ready.wait(60)
+        deadline = time.monotonic() + 60
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert path.exists() and len(pieces) >= 2  # measured in several idle pieces
+        assert engine.model.routing.table and RoutingStore.load(path) == engine.model.routing
+    finally:
+        engine.shutdown(5)
+    assert prior("cuda").prefill_dense and prior("cpu") == calibration.Routing()

@@ -36,7 +36,7 @@ def test_print_config_defaults_need_no_model(capsys, tmp_path):
     out = effective(capsys)
     assert out["model"] is None and out["port"] == 8000 and out["host"] == "127.0.0.1"
     assert out["pid_file"] == str(tmp_path / "mlxd-8000.pid")
-    assert out["queue_size"] == 64 and out["max_batch_size"] == 8
+    assert out["queue_size"] == 64 and out["max_batch_size"] == "auto"
     assert out["queue_timeout"] is None and out["log_format"] == "text"
 
 
@@ -251,3 +251,12 @@ def test_a_text_file_named_gguf_is_said_once(capsys, tmp_path):
     assert cli.main([str(tmp_path / "x.gguf"), "--port", "0"]) == 1
     err = capsys.readouterr().err
     assert err == f"mlxd: {tmp_path / 'x.gguf'}: not a GGUF file (it starts with 'hello wo')\n"
+
+
+def test_print_config_with_a_model_shows_what_auto_comes_to(capsys, tiny_model_dir):
+    out = effective(capsys, str(tiny_model_dir))
+    auto = out["auto"]
+    assert out["max_batch_size"] == "auto" and auto["device"]["kind"] in ("cpu", "metal", "cuda")
+    assert isinstance(auto["max_batch_size"], int) and auto["why"]
+    fixed = effective(capsys, str(tiny_model_dir), "--max-batch-size", "3")
+    assert fixed["auto"]["max_batch_size"] == 3

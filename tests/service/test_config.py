@@ -279,3 +279,24 @@ def test_absolute_paths(tmp_path, monkeypatch):
     config = absolute_paths(Config(model="m", log_file="l.log", pid_file="~/p.pid"))
     assert config.model == str(tmp_path / "m") and config.log_file == str(tmp_path / "l.log")
     assert not config.pid_file.startswith("~")
+
+
+def test_auto_settings_parse_and_show_as_auto():
+    assert from_env({"MLXD_MAX_BATCH_SIZE": "auto", "MLXD_MAX_STEP_TOKENS": "256"}) == {
+        "max_batch_size": None,
+        "max_step_tokens": 256,
+    }
+    out = Config().to_json()
+    assert out["max_batch_size"] == out["prefill_step_size"] == out["max_step_tokens"] == "auto"
+    assert out["kv_bits"] is None and out["calibrate"] == "idle"  # unset, not auto
+    assert Config(max_batch_size=16).to_json()["max_batch_size"] == 16
+
+
+@pytest.mark.parametrize("raw, value", [("8", 8), (4, 4), ("none", None)])
+def test_kv_bits(raw, value):
+    assert from_env({"MLXD_KV_BITS": str(raw)}) == {"kv_bits": value}
+
+
+def test_kv_bits_errors_name_the_choices():
+    with pytest.raises(ConfigError, match="MLXD_KV_BITS: '6' is not one of 4, 8"):
+        from_env({"MLXD_KV_BITS": "6"})
