@@ -111,7 +111,7 @@ def get_json(url: str, body: dict | None = None, timeout: float = 30):
             return resp.status, json.loads(resp.read())
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"null")
-    except (urllib.error.URLError, ConnectionError):
+    except (urllib.error.URLError, ConnectionError, TimeoutError):  # no answer at all
         return None, None
 
 

@@ -66,11 +66,11 @@ def test_a_dead_thread_is_visible_and_the_process_exits_non_zero(tiny_model_dir)
         assert error["type"] == "server_error" and "injected at recover" in error["message"]
         # Until the process is gone, nothing is served: 503 (the dead engine's, or the
         # shutdown's when it has already begun) or no answer at all.
-        status, health = get_json(srv.url + "/health")
+        status, health = get_json(srv.url + "/health", timeout=5)
         assert status in (503, None)
         if health and "status" in health:
             assert health["status"] == "failed" and "injected at recover" in health["reason"]
-        status, body = get_json(srv.url + "/v1/chat/completions", ask)
+        status, body = get_json(srv.url + "/v1/chat/completions", ask, timeout=5)
         assert status in (503, None)
         deadline = time.monotonic() + 30
         while srv.code is None and time.monotonic() < deadline:
