@@ -1,4 +1,5 @@
-"""Test helpers several modules use: servers on port 0, the SDK client, a slow model, JSON GETs."""
+"""Test helpers several modules use: servers on port 0, the SDK clients, a slow model, JSON GETs,
+Anthropic event streams read raw."""
 
 from __future__ import annotations
 
@@ -19,6 +20,51 @@ def sdk(url: str):
     import openai
 
     return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+
+
+def messages_client(url: str, api_key: str = "unused", **kwargs):
+    """The anthropic SDK pointed at an mlxd server (no retries hiding errors)."""
+    import anthropic
+
+    return anthropic.Anthropic(base_url=url, api_key=api_key, max_retries=0, **kwargs)
+
+
+def raw_stream(url: str, path: str, body: dict, headers: dict | None = None):
+    """(status, [(event name, data)]) of one server-sent event stream, read to the end; (status,
+    the JSON body) when the answer is not a stream."""
+    import http.client
+
+    host, port = url.removeprefix("http://").split(":")
+    conn = http.client.HTTPConnection(host, int(port), timeout=60)
+    conn.request("POST", path, json.dumps(body), headers or {"Content-Type": "application/json"})
+    resp = conn.getresponse()
+    text = resp.read().decode()
+    conn.close()
+    if not resp.getheader("content-type", "").startswith("text/event-stream"):
+        return resp.status, json.loads(text)
+    events = []
+    for chunk in text.split("\n\n"):
+        lines = dict(line.split(": ", 1) for line in chunk.split("\n") if line)
+        if lines:
+            events.append((lines["event"], json.loads(lines["data"])))
+    return resp.status, events
+
+
+def check_message_stream(events) -> None:
+    """Anthropic's grammar: message_start, blocks (start, deltas, stop, in index order),
+    message_delta, message_stop; pings anywhere; each event's data names its own type."""
+    names = [n for n, _ in events if n != "ping"]
+    assert names[0] == "message_start" and names[-2:] == ["message_delta", "message_stop"]
+    open_index, next_index = None, 0
+    for name, data in events:
+        assert data["type"] == name
+        if name == "content_block_start":
+            assert open_index is None and data["index"] == next_index
+            open_index, next_index = data["index"], next_index + 1
+        elif name in ("content_block_delta", "content_block_stop"):
+            assert data["index"] == open_index
+            open_index = None if name == "content_block_stop" else open_index
+    assert open_index is None
 
 
 class SlowModel:

@@ -263,14 +263,24 @@ async def completions(app: App, ex) -> None:
 def render_chat(
     tokenizer, messages: tuple[dict, ...], tools: list | None = None, extra: dict | None = None
 ) -> list[int]:
-    """The prompt's token ids; ``extra``: more template variables (``enable_thinking``)."""
+    """The prompt's token ids; ``extra``: more template variables (``enable_thinking``; a
+    prefill turns ``add_generation_prompt`` off and ``continue_final_message`` on)."""
+    return list(_apply_template(tokenizer, messages, tools, extra or {}))
+
+
+def chat_text(
+    tokenizer, messages: tuple[dict, ...], tools: list | None = None, extra: dict | None = None
+) -> str:
+    """The prompt as text, before tokenizing (for /tokenize's ``add_special_tokens``)."""
+    return _apply_template(tokenizer, messages, tools, {**(extra or {}), "tokenize": False})
+
+
+def _apply_template(tokenizer, messages: tuple[dict, ...], tools: list | None, extra: dict):
     if not getattr(tokenizer, "has_chat_template", False):
         raise bad_request("this model has no chat template; use /v1/completions", "messages")
-    variables = {**({"tools": tools} if tools else {}), **(extra or {})}
+    variables = {"add_generation_prompt": True, **({"tools": tools} if tools else {}), **extra}
     try:
-        return list(
-            tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, **variables)
-        )
+        return tokenizer.apply_chat_template(list(messages), **variables)
     except Exception as exc:  # the template's own raise_exception(), or a jinja error
         raise bad_request(
             f"the model's chat template rejected these messages: {exc}", "messages"

@@ -43,6 +43,8 @@ def as_json(model: str, ready: bool) -> dict:
             "POST /v1/chat/completions": "chat",
             "POST /v1/completions": "text completion",
             "POST /v1/responses": "OpenAI's Responses API",
+            "POST /v1/messages": "Anthropic's Messages API (Claude Code)",
+            "POST /tokenize": "a text or a chat as token ids (POST /detokenize: back)",
         },
     }
 
@@ -56,7 +58,8 @@ def as_html(model: str, ready: bool) -> bytes:
         f"<!doctype html><meta charset=utf-8><title>mlxd</title>"
         f"<h1>mlxd {__version__}</h1><p>Serving <b>{html.escape(model)}</b> ({state}) with an "
         f"OpenAI-compatible API at <code>/v1</code>: POST /v1/chat/completions, "
-        f"POST /v1/completions, POST /v1/responses.</p><ul>{items}</ul>"
+        f"POST /v1/completions, POST /v1/responses; Anthropic's at POST /v1/messages."
+        f"</p><ul>{items}</ul>"
         f"<p>Documentation: {html.escape(DOCS)}.</p>"
     )
     return page.encode()

@@ -40,6 +40,24 @@ ERROR_SCHEMA = {
     },
     "required": ["error"],
 }
+# Anthropic's routes answer errors in Anthropic's shape (mlxd/api/anthropic_messages/errors.py).
+ANTHROPIC_ERROR_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "type": {"const": "error"},
+        "error": {
+            "type": "object",
+            "properties": {"type": {"type": "string"}, "message": {"type": "string"}},
+            "required": ["type", "message"],
+        },
+    },
+    "required": ["type", "error"],
+}
+# Operation.errors -> (the component schema, its words).
+ERROR_SHAPES = {
+    "openai": ("Error", "An error, in OpenAI's shape"),
+    "anthropic": ("AnthropicError", "An error, in Anthropic's shape"),
+}
 
 
 @dataclass(frozen=True)
@@ -54,6 +72,7 @@ class Operation:
     doc: str = ""
     example: Mapping[str, Any] = field(default_factory=dict)  # added to the body's example
     content_type: str = "application/json"  # of a 200 answer
+    errors: str = "openai"  # the shape of its errors: a key of ERROR_SHAPES
 
 
 def operation(summary: str, **details: Any) -> Callable:
@@ -88,16 +107,20 @@ def build_spec(routes: Mapping[tuple[str, str], Callable], version: str) -> dict
             "title": "mlxd",
             "version": version,
             "description": "A local inference server for one MLX model: OpenAI-compatible "
-            "chat completions, completions and Responses. Every request field is honoured or "
-            "refused with a 400 naming it; null is the same as leaving a field out.",
+            "chat completions, completions and Responses, and Anthropic's Messages. Every "
+            "request field is honoured or refused with a 400 naming it; null is the same as "
+            "leaving a field out.",
         },
         "paths": paths,
         "components": {
-            "schemas": {"Error": ERROR_SCHEMA},
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            "schemas": {"Error": ERROR_SCHEMA, "AnthropicError": ANTHROPIC_ERROR_SCHEMA},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer"},
+                "apiKey": {"type": "apiKey", "in": "header", "name": "x-api-key"},
+            },
         },
-        # A key is needed only when the server was started with --api-key.
-        "security": [{}, {"bearer": []}],
+        # A key is needed only when the server was started with --api-key; either header.
+        "security": [{}, {"bearer": []}, {"apiKey": []}],
     }
 
 
@@ -142,11 +165,12 @@ def _operation(method: str, path: str, op: Operation) -> dict:
     answer: dict[str, Any] = {op.content_type: {}}
     if op.streams:
         answer["text/event-stream"] = {}
+    schema, words = ERROR_SHAPES[op.errors]
     out["responses"] = {
         "200": {"description": "OK", "content": answer},
         "default": {
-            "description": "An error, in OpenAI's shape",
-            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+            "description": words,
+            "content": {"application/json": {"schema": {"$ref": f"#/components/schemas/{schema}"}}},
         },
     }
     return out

@@ -10,7 +10,8 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from mlxd.api.errors import http_error
 from mlxd.api.reply import Reply, ReplySpec
@@ -52,6 +53,12 @@ async def respond(
             await _collect(ex, flow, shape, prefix, replies, formatters)
 
 
+@dataclass(frozen=True)
+class Tick:
+    """Among a job's events every ``tick_s`` seconds, for a route that asked (a stream that
+    sends keep-alive pings while its job waits in the queue or prefills)."""
+
+
 @contextlib.asynccontextmanager
 async def job_events(
     app: App, ex, prompt: list[int], params: SamplingParams, vision: VisionInput | None = None
@@ -59,14 +66,62 @@ async def job_events(
     """Submit a job (429/503 raise here, before any byte is sent) and yield its events up to the
     last ``Finished`` or a ``Failed``, timed and counted; leaving the block cancels the job,
     whatever happened. Every API's handlers read their job through this."""
+    async with _job(app, ex, prompt, params, vision, None) as events:
+        yield events
+
+
+@contextlib.asynccontextmanager
+async def job_events_ticking(
+    app: App,
+    ex,
+    prompt: list[int],
+    params: SamplingParams,
+    vision: VisionInput | None,
+    tick_s: float,
+) -> AsyncIterator[AsyncIterator[Event | Tick]]:
+    """``job_events``, with a ``Tick`` among the events every ``tick_s`` seconds."""
+    async with _job(app, ex, prompt, params, vision, tick_s) as events:
+        yield events
+
+
+@contextlib.asynccontextmanager
+async def _job(
+    app: App,
+    ex,
+    prompt: list[int],
+    params: SamplingParams,
+    vision: VisionInput | None,
+    tick_s: float | None,
+) -> AsyncIterator[AsyncIterator[Any]]:
     job, events = start_job(app, prompt, params, vision)
     timer = _arm_timeout(events, app.request_timeout)
+    ticker = _Ticker(events, tick_s) if tick_s else None
     try:
         yield _observed(app, ex, _until_done(events, params.n))
     finally:
         job.cancel()
         if timer is not None:
             timer.cancel()
+        if ticker is not None:
+            ticker.cancel()
+
+
+class _Ticker:
+    """A ``Tick`` on a job's event queue every ``interval`` seconds: one timer, re-armed, so
+    the events are still read with one plain ``get`` each (no per-event wait_for)."""
+
+    def __init__(self, queue: asyncio.Queue, interval: float) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._queue = queue
+        self._interval = interval
+        self._handle = self._loop.call_later(interval, self._tick)
+
+    def _tick(self) -> None:
+        self._queue.put_nowait(Tick())
+        self._handle = self._loop.call_later(self._interval, self._tick)
+
+    def cancel(self) -> None:
+        self._handle.cancel()
 
 
 def start_job(

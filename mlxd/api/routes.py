@@ -6,11 +6,15 @@ The two routes that describe the API live here, beside the table they are genera
 from __future__ import annotations
 
 from mlxd import __version__
+from mlxd.api.anthropic_messages.errors import ANTHROPIC_STYLE
+from mlxd.api.anthropic_messages.routes import count_tokens, create_message
 from mlxd.api.app import App, chat_completions, completions
 from mlxd.api.index import index
 from mlxd.api.openapi import HTML_TYPE, build_spec, docs_page, operation
 from mlxd.api.ops import get_model, health, list_models, metrics, mlx_status, stats
 from mlxd.api.responses import handlers as responses
+from mlxd.api.tokenize import detokenize, tokenize
+from mlxd.transport.routing import Routes, Styled
 
 
 @operation("This OpenAPI 3.1 description of every route")
@@ -23,7 +27,7 @@ async def docs(app: App, ex) -> None:
     await ex.send(200, docs_page(), HTML_TYPE)
 
 
-ROUTES = {
+ROUTES: Routes = {
     ("GET", "/"): index,
     ("POST", "/v1/chat/completions"): chat_completions,
     ("POST", "/v1/completions"): completions,
@@ -31,6 +35,10 @@ ROUTES = {
     ("POST", "/v1/responses/input_tokens"): responses.input_tokens,
     ("GET", "/v1/responses/"): responses.get_response,
     ("DELETE", "/v1/responses/"): responses.delete_response,
+    ("POST", "/v1/messages"): Styled(create_message, ANTHROPIC_STYLE),
+    ("POST", "/v1/messages/count_tokens"): Styled(count_tokens, ANTHROPIC_STYLE),
+    ("POST", "/tokenize"): tokenize,
+    ("POST", "/detokenize"): detokenize,
     ("GET", "/v1/models"): list_models,
     ("GET", "/v1/models/"): get_model,
     ("GET", "/v1/mlx/status"): mlx_status,

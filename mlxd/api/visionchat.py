@@ -89,11 +89,14 @@ def prepare(
 def _render(tokenizer, messages: list[dict], tools: list | None, extra: dict | None) -> str:
     if not getattr(tokenizer, "has_chat_template", False):
         raise bad_request("this model has no chat template; use /v1/completions", "messages")
-    variables = {**({"tools": tools} if tools else {}), **(extra or {})}
+    variables = {
+        "add_generation_prompt": True,  # unless ``extra`` turns it off (a prefill)
+        **({"tools": tools} if tools else {}),
+        **(extra or {}),
+        "tokenize": False,
+    }
     try:
-        return tokenizer.apply_chat_template(
-            messages, add_generation_prompt=True, tokenize=False, **variables
-        )
+        return tokenizer.apply_chat_template(messages, **variables)
     except Exception as exc:  # the template's own raise_exception(), or a jinja error
         raise bad_request(
             f"the model's chat template rejected these messages: {exc}", "messages"

@@ -17,23 +17,25 @@ def emit_token(seq: Seq, r) -> bool:
     seq.produced += 1
     logprobs = token_logprobs(seq, r)
     if r.finish_reason == "stop":  # end of sequence: the eos token is not text
-        piece, _hit = seq.text.finish()
-        return _end(seq, piece, logprobs, "stop")
+        piece, hit = seq.text.finish()
+        return _end(seq, piece, logprobs, "stop", hit)
     piece, hit = seq.text.push(r.token)
     if hit:
-        return _end(seq, piece, logprobs, "stop")
+        return _end(seq, piece, logprobs, "stop", hit)
     if r.finish_reason == "length":
         tail, hit = seq.text.finish()
-        return _end(seq, piece + tail, logprobs, "stop" if hit else "length")
+        return _end(seq, piece + tail, logprobs, "stop" if hit else "length", hit)
     if piece or logprobs:
         seq.job.emit(Delta(seq.index, piece, logprobs))
     return False
 
 
-def _end(seq: Seq, piece: str, logprobs, reason: str) -> bool:
+def _end(seq: Seq, piece: str, logprobs, reason: str, stop: str | None = None) -> bool:
+    """``stop``: the stop string that ended the sequence, if one did."""
     if piece or logprobs:
         seq.job.emit(Delta(seq.index, piece, logprobs))
-    seq.job.emit(Finished(seq.index, reason, len(seq.job.prompt), seq.produced, seq.cached_tokens))
+    prompt = len(seq.job.prompt)
+    seq.job.emit(Finished(seq.index, reason, prompt, seq.produced, seq.cached_tokens, stop))
     return True
 
 

@@ -21,16 +21,18 @@ class StopScanner:
         self._stops = tuple(s for s in stops if s)
         self._held = ""
 
-    def feed(self, text: str) -> tuple[str, bool]:
-        """Returns (text safe to emit, whether a stop string was hit). After a hit, stop feeding."""
+    def feed(self, text: str) -> tuple[str, str | None]:
+        """Returns (text safe to emit, the stop string hit or None). After a hit, stop feeding.
+        The API needs to know which one: Anthropic's reply names it (``stop_sequence``)."""
         buf = self._held + text
-        hits = [i for i in (buf.find(s) for s in self._stops) if i >= 0]
+        hits = [(i, s) for s in self._stops if (i := buf.find(s)) >= 0]
         if hits:
             self._held = ""
-            return buf[: min(hits)], True
+            at, stop = min(hits, key=lambda h: h[0])
+            return buf[:at], stop
         keep = partial_tail(buf, self._stops)
         self._held = buf[len(buf) - keep :]
-        return buf[: len(buf) - keep], False
+        return buf[: len(buf) - keep], None
 
     def flush(self) -> str:
         """Text held back for a stop string that never completed."""
@@ -58,12 +60,12 @@ class TextStream:
     detokenizer: StreamingDetokenizer  # one per sequence
     scanner: StopScanner
 
-    def push(self, token: int) -> tuple[str, bool]:
+    def push(self, token: int) -> tuple[str, str | None]:
         self.detokenizer.add_token(token)
         return self.scanner.feed(self.detokenizer.last_segment)
 
-    def finish(self) -> tuple[str, bool]:
+    def finish(self) -> tuple[str, str | None]:
         """Flush the detokenizer and the scanner at the end of a sequence (eos or length)."""
         self.detokenizer.finalize()
         text, hit = self.scanner.feed(self.detokenizer.last_segment)
-        return (text, True) if hit else (text + self.scanner.flush(), False)
+        return (text, hit) if hit else (text + self.scanner.flush(), None)

@@ -13,20 +13,27 @@ from mlxd.transport.errors import AUTHENTICATION, HttpError
 
 CORS_MAX_AGE_S = "600"
 CORS_ALLOW_HEADERS = (
-    "Authorization, Content-Type, X-Request-Id, OpenAI-Organization, OpenAI-Project"
+    "Authorization, Content-Type, X-Request-Id, OpenAI-Organization, OpenAI-Project, "
+    "X-Api-Key, Anthropic-Version, Anthropic-Beta, Anthropic-Dangerous-Direct-Browser-Access"
 )
 
 
 def auth_error(head: h1.Head, api_keys: tuple[str, ...]) -> HttpError | None:
-    """The 401 for a request without a valid ``Authorization: Bearer`` key, or None."""
+    """The 401 for a request without a valid key, or None. The key comes as OpenAI's clients
+    send it (``Authorization: Bearer <key>``) or as Anthropic's (``x-api-key: <key>``); Bearer
+    wins when both are there."""
     if not api_keys or head.method == "OPTIONS":  # preflights carry no credentials (Fetch)
         return None
-    given = head.header("authorization") or ""
-    scheme, _, token = given.partition(" ")
-    token_bytes = token.strip().encode()
+    bearer = head.header("authorization")
+    given = bearer if bearer is not None else head.header("x-api-key")
+    token: str | None = given
+    if bearer is not None:
+        scheme, _, rest = bearer.partition(" ")
+        token = rest if scheme.lower() == "bearer" else None
+    token_bytes = (token or "").strip().encode()
     # Compare against every key, always: the time taken says nothing about which matched.
     ok = (
-        scheme.lower() == "bearer"
+        token is not None
         and sum(hmac.compare_digest(token_bytes, key.encode()) for key in api_keys) > 0
     )
     if ok:
@@ -34,7 +41,7 @@ def auth_error(head: h1.Head, api_keys: tuple[str, ...]) -> HttpError | None:
     return HttpError(
         401,
         AUTHENTICATION,
-        "a valid API key is required: send 'Authorization: Bearer <key>'"
+        "a valid API key is required: send 'Authorization: Bearer <key>' or 'x-api-key: <key>'"
         if not given
         else "Incorrect API key provided",
         code="invalid_api_key",

@@ -1,13 +1,17 @@
 """One error type for everything a client can get wrong or we must refuse.
 
 An ``HttpError`` is raised where the problem is found (parser, validator, scheduler) and carries
-its HTTP status and OpenAI error type; ``to_json`` is its one wire shape, answered by
-``Exchange.send_error`` (exchange.py) or sent as a stream's last event.
+its HTTP status and OpenAI error type; ``Exchange.send_error`` (exchange.py) answers it, or a
+stream sends it as its last event, in the ``ErrorStyle`` of the route that failed (OpenAI's
+``to_json`` unless the route says otherwise: Anthropic's on /v1/messages).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+
+from mlxd.transport import sse
 
 # OpenAI's error "type" values, by the HTTP status they usually travel with.
 INVALID_REQUEST = "invalid_request_error"
@@ -50,3 +54,19 @@ class HttpError(Exception):
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> HttpError:
     return HttpError(400, INVALID_REQUEST, message, param=param, code=code)
+
+
+@dataclass(frozen=True)
+class ErrorStyle:
+    """How one API family writes an error: as the JSON body of a response, and as the bytes that
+    end a stream it breaks (the status line has gone out by then). A property of the route."""
+
+    body: Callable[[HttpError], dict]
+    stream_end: Callable[[HttpError], bytes]
+
+
+def _openai_stream_end(err: HttpError) -> bytes:
+    return sse.event(err.to_json()) + sse.DONE
+
+
+OPENAI_STYLE = ErrorStyle(HttpError.to_json, _openai_stream_end)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 from mlxd import __version__
 from mlxd.transport import h1
-from mlxd.transport.errors import HttpError
+from mlxd.transport.errors import OPENAI_STYLE, ErrorStyle, HttpError
 
 if TYPE_CHECKING:
     from mlxd.transport.server import Connection
@@ -40,8 +40,8 @@ def http_date() -> str:
     return _format_date(int(time.time()))
 
 
-def error_body(err: HttpError) -> bytes:
-    return json.dumps(err.to_json(), ensure_ascii=False).encode("utf-8")
+def error_body(err: HttpError, style: ErrorStyle = OPENAI_STYLE) -> bytes:
+    return json.dumps(style.body(err), ensure_ascii=False).encode("utf-8")
 
 
 # Stands in for a request we could not (fully) read, so a refusal can be answered and logged.
@@ -52,12 +52,18 @@ class Exchange:
     """One request and the means to answer it, once (a JSON body or a chunked stream)."""
 
     def __init__(
-        self, conn: Connection, request: h1.Request, path_param: str = "", route: str = "other"
+        self,
+        conn: Connection,
+        request: h1.Request,
+        path_param: str = "",
+        route: str = "other",
+        errors: ErrorStyle = OPENAI_STYLE,
     ) -> None:
         self.conn = conn
         self.request = request
         self.path_param = path_param
         self.route = route  # the route pattern, a metrics label
+        self.errors = errors  # the shape of this route's errors
         self.head_only = request.head.method == "HEAD"
         self.keep_alive = request.head.keep_alive
         self.started = time.monotonic()
@@ -101,7 +107,7 @@ class Exchange:
         self.error = err
         if err.close:
             self.keep_alive = False
-        await self.send(err.status, error_body(err), JSON_TYPE, err.headers)
+        await self.send(err.status, error_body(err, self.errors), JSON_TYPE, err.headers)
 
     async def start_stream(self, content_type: str) -> None:
         self.status, self.streaming = 200, True

@@ -3,17 +3,41 @@
 The table is a dict like mlxd.api.routes.ROUTES: ``(method, path) -> handler``. A path ending in
 "/" is a prefix (except "/" itself); the rest of a request path under it is the path parameter
 (``ex.path_param``).
+A handler wrapped in ``Styled`` answers its errors in another API's shape (Anthropic's).
 """
 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
-from mlxd.transport.errors import NOT_FOUND, HttpError
+from mlxd.transport.errors import NOT_FOUND, OPENAI_STYLE, ErrorStyle, HttpError
 
 Handler = Callable[..., Awaitable[None]]
 Routes = Mapping[tuple[str, str], Handler]
+
+
+@dataclass(frozen=True)
+class Styled:
+    """A handler whose errors (its own, and the server's refusals on its route: 401, 405...)
+    take ``errors``'s shape. Called, and read, as the handler it wraps."""
+
+    handler: Handler
+    errors: ErrorStyle
+
+    async def __call__(self, app, ex) -> None:
+        await self.handler(app, ex)
+
+    def __getattr__(self, name: str):
+        """Anything else is the handler's own (its description for /openapi.json...)."""
+        if name == "handler":  # not set yet (a copy in the making): no recursion
+            raise AttributeError(name)
+        return getattr(self.handler, name)
+
+
+def error_style(handler: Handler | None) -> ErrorStyle:
+    return handler.errors if isinstance(handler, Styled) else OPENAI_STYLE
 
 
 class Routed(NamedTuple):
@@ -23,6 +47,7 @@ class Routed(NamedTuple):
     param: str  # the path parameter: the rest of the path under a prefix route
     label: str  # the route pattern ("/v1/models/{id}"), a metrics label
     error: HttpError | None
+    errors: ErrorStyle = OPENAI_STYLE  # the shape errors on this route take
 
 
 def _under_prefix(pattern: str, path: str) -> bool:
@@ -66,7 +91,7 @@ def route(routes: Routes, method: str, path: str, *, preflight: Handler | None =
         )
     lookup = "GET" if method == "HEAD" else method
     if lookup in handlers:
-        return Routed(handlers[lookup], param, label, None)
+        return Routed(handlers[lookup], param, label, None, error_style(handlers[lookup]))
     if method == "OPTIONS" and preflight is not None:
         return Routed(preflight, "", label, None)
     allowed = set(handlers) | ({"HEAD"} if "GET" in handlers else set())
@@ -81,4 +106,5 @@ def route(routes: Routes, method: str, path: str, *, preflight: Handler | None =
             code="method_not_allowed",
             headers=(("Allow", ", ".join(sorted(allowed))),),
         ),
+        error_style(next(iter(handlers.values()))),  # the path's API, whichever method
     )

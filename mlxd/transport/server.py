@@ -14,8 +14,8 @@ import logging
 import time
 from dataclasses import dataclass
 
-from mlxd.transport import access, h1, routing, sse
-from mlxd.transport.errors import SERVER_ERROR, UNAVAILABLE, HttpError
+from mlxd.transport import access, h1, routing
+from mlxd.transport.errors import OPENAI_STYLE, SERVER_ERROR, UNAVAILABLE, ErrorStyle, HttpError
 from mlxd.transport.exchange import NO_REQUEST, ClientGone, Exchange
 from mlxd.transport.metrics import Metrics
 from mlxd.transport.routing import Handler, Routed
@@ -149,15 +149,16 @@ class Connection:
             await self.refuse(
                 HttpError(
                     err.status, err.type, err.message, err.param, err.code, err.headers, close=True
-                )
+                ),
+                self.server.route(head.method, head.path).errors,
             )
             return False
         await self.write(h1.CONTINUE_100)
         return True
 
-    async def refuse(self, err: HttpError) -> None:
+    async def refuse(self, err: HttpError, errors: ErrorStyle = OPENAI_STYLE) -> None:
         """Answer a request we could not (fully) read, then the connection closes."""
-        ex = Exchange(self, NO_REQUEST)
+        ex = Exchange(self, NO_REQUEST, errors=errors)
         ex.keep_alive = False
         with contextlib.suppress(ClientGone):
             await ex.send_error(err)
@@ -165,8 +166,10 @@ class Connection:
 
     async def _handle(self, request: h1.Request) -> Exchange:
         self.continue_sent = False
-        handler, param, route, err = self.server.route(request.head.method, request.head.path)
-        ex = Exchange(self, request, param, route)
+        handler, param, route, err, errors = self.server.route(
+            request.head.method, request.head.path
+        )
+        ex = Exchange(self, request, param, route, errors)
         self.in_flight = asyncio.create_task(self.server.run_handler(handler, err, ex))
         try:
             await self.in_flight
@@ -210,7 +213,7 @@ class Server:
 
     def refusal_before_body(self, head: h1.Head) -> HttpError | None:
         """What we would refuse a request for from its head alone (for 100-continue)."""
-        _handler, _param, _label, err = self.route(head.method, head.path)
+        err = self.route(head.method, head.path).error
         return err or self._auth_error(head) or access.content_type_error(head)
 
     def _auth_error(self, head: h1.Head) -> HttpError | None:
@@ -276,8 +279,7 @@ class Server:
                 await asyncio.wait_for(ex.send_error(err), FINAL_WRITE_S)
             elif ex.streaming:
                 ex.note_error(err)
-                await asyncio.wait_for(ex.send_chunk(sse.event(err.to_json())), FINAL_WRITE_S)
-                await asyncio.wait_for(ex.send_chunk(sse.DONE), FINAL_WRITE_S)
+                await asyncio.wait_for(ex.send_chunk(ex.errors.stream_end(err)), FINAL_WRITE_S)
                 await asyncio.wait_for(ex.end_stream(), FINAL_WRITE_S)
 
     # ----- life cycle -----

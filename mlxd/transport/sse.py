@@ -21,3 +21,9 @@ def _data_lines(text: str) -> bytes:
 def event(obj: object) -> bytes:
     """One ``data:`` event holding ``obj`` as compact JSON (JSON escapes newlines: one line)."""
     return _data_lines(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
+
+
+def named_event(name: str, obj: object) -> bytes:
+    """An event with a type (``event: NAME``) and ``obj`` as its data, as Anthropic streams
+    them; ``name`` is ours, never a client's, so it holds no line break."""
+    return b"event: " + name.encode("ascii") + b"\n" + event(obj)

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from helpers import ROOT, get_json, sdk
+from helpers import ROOT, get_json, messages_client, sdk
 
 pytestmark = pytest.mark.smollm
 
@@ -71,6 +71,19 @@ def test_smollm_knows_paris_through_responses(smollm_server):
         temperature=0,
     )
     assert "Paris" in reply.output_text and reply.usage.output_tokens <= 20
+
+
+def test_smollm_knows_paris_through_messages(smollm_server):
+    """Anthropic's Messages API on the same model: same answer."""
+    _, url = smollm_server
+    reply = messages_client(url).messages.create(
+        model="SmolLM2-135M-Instruct.Q4_1",
+        messages=[{"role": "user", "content": "What is the capital of France?"}],
+        max_tokens=20,
+        extra_body={"temperature": 0},
+    )
+    assert "Paris" in "".join(b.text for b in reply.content)
+    assert reply.stop_reason in ("end_turn", "max_tokens") and reply.usage.output_tokens <= 20
 
 
 def test_smollm_streams_then_stops_on_sigterm(smollm_server):

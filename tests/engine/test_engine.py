@@ -94,17 +94,17 @@ def test_out_of_range_token_fails_cleanly_and_thread_survives(engine):
 @pytest.mark.parametrize(
     "stops,pieces,expected,hit",
     [
-        (("END",), ["ab", "cE", "N", "Dxyz"], "abc", True),
-        (("END",), ["ab", "cE", "N"], "abc", False),  # held back until proven not a stop
-        (("\n\n", "###"), ["x\n", "#", "##"], "x\n", True),
-        (("aa",), ["a", "b", "a", "a"], "ab", True),
-        (("abc", "bcd"), ["xab", "cd"], "x", True),  # earliest occurrence wins
-        (("🙂",), ["smile ", "🙂"], "smile ", True),
+        (("END",), ["ab", "cE", "N", "Dxyz"], "abc", "END"),
+        (("END",), ["ab", "cE", "N"], "abc", None),  # held back until proven not a stop
+        (("\n\n", "###"), ["x\n", "#", "##"], "x\n", "###"),
+        (("aa",), ["a", "b", "a", "a"], "ab", "aa"),
+        (("bcd", "abc"), ["xab", "cd"], "x", "abc"),  # earliest occurrence wins, and is named
+        (("🙂",), ["smile ", "🙂"], "smile ", "🙂"),
     ],
 )
 def test_stop_scanner(stops, pieces, expected, hit):
     scanner = StopScanner(stops)
-    out, got = "", False
+    out, got = "", None
     for piece in pieces:
         text, got = scanner.feed(piece)
         out += text

@@ -20,3 +20,7 @@ def test_events_parse_back_like_a_client():
             datas.append("\n".join(lines))
     assert [json.loads(d)["n"] for d in datas[:-1]] == [1, 2]
     assert datas[-1] == "[DONE]"
+
+
+def test_named_event_carries_its_type_line():
+    assert sse.named_event("ping", {"type": "ping"}) == b'event: ping\ndata: {"type":"ping"}\n\n'
