@@ -127,9 +127,16 @@ REQUESTS = [
 ]
 
 
+STEP_TOKENS = 4096  # fixed for both servers (see reference)
+
+
 @pytest.fixture(scope="module")
 def reference(tiny_model_dir):
-    srv = ServerThread(Config(model=str(tiny_model_dir), port=0, max_tokens=16)).start()
+    # A fixed per-step token budget: the adaptive one follows measured step times, so two
+    # servers on a busy machine would cut prefills differently (and round differently).
+    srv = ServerThread(
+        Config(model=str(tiny_model_dir), port=0, max_tokens=16, max_step_tokens=STEP_TOKENS)
+    ).start()
     yield srv
     srv.close()
 
@@ -137,6 +144,7 @@ def reference(tiny_model_dir):
 @pytest.fixture(scope="module", params=["tensor", "pipeline"])
 def group(request, tiny_model_dir, tmp_path_factory):
     args = ["--step-timeout", str(STEP_TIMEOUT_S), "--shutdown-timeout", str(SHUTDOWN_S)]
+    args += ["--max-step-tokens", str(STEP_TOKENS)]
     if request.param == "pipeline":
         args.append("--pipeline")
     g = Group(tiny_model_dir, tmp_path_factory.mktemp("group"), *args)
