@@ -18,8 +18,15 @@ sys.path.insert(0, str(Path(__file__).parent))
 os.environ["XDG_CACHE_HOME"] = tempfile.mkdtemp(prefix="mlxd-test-cache-")
 atexit.register(shutil.rmtree, os.environ["XDG_CACHE_HOME"], True)
 
-from helpers import SMOLLM, ServerThread  # noqa: E402
+from helpers import SMOLLM, ServerThread, close_clients  # noqa: E402
 from tinymodel import build_tiny_model  # noqa: E402
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _sdk_clients_closed():
+    """Closes the SDK clients a module's tests made (helpers.sdk, helpers.messages_client)."""
+    yield
+    close_clients()
 
 
 @pytest.fixture(scope="session")

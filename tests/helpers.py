@@ -15,18 +15,34 @@ ROOT = Path(__file__).resolve().parent.parent
 SMOLLM = ROOT / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+# Every SDK client a test makes, closed by conftest's module teardown: a client left to the
+# garbage collector drops its pooled socket unclosed, and the ResourceWarning lands on whatever
+# test happens to be running then.
+CLIENTS: list = []
+
+
+def keep(client):
+    CLIENTS.append(client)
+    return client
+
+
+def close_clients() -> None:
+    while CLIENTS:
+        CLIENTS.pop().close()
+
+
 def sdk(url: str):
     """The OpenAI SDK pointed at an mlxd base URL (no key checked, no retries hiding errors)."""
     import openai
 
-    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0)
+    return keep(openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0))
 
 
 def messages_client(url: str, api_key: str = "unused", **kwargs):
     """The anthropic SDK pointed at an mlxd server (no retries hiding errors)."""
     import anthropic
 
-    return anthropic.Anthropic(base_url=url, api_key=api_key, max_retries=0, **kwargs)
+    return keep(anthropic.Anthropic(base_url=url, api_key=api_key, max_retries=0, **kwargs))
 
 
 def raw_stream(url: str, path: str, body: dict, headers: dict | None = None):

@@ -15,7 +15,15 @@ import pytest
 
 from mlxd.api.anthropic_messages import routes
 
-from helpers import ServerThread, SlowModel, check_message_stream, messages_client, raw_stream, sdk
+from helpers import (
+    ServerThread,
+    SlowModel,
+    check_message_stream,
+    keep,
+    messages_client,
+    raw_stream,
+    sdk,
+)
 
 ASK = [{"role": "user", "content": "Hi"}]
 KEY = "sk-anthropic-test"
@@ -113,7 +121,7 @@ def test_the_key_comes_as_x_api_key_or_bearer(busy_server):
     url = busy_server.url
     ok = messages_client(url, api_key=KEY).messages.create(model="m", max_tokens=1, messages=ASK)
     assert ok.type == "message"
-    bearer = anthropic.Anthropic(base_url=url, auth_token=KEY, max_retries=0)
+    bearer = keep(anthropic.Anthropic(base_url=url, auth_token=KEY, max_retries=0))
     assert bearer.messages.create(model="m", max_tokens=1, messages=ASK).type == "message"
     with pytest.raises(anthropic.AuthenticationError) as info:
         messages_client(url, api_key="wrong").messages.create(model="m", max_tokens=1, messages=ASK)

@@ -115,6 +115,7 @@ REQUESTS = [
         {
             "messages": [{"role": "user", "content": "json please"}],
             "max_tokens": 40,
+            "temperature": 0,  # unseeded sampling (the default 0.7) would differ run to run
             "response_format": {
                 "type": "json_schema",
                 "json_schema": {
