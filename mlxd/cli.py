@@ -1,5 +1,6 @@
 """Command line -> Config, then one action: serve (the default), --stop, --status, --print-config,
---export-mlx. Only serving and exporting import mlx; the rest answer in a blink."""
+--export-mlx. Only serving one model and exporting import mlx (the front end of --models does
+not: its workers do); the rest answer in a blink."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from typing import Any
 from mlxd import __version__
 from mlxd.models.locate import ModelNotFound, gguf_named, locate
 from mlxd.service import control, daemon, logs, ranks
-from mlxd.service.config import OPTIONS, Config, ConfigError, absolute_paths, env_warnings, layers
+from mlxd.service.config import (
+    IDLE_NEVER,
+    OPTIONS,
+    Config,
+    ConfigError,
+    absolute_paths,
+    env_warnings,
+    layers,
+)
 
 EXIT_USAGE = 2  # argparse's code for a bad command line; also a bad config
 ACTIONS = ("config", "stop", "status", "pid", "print_config", "timeout", "export_mlx")
@@ -23,7 +32,8 @@ TARGETS = {"port", "pid_file"}  # settings that name one server for --stop/--sta
 EPILOG = """\
 MODEL is an MLX model directory (config.json, safetensors, tokenizer), a GGUF file (llama, mistral,
 qwen2/3, phi3, gemma2/3; F16/BF16, Q4_0..Q8_0 and K-quants), or a hub id (ORG/NAME,
-ORG/NAME@REVISION) already in the Hugging Face cache or LM Studio's models.
+ORG/NAME@REVISION) already in the Hugging Face cache or LM Studio's models. --models DIR serves
+every model directory and .gguf file inside DIR instead, each in a worker process of its own.
 Every option can also come from a JSON --config file (keys like the long flags: "max-tokens" or
 "max_tokens") or from an environment variable MLXD_<FLAG> (MLXD_PORT, MLXD_API_KEY, ...; the older
 MLX_SERVER_<FLAG> names are accepted too). Precedence: defaults < file < environment < command line.
@@ -52,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mlxd",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Serve one MLX language model over an OpenAI-compatible API.",
+        description="Serve MLX language models over an OpenAI-compatible API.",
     )
     p.add_argument("--version", action="version", version=f"mlxd {__version__}")
     actions = p.add_argument_group("actions (instead of serving)")
@@ -145,7 +155,7 @@ def with_cli_defaults(config: Config) -> Config:
     """What the command adds to the library defaults: a PID file per port, and a log file for a
     daemon (which has no terminal to log to)."""
     changes: dict[str, Any] = {}
-    if config.pid_file is None:
+    if config.pid_file is None and not config.unix_socket:  # a worker: its front end has one
         changes["pid_file"] = daemon.default_pid_file(config.port)
     if config.daemon and config.log_file is None:
         changes["log_file"] = daemon.default_log_file(config.port)
@@ -167,9 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     for warning in env_warnings(os.environ):
         print(f"mlxd: warning: {warning}", file=sys.stderr)
+    if config.model is not None and config.models:
+        parser.error("give MODEL or --models, not both")
     if args.print_config:
         out = config.to_json()
-        if config.model:  # what "auto" comes to here (imports mlx to ask about the device)
+        if config.models:  # the memory plan of each model (stdlib: no mlx)
+            from mlxd.service.front import auto_settings as plan
+
+            out["auto"] = plan(config)
+        elif config.model:  # what "auto" comes to here (imports mlx to ask about the device)
             from mlxd.service.run import auto_settings
 
             out["auto"] = auto_settings(config)
@@ -177,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.stop or args.status:
         return control.command(args.stop, _target(parser, args, config, given), args.timeout)
-    if config.model is None:
-        parser.error('MODEL is required (or set "model" in --config, or MLXD_MODEL)')
+    if config.model is None and not config.models:
+        parser.error('MODEL is required, or --models DIR (or "model"/"models" in --config)')
     if args.export_mlx:
         return export_mlx(config, args.export_mlx)
     rank = ranks.launched_rank(os.environ)
@@ -213,6 +229,10 @@ def group_problem(config: Config, rank: int | None) -> str | None:
         return "--adapter cannot be combined with --backend (one LoRA per rank is not supported)"
     if config.backend is not None and config.daemon:
         return "--daemon cannot be combined with --backend: the launcher keeps the ranks"
+    if config.models and (config.backend is not None or config.distributed):
+        return "--models cannot be combined with --backend or --distributed"
+    if config.backend is not None and config.idle_unload != IDLE_NEVER:
+        return "--idle-unload cannot be combined with --backend (the ranks keep their shares)"
     return None
 
 
@@ -254,18 +274,20 @@ def launch(config: Config, follower: bool = False) -> int:
     """Find the model, refuse a second server on the same PID file, detach if asked, then load
     and serve. What can be said before listening is said before listening. A ``follower`` (a
     rank other than 0 of a group) serves no HTTP and has no PID file of its own."""
-    assert config.model is not None and config.pid_file is not None  # main(), with_cli_defaults
-    pid_template = config.pid_file
-    try:
-        model = locate(config.model)
-    except ModelNotFound as exc:
-        print(f"mlxd: {exc}", file=sys.stderr)
-        return 1
-    if model.source != "path":  # a hub id: its folder or file, served under the id
+    pid_template = config.pid_file  # None for a worker of --models (its front end has one)
+    model = None
+    if not config.models:
+        assert config.model is not None  # main()
+        try:
+            model = locate(config.model)
+        except ModelNotFound as exc:
+            print(f"mlxd: {exc}", file=sys.stderr)
+            return 1
+    if model is not None and model.source != "path":  # a hub id: served under the id
         config = dataclasses.replace(
             config, model=str(model.path), served_model_name=config.served_model_name or model.name
         )
-    if not follower and daemon.PORT_PLACEHOLDER not in pid_template:  # port 0 never clashes
+    if not follower and pid_template and daemon.PORT_PLACEHOLDER not in pid_template:
         found = daemon.probe(daemon.pid_path(pid_template, config.port))
         if found.running:
             print(
@@ -284,13 +306,22 @@ def launch(config: Config, follower: bool = False) -> int:
         assert config.log_file is not None  # with_cli_defaults names one for a daemon
         reporter = daemon.detach(config.log_file)
     logs.setup(config.log_level, config.log_file, config.log_format)
-    if model.source != "path":
+    if model is not None and model.source != "path":
         logging.getLogger(__name__).info("%s is %s (%s)", model.name, model.path, model.source)
     if reporter is None:
-        from mlxd.service.run import run  # the heavy imports (mlx, mlx_lm) start here
-
-        return _leave(run(config))
+        return _leave(_runner(config)(config))
     return _leave(_serve_detached(config, reporter))
+
+
+def _runner(config: Config):
+    """``run(config, on_listening=, on_ready=)`` of the front end (--models) or of one model."""
+    if config.models:
+        from mlxd.service.front import run as run_front  # no mlx: the workers import it
+
+        return run_front
+    from mlxd.service.run import run  # the heavy imports (mlx, mlx_lm) start here
+
+    return run
 
 
 def _leave(code: int) -> int:
@@ -318,9 +349,7 @@ def _serve_detached(config: Config, reporter: daemon.Reporter) -> int:
 
     def ready() -> None:
         logging.getLogger().removeHandler(forward)
-        reporter.send("READY", f"serving {config.model}")
+        reporter.send("READY", f"serving {config.model or 'the models (--models)'}")
         reporter.close()
 
-    from mlxd.service.run import run
-
-    return run(config, on_listening=listening, on_ready=ready)
+    return _runner(config)(config, on_listening=listening, on_ready=ready)

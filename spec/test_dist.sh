@@ -12,6 +12,9 @@
 #    request answer (the tiny model), the chat answer is the very one the
 #    venv's mlxd gives, the PID file is there, and `dist/mlxd --stop --port N` stops the server,
 #    which exits 0 and leaves no PID file behind.
+# 4. Several models: `dist/mlxd --models DIR` with the tiny and the qwen3 model; each model's
+#    worker is the binary itself (no Python, no -m), answers as the single-model runs did,
+#    --status lists both, and --stop stops the front end and its workers.
 #
 # HOME and XDG_RUNTIME_DIR point into a temporary directory, so PID and log files land there
 # and nothing of the user's is touched. Every server started here is killed on exit.
@@ -138,12 +141,14 @@ EOF
     done
 }
 
-# chat PORT OUT: the issue's request; the whole response JSON goes to OUT.
+# chat PORT OUT [MODEL]: the issue's request; the whole response JSON goes to OUT.
 chat() {
-    "$PY" - "$1" "$2" <<'EOF'
+    "$PY" - "$1" "$2" "${3:-}" <<'EOF'
 import json, sys, urllib.request
 body = {"messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 20, "temperature": 0}
+if sys.argv[3]:
+    body["model"] = sys.argv[3]
 req = urllib.request.Request(f"http://127.0.0.1:{sys.argv[1]}/v1/chat/completions",
                              data=json.dumps(body).encode(),
                              headers={"Content-Type": "application/json"})
@@ -282,5 +287,40 @@ chat "$PORT" "$WORK/smollm-frozen.json"
 serve_venv "$SMOLLM" "$WORK/smollm-venv.json"
 same_answer "$WORK/smollm-frozen.json" "$WORK/smollm-venv.json"
 stop_and_check "$PORT" "$PID_FILE" "$SERVER"
+
+step "--models: the tiny and the qwen3 model, each in a worker started from the binary itself"
+mkdir -p "$WORK/several"
+cp -R "$WORK/tiny" "$WORK/several/tiny"
+cp -R "$WORK/qwen3" "$WORK/several/qwen3"
+PORT=$(free_port)
+PID_FILE=$(pid_file_for "$PORT")
+"$BIN" --models "$WORK/several" --preload tiny --port "$PORT" > "$WORK/several-$PORT.log" 2>&1 &
+SERVER=$!
+PIDS+=("$SERVER")
+wait_ready "$PORT" "$SERVER"
+chat "$PORT" "$WORK/several-tiny.json" tiny
+chat "$PORT" "$WORK/several-qwen3.json" qwen3
+same_answer "$WORK/several-tiny.json" "$WORK/tiny-venv.json"
+same_answer "$WORK/several-qwen3.json" "$WORK/qwen3-venv.json"
+WORKERS=$("$PY" - "$PORT" "$BIN" <<'EOF'
+import json, os, sys, urllib.request
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/admin/status", timeout=30) as r:
+    models = {m["id"]: m for m in json.load(r)["models"]}
+assert {i: m["state"] for i, m in models.items()} == {"qwen3": "ready", "tiny": "ready"}, models
+binary = os.path.realpath(sys.argv[2])
+for m in models.values():
+    cmdline = f"/proc/{m['pid']}/cmdline"
+    if os.path.exists(cmdline):  # macOS has no /proc: there, alive and ready is what we check
+        argv = open(cmdline, "rb").read().split(b"\0")
+        assert os.path.realpath(argv[0].decode()) == binary and b"-m" not in argv, argv
+print(" ".join(str(m["pid"]) for m in models.values()))
+EOF
+)
+echo "  workers (the binary itself): pids $WORKERS"
+"$BIN" --status --port "$PORT" | grep -q "tiny: ready" || fail "--status does not list the models"
+stop_and_check "$PORT" "$PID_FILE" "$SERVER"
+for pid in $WORKERS; do
+    if kill -0 "$pid" 2>/dev/null; then fail "worker $pid is still running after --stop"; fi
+done
 
 echo "test-dist: all passed ($NAME)"

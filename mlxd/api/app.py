@@ -71,6 +71,7 @@ class App:
     metrics: Metrics = field(default_factory=Metrics)
     started: float = field(default_factory=time.time)
     responses: ResponseStore = field(default_factory=lambda: ResponseStore(0))  # run.py sizes it
+    unloaded: bool = False  # --idle-unload dropped the model; the next request loads it
     _token_texts: dict = field(default_factory=dict)
 
     @property
@@ -81,6 +82,20 @@ class App:
     def failure(self) -> str | None:
         """Why the generation thread died, once it has: the process only answers 503 now."""
         return None if self.engine is None else self.engine.failure
+
+    @property
+    def state(self) -> str:
+        """ready, loading, unloaded or failed (for /health, the PID file, /v1/queue/stats)."""
+        if self.unloaded:
+            return "unloaded"
+        if self.failure:
+            return "failed"
+        return "ready" if self.ready else "loading"
+
+    def forget_model(self) -> None:
+        """Drop what was derived from the model (its memory should go with it)."""
+        self._token_texts.clear()
+        self.__dict__.pop("traits", None)  # the cached_property's value
 
     def require_ready(self) -> None:
         if self.failure:

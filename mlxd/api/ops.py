@@ -38,10 +38,12 @@ async def get_model(app: App, ex) -> None:
     await ex.send_json(200, model_card(app))
 
 
-@operation("Health: 200 once the model is ready, 503 while it loads")
+@operation("Health: 200 once the model is ready (or unloaded when idle), 503 while it loads")
 async def health(app: App, ex) -> None:
+    ok = app.ready or app.unloaded  # unloaded by --idle-unload: the next request loads it
     body: dict[str, object] = {
-        "status": "ok" if app.ready else "loading",
+        "status": "ok" if ok else "loading",
+        "state": app.state,
         "model": app.name,
         "version": __version__,
     }
@@ -50,9 +52,9 @@ async def health(app: App, ex) -> None:
         body["group"] = app.group.view()
     if app.failure:  # no Retry-After: this process will not recover, its supervisor restarts it
         body.update(status="failed", reason=app.failure)
-    elif not app.ready:
+    elif not ok:
         headers = (("Retry-After", NOT_READY_RETRY_AFTER_S),)
-    await ex.send_json(200 if app.ready else 503, body, headers)
+    await ex.send_json(200 if ok else 503, body, headers)
 
 
 @operation("Model, device, memory, uptime and queue")
@@ -63,6 +65,11 @@ async def mlx_status(app: App, ex) -> None:
 @operation("Running and waiting requests, token totals and rates, errors")
 async def stats(app: App, ex) -> None:
     await ex.send_json(200, {**app.metrics.stats(), **queue_state(app)})
+
+
+@operation("Running and waiting requests of each model (one here; --models serves several)")
+async def queue_stats(app: App, ex) -> None:
+    await ex.send_json(200, {"models": {app.name: {"state": app.state, **queue_state(app)}}})
 
 
 @operation("Prometheus metrics", content_type="text/plain")

@@ -11,7 +11,7 @@ from mlxd.api.anthropic_messages.routes import count_tokens, create_message
 from mlxd.api.app import App, chat_completions, completions
 from mlxd.api.index import index
 from mlxd.api.openapi import HTML_TYPE, build_spec, docs_page, operation
-from mlxd.api.ops import get_model, health, list_models, metrics, mlx_status, stats
+from mlxd.api.ops import get_model, health, list_models, metrics, mlx_status, queue_stats, stats
 from mlxd.api.responses import handlers as responses
 from mlxd.api.tokenize import detokenize, tokenize
 from mlxd.transport.routing import Routes, Styled
@@ -44,6 +44,7 @@ ROUTES: Routes = {
     ("GET", "/v1/mlx/status"): mlx_status,
     ("GET", "/health"): health,
     ("GET", "/stats"): stats,
+    ("GET", "/v1/queue/stats"): queue_stats,
     ("GET", "/metrics"): metrics,
     ("GET", "/openapi.json"): openapi_json,
     ("GET", "/docs"): docs,

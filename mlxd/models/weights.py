@@ -101,7 +101,10 @@ class DualModel:
 
 
 def prepare(
-    model: nn.Module, policy: str, on_copy: Callable[[], None] | None = None
+    model: nn.Module,
+    policy: str,
+    on_copy: Callable[[], None] | None = None,
+    memory_limit: int | None = None,
 ) -> nn.Module | DualModel:
     """The model object to serve under ``policy`` (calibration happens later, on the thread
     that will generate; see ``calibrate``).
@@ -111,7 +114,8 @@ def prepare(
     starts reuse it. On this project's x86 CPU calibrating SmolLM2 took 35 s and chose quantized
     decode at batch 1-4 but dense prefill (1.32 vs 1.59 s) on a quiet machine, and quantized
     everywhere (8.2 vs 13.5 s prefill) with other work running, so the CPU serves quantized.
-    ``on_copy()`` runs as the dense copy begins (start-up progress)."""
+    ``on_copy()`` runs as the dense copy begins (start-up progress); ``memory_limit`` (a worker
+    of --models gets its share of the device as one) bounds what "free memory" means."""
     if policy == "quantized" or not is_quantized(model):
         return model
     if any(
@@ -126,7 +130,7 @@ def prepare(
         # minutes on a busy machine, during which a request would wait: serve quantized.
         log.info("weights: quantized (CPU; --weights both --calibrate start to measure)")
         return model
-    if policy == "auto" and not _dense_fits(model):
+    if policy == "auto" and not _dense_fits(model, memory_limit):
         return model
     if on_copy is not None:
         on_copy()
@@ -138,14 +142,15 @@ def prepare(
     return DualModel(model, twin)
 
 
-def _dense_fits(model: nn.Module) -> bool:
-    """Whether a dense copy leaves half the device's free memory for KV caches and the rest."""
+def _dense_fits(model: nn.Module, memory_limit: int | None) -> bool:
+    """Whether a dense copy leaves half the free memory (the device's, or within
+    ``memory_limit``) for KV caches and the rest."""
     dense = 0
     for _path, m in model.named_modules():
         if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
             out_dim, packed = m.weight.shape
             dense += out_dim * packed * 32 // m.bits * m.scales.dtype.size
-    device = device_memory()
+    device = memory_limit or device_memory()
     if device is None:
         return False
     free = device - mx.get_active_memory()

@@ -19,12 +19,15 @@ from pathlib import Path
 from typing import Any
 
 from mlxd.models.locate import HUB_ID
+from mlxd.service import modelspec
 from mlxd.service.options import (
     ENV_PREFIX,
+    IDLE_NEVER,
     Option,
     auto,
     boolean,
     choice,
+    idle_seconds,
     integer,
     number,
     one_of,
@@ -129,12 +132,21 @@ class Config:
     log_format: str = "text"
     pid_file: str | None = None  # None: no PID file ("{port}" is the bound port)
     daemon: bool = False
+    idle_unload: float = IDLE_NEVER  # seconds without requests before unloading; 0: at once
+    unix_socket: str | None = None  # listen here instead of host:port (a --models worker)
+    # Several models (--models): the front end, its workers and their capacity.
+    models: tuple[modelspec.Source, ...] = ()  # empty: one model, MODEL
+    preload: tuple[str, ...] = ()
+    max_loaded: int | None = None  # None: as many as the memory budget holds
+    memory_budget: int | None = None  # None: auto (service/autoconf.py)
+    admin_keys: tuple[str, ...] = ()  # empty: the admin routes take the API keys
 
     def to_json(self) -> dict:
         """The configuration as JSON, API keys masked, auto settings as "auto" (for
         ``--print-config``)."""
         out = dataclasses.asdict(self)
         out["api_keys"] = [MASK] * len(self.api_keys)
+        out["admin_keys"] = [MASK] * len(self.admin_keys)
         out["cors_origins"] = list(self.cors_origins)
         for opt in OPTIONS:
             if out[opt.field] is None and getattr(opt.parse, "unset_word", None) == "auto":
@@ -452,12 +464,83 @@ OPTIONS = (
     Option(
         "daemon", "daemon", boolean, "detach and run in the background (needs no terminal)", "bool"
     ),
+    Option(
+        "idle_unload",
+        "idle-unload",
+        idle_seconds,
+        "unload a model after this many seconds without requests (its memory goes back to the "
+        "system; the next request loads it again); 0 unloads as soon as it is idle, -1 never "
+        "(default)",
+        metavar="S",
+    ),
+    Option(
+        "unix_socket",
+        "unix-socket",
+        text,
+        "listen on this Unix socket instead of --host/--port (how --models runs its workers; "
+        "such a server exits when the process that started it does)",
+        metavar="PATH",
+        is_path=True,
+    ),
+    Option(
+        "models",
+        "models",
+        lambda raw: modelspec.parse(raw, _model_setting),
+        "serve several models: every MLX model directory or .gguf file directly inside DIR, "
+        "each loaded on demand in its own worker process (a config file may list models with "
+        "their own settings; see docs/SERVICE.md)",
+        metavar="DIR",
+        is_path=True,
+    ),
+    Option(
+        "preload",
+        "preload",
+        text_list,
+        "with --models: load these model ids at start (comma-separated or repeated; '*' for all)",
+        "list",
+        "ID",
+    ),
+    Option(
+        "max_loaded",
+        "max-loaded",
+        optional(integer(1)),
+        "with --models: most models loaded at once; the least recently used idle one is "
+        "unloaded to make room (default: as many as --memory-budget holds)",
+        metavar="N",
+    ),
+    Option(
+        "memory_budget",
+        "memory-budget",
+        auto(size),
+        "with --models: memory all loaded models (weights + KV caches) may use; 'auto' (the "
+        "default) is 90%% of the device's memory",
+        metavar="BYTES|auto",
+    ),
+    Option(
+        "admin_keys",
+        "admin-key",
+        text_list,
+        "with --models: the bearer key the /admin routes need (repeatable; default: the API keys)",
+        "list",
+        "KEY",
+    ),
 )
 BY_KEY = {name: opt for opt in OPTIONS for name in {opt.flag.replace("-", "_"), opt.field}}
+PATH_FIELDS = frozenset(opt.field for opt in OPTIONS if opt.is_path)
 
 
 def option_for(key: str) -> Option | None:
     return BY_KEY.get(key.replace("-", "_").lower())
+
+
+def _model_setting(key: str, raw: object) -> tuple[str, object]:
+    """One per-model setting of a ``models`` object: (Config field, parsed value)."""
+    opt = option_for(key)
+    if opt is None:
+        raise ValueError(_unknown(key).removeprefix(f"key {key!r} "))
+    if opt.field in modelspec.FRONT_END_FIELDS:
+        raise ValueError("is a setting of the whole server, not of one model")
+    return opt.field, opt.parse(raw)
 
 
 def _unknown(key: str) -> str:
@@ -492,7 +575,9 @@ def from_file(path: str) -> dict[str, object]:
         except ConfigError as exc:
             problems.append(str(exc))
             continue
-        if opt.is_path and value is not None:
+        if opt.is_path and isinstance(value, tuple):  # models: directories and model objects
+            value = modelspec.rebase(value, base, PATH_FIELDS)
+        elif opt.is_path and value is not None:
             value = _relative_to(base, str(value), hub_id_ok=opt.field == "model")
         values[opt.field] = value
     if problems:
@@ -582,9 +667,11 @@ def resolve(
 
 def absolute_paths(config: Config) -> Config:
     """The same settings with paths made absolute (a daemon changes directory to /)."""
-    changes = {}
+    changes: dict[str, Any] = {}
     for opt in OPTIONS:
         value = getattr(config, opt.field)
-        if opt.is_path and value:
+        if opt.is_path and isinstance(value, tuple):
+            changes[opt.field] = modelspec.rebase(value, Path.cwd(), PATH_FIELDS)
+        elif opt.is_path and value:
             changes[opt.field] = os.path.abspath(os.path.expanduser(value))
     return dataclasses.replace(config, **changes)

@@ -192,6 +192,11 @@ def _show_one(found: list[Probe], api_key: str | None) -> None:
     )
     for label, value in rows:
         print(f"  {label + ':':9} {value}")
+    models = info.get("models")
+    if isinstance(models, dict):  # a front end of --models: each model's state
+        print(f"  models:   {len(models)}")
+        for model_id, state in models.items():
+            print(f"    {model_id}: {state}")
 
 
 def _table(found: list[Probe], api_key: str | None, numbered: bool = False) -> list[str]:

@@ -127,6 +127,19 @@ def boolean(raw: object) -> bool:
     raise ValueError(f"{raw!r} is not a boolean (true/false)")
 
 
+IDLE_NEVER = -1.0  # --idle-unload -1: keep the model loaded (Ollama's keep_alive -1)
+
+
+def idle_seconds(raw: object) -> float:
+    """Seconds >= 0, or -1 / "never" for never."""
+    if isinstance(raw, str) and raw.strip().lower() == "never":
+        return IDLE_NEVER
+    value = number(IDLE_NEVER)(raw)
+    if IDLE_NEVER < value < 0:
+        raise ValueError(f"{raw!r} is not a number of seconds >= 0, or -1 for never")
+    return value
+
+
 def text_list(raw: object) -> tuple[str, ...]:
     """A JSON list of strings, or one string of comma-separated items."""
     items = raw if isinstance(raw, list) else [raw]

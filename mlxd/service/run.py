@@ -6,15 +6,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import errno
-import ipaddress
 import logging
 import os
-import signal
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from mlxd import STARTED, __version__
 from mlxd.api.app import App, Defaults
@@ -27,14 +24,16 @@ from mlxd.engine.loop import Engine, EngineSettings
 from mlxd.models import device, loader, shard, weights
 from mlxd.models.group import Group, GroupError, join
 from mlxd.models.locate import ModelNotFound, locate
-from mlxd.service import daemon, logs, ranks
-from mlxd.service.config import Config
+from mlxd.service import lifecycle, logs, ranks
+from mlxd.service.config import IDLE_NEVER, Config
+from mlxd.service.lifecycle import EXIT_INTERRUPTED
+from mlxd.service.residency import Residency
 from mlxd.service.startup import Startup
+from mlxd.transport.routing import Routes
 from mlxd.transport.server import Server, ServerSettings
 
 log = logging.getLogger(__name__)
 
-EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for Ctrl-C
 EXIT_ENGINE_FAILED = 70  # sysexits' EX_SOFTWARE: the generation thread died; restart us
 
 # Makes the engine from (model, tokenizer, settings=..., on_failure=...): the seam tests use to
@@ -107,46 +106,60 @@ async def run_async(
         return 1
     name = config.served_model_name or found.name
     config = dataclasses.replace(config, model=str(found.path), served_model_name=name)
-    app, server = _build(config)
+    app = _app(config)
+    factory, failed = engine_factory or Engine, asyncio.Event()  # failed: the thread died
+
+    def load(phases: Startup | None = None):  # again after an idle unload: phases of its own
+        return _load(app, config, factory, failed, phases or Startup(), group)
+
+    residency = None
+    if config.idle_unload != IDLE_NEVER:
+        residency = Residency(app, config.idle_unload, load)
+    server = _server(config, app, residency)
     try:
-        addresses = await server.start(config.host, config.port)
+        if config.unix_socket:
+            addresses = await server.start_unix(config.unix_socket)
+        else:
+            addresses = await server.start(config.host, config.port)
     except OSError as exc:
-        log.error("%s", _bind_error(config, exc))
+        log.error("%s", lifecycle.bind_error(config, exc))
         return 1
-    pid_file = _write_pid_file(config, addresses)
+    pid_file = lifecycle.write_pid_file(config, addresses)
     if config.pid_file and pid_file is None:
         await server.shutdown(0)
         return 1
+    if residency is not None:
+        residency.on_state = lambda state: lifecycle.update_pid_file(pid_file, state=state)
     stop = stop or asyncio.Event()
-    _install_signal_handlers(stop, pid_file)
-    for host, port in addresses:
-        log.info(
-            "mlxd %s listening on %s (loading %s)", __version__, _url(host, port), config.model
-        )
-    _warn_if_open(config)
+    lifecycle.install_signal_handlers(stop, pid_file)
+    log.info(
+        "mlxd %s listening on %s (loading %s)",
+        __version__,
+        lifecycle.where(config, addresses),
+        config.model,
+    )
+    lifecycle.warn_if_open(config)
     if on_listening is not None:
         on_listening(addresses)
 
     def ready() -> None:
-        if pid_file is not None:
-            try:
-                pid_file.write(state="ready")
-            except OSError as exc:
-                log.warning("cannot update the PID file: %s", exc)
+        lifecycle.update_pid_file(pid_file, state="ready")
         if on_ready is not None:
             on_ready()
 
+    orphan = asyncio.create_task(lifecycle.stop_when_orphaned(stop)) if config.unix_socket else None
     try:
-        factory = engine_factory or Engine
-        return await _lifecycle(config, app, server, stop, ready, factory, startup, group)
+        return await _lifecycle(config, app, server, stop, ready, load(startup), failed, residency)
     finally:
+        if orphan is not None:
+            orphan.cancel()
         if pid_file is not None:
             pid_file.remove()
 
 
-def _build(config: Config) -> tuple[App, Server]:
+def _app(config: Config) -> App:
     assert config.model is not None  # the command line refuses to serve without one
-    app = App(
+    return App(
         name=config.served_model_name or loader.served_name(config.model or ""),
         defaults=Defaults(
             config.max_tokens, config.temperature, config.top_p, config.reasoning_format
@@ -162,15 +175,21 @@ def _build(config: Config) -> tuple[App, Server]:
         ),
         responses=ResponseStore(config.responses_store_bytes),
     )
+
+
+def _server(config: Config, app: App, residency: Residency | None) -> Server:
     settings = ServerSettings(
         max_body_bytes=config.max_body_bytes,
         api_keys=config.api_keys,
         auth_health=config.auth_health,
         cors_origins=config.cors_origins,
     )
-    return app, Server(
+    routes: Routes = ROUTES
+    if residency is not None:  # the model routes (POST) load an unloaded model first
+        routes = {k: residency.guard(h) if k[0] == "POST" else h for k, h in ROUTES.items()}
+    return Server(
         app,
-        ROUTES,
+        routes,
         settings,
         public_paths=PUBLIC_PATHS,
         quiet_paths=QUIET_PATHS,
@@ -243,14 +262,13 @@ async def _lifecycle(
     server: Server,
     stop: asyncio.Event,
     ready: Callable[[], None],
-    engine_factory: EngineFactory,
-    startup: Startup,
-    group: Group | None,
+    first_load: Coroutine[Any, Any, None],
+    failed: asyncio.Event,
+    residency: Residency | None,
 ) -> int:
-    """Load the model while serving what needs no model; then serve until ``stop`` or until the
-    engine fails; shut down."""
-    failed = asyncio.Event()
-    loading = asyncio.create_task(_load(app, config, engine_factory, failed, startup, group))
+    """Load the model while serving what needs no model; then serve until ``stop`` or until
+    the engine fails (``failed``); shut down."""
+    loading = asyncio.create_task(first_load)
     await _first(loading, stop.wait())
     code = 0
     if loading.done() and loading.exception() is not None:
@@ -258,7 +276,10 @@ async def _lifecycle(
         code = 1
     elif loading.done():
         ready()
+        watch = asyncio.create_task(residency.watch()) if residency is not None else None
         await _first(stop.wait(), failed.wait())
+        if watch is not None:
+            watch.cancel()
         if failed.is_set():
             log.error("exiting with %d: %s", EXIT_ENGINE_FAILED, app.failure)
             code = EXIT_ENGINE_FAILED
@@ -378,7 +399,12 @@ def _weights_for(model, config: Config, startup: Startup) -> tuple[object, Path 
     policy = config.weights
     if policy == "auto" and routing is not None and routing.uses_dense:
         policy = "both"  # measured here before: kept even on a CPU (where auto serves quantized)
-    served = weights.prepare(model, policy, on_copy=lambda: startup.phase("dense copy"))
+    served = weights.prepare(
+        model,
+        policy,
+        on_copy=lambda: startup.phase("dense copy"),
+        memory_limit=config.memory_limit,  # a worker of --models: its share
+    )
     return served, kept if isinstance(served, weights.DualModel) else None
 
 
@@ -408,86 +434,3 @@ def _settle(future: asyncio.Future, result, exc) -> None:
         future.set_exception(exc)
     else:
         future.set_result(result)
-
-
-def _write_pid_file(config: Config, addresses) -> daemon.PidFile | None:
-    if not config.pid_file:
-        return None
-    host, port = addresses[0]
-    path = daemon.pid_path(config.pid_file, port)
-    pid_file = daemon.PidFile(
-        path,
-        registry=daemon.registry_dir(),
-        info={
-            "host": host,
-            "port": port,
-            "url": _url(host, port),
-            "model": config.model,
-            "started": time.time(),
-            "state": "loading",
-            "shutdown_timeout": config.shutdown_timeout,
-        },
-    )
-    try:
-        pid_file.write()
-    except OSError as exc:
-        log.error("cannot write the PID file %s: %s", path, exc.strerror or exc)
-        return None
-    return pid_file
-
-
-def _url(host: str, port: int) -> str:
-    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-
-
-def _bind_error(config: Config, exc: OSError) -> str:
-    where = f"{config.host}:{config.port}"
-    if exc.errno == errno.EADDRINUSE:
-        return (
-            f"cannot listen on {where}: the port is already in use by another program "
-            f"(pick another with --port)"
-        )
-    if exc.errno == errno.EACCES:
-        return f"cannot listen on {where}: permission denied (ports below 1024 need privileges)"
-    return f"cannot listen on {where}: {exc.strerror or exc}"
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def _warn_if_open(config: Config) -> None:
-    if not config.api_keys and not is_loopback(config.host):
-        log.warning(
-            "listening on %s without an API key: anyone who can reach this address can "
-            "use the model (set --api-key or --api-key-file)",
-            config.host,
-        )
-
-
-def _install_signal_handlers(stop: asyncio.Event, pid_file: daemon.PidFile | None) -> None:
-    """The first SIGTERM/SIGINT shuts down gracefully; a second one leaves at once."""
-    loop = asyncio.get_running_loop()
-
-    def first(signame: str) -> None:
-        log.info("%s received: finishing in-flight requests (again to quit now)", signame)
-        stop.set()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(sig)
-            signal.signal(sig, second)
-
-    def second(signum, _frame) -> None:
-        log.warning("%s received again: exiting now", signal.Signals(signum).name)
-        if pid_file is not None:
-            pid_file.remove()
-        logs.flush()
-        os._exit(EXIT_INTERRUPTED)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):  # not the main thread (tests)
-            loop.add_signal_handler(sig, first, sig.name)

@@ -151,3 +151,34 @@ class Metrics:
         for name, (help_text, level) in gauges.items():
             out += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {_num(level)}"]
         return "\n".join(out) + "\n"
+
+
+# ----- several expositions in one (the front end of --models and its workers) -----
+
+
+def with_label(sample: str, name: str, value: str) -> str:
+    """A sample line with one more label, first: ``m{a="1"} 2`` -> ``m{model="x",a="1"} 2``."""
+    label = f'{name}="{_escape(value)}"'
+    brace, space = sample.find("{"), sample.find(" ")
+    if brace != -1 and (space == -1 or brace < space):
+        labels = sample[brace + 1 :]
+        return f"{sample[:brace]}{{{label}{'' if labels.startswith('}') else ','}{labels}"
+    return f"{sample[:space]}{{{label}}}{sample[space:]}"
+
+
+def merge(parts: list[tuple[str | None, str]], label: str = "model") -> str:
+    """Expositions as one: each family (HELP, TYPE, samples) once, holding every part's samples;
+    a part's samples get ``label="<its name>"`` unless its name is None (the front end's own)."""
+    families: dict[str, tuple[list[str], list[str]]] = {}
+    for owner, text in parts:
+        family: tuple[list[str], list[str]] | None = None
+        for line in text.splitlines():
+            if line.startswith("# HELP ") or line.startswith("# TYPE "):
+                name = line.split(" ", 3)[2]
+                family = families.setdefault(name, ([], []))
+                if not any(h.split(" ", 3)[1] == line.split(" ", 3)[1] for h in family[0]):
+                    family[0].append(line)
+            elif line and not line.startswith("#") and family is not None:
+                family[1].append(line if owner is None else with_label(line, label, owner))
+    out = [line for head, samples in families.values() for line in head + samples]
+    return "\n".join(out) + "\n"

@@ -2,7 +2,8 @@
 
 The table is a dict like mlxd.api.routes.ROUTES: ``(method, path) -> handler``. A path ending in
 "/" is a prefix (except "/" itself); the rest of a request path under it is the path parameter
-(``ex.path_param``).
+(``ex.path_param``), and the longest prefix wins. A route on ``ANY_PATH`` answers every path no
+other route has (the front end of --models passes those on to a model's worker).
 A handler wrapped in ``Styled`` answers its errors in another API's shape (Anthropic's).
 """
 
@@ -16,6 +17,7 @@ from mlxd.transport.errors import NOT_FOUND, OPENAI_STYLE, ErrorStyle, HttpError
 
 Handler = Callable[..., Awaitable[None]]
 Routes = Mapping[tuple[str, str], Handler]
+ANY_PATH = "*"  # RFC 9110's asterisk-form is OPTIONS-only, so no request path is ever this
 
 
 @dataclass(frozen=True)
@@ -63,16 +65,17 @@ def _under_prefix(pattern: str, path: str) -> bool:
 def handlers_for(routes: Routes, path: str) -> tuple[dict[str, Handler], str, str]:
     """({method: handler}, path parameter, route label) for ``path``; no handlers if no route.
 
-    An exact path wins; otherwise every prefix route that ``path`` extends matches."""
+    An exact path wins; otherwise the longest prefix route that ``path`` extends (with every
+    method routed on it)."""
     exact = {m: h for (m, p), h in routes.items() if p == path}
     if exact:
         return exact, "", path
-    handlers: dict[str, Handler] = {}
-    param, label = "", "other"
-    for (m, p), h in routes.items():
-        if _under_prefix(p, path):
-            handlers[m], param, label = h, path[len(p) :], p + "{id}"
-    return handlers, param, label
+    prefixes = [p for (_m, p) in routes if _under_prefix(p, path)]
+    if not prefixes:
+        return {m: h for (m, p), h in routes.items() if p == ANY_PATH}, "", "other"
+    prefix = max(prefixes, key=len)
+    handlers = {m: h for (m, p), h in routes.items() if p == prefix}
+    return handlers, path[len(prefix) :], prefix + "{id}"
 
 
 def methods_for(routes: Routes, path: str) -> list[str]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ log = logging.getLogger(__name__)
 access_log = logging.getLogger("mlxd.access")
 
 READ_CHUNK_BYTES = 64 * 1024
+ADMIN_PREFIX = "/admin/"  # routes that take --admin-key when one is set
 FINAL_WRITE_S = 1.0  # a last error to a client during shutdown may take this long
 
 
@@ -36,6 +38,7 @@ class ServerSettings:
     body_timeout: float = 30.0  # a whole body must arrive within this once the head is in
     send_timeout: float = 60.0  # a client that reads nothing for this long is gone
     api_keys: tuple[str, ...] = ()
+    admin_keys: tuple[str, ...] = ()  # the keys of ADMIN_PREFIX routes; empty: the API keys
     auth_health: bool = False  # /health and /metrics need the key too
     cors_origins: tuple[str, ...] = ()
 
@@ -51,7 +54,7 @@ class Connection:
         self.reader = reader
         self.writer = writer
         peer = writer.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        self.peer = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer) or "unix"
         # Per-connection state.
         self.parser = h1.RequestParser(max_body_bytes=self.settings.max_body_bytes)
         self.data_arrived = asyncio.Event()
@@ -219,7 +222,10 @@ class Server:
     def _auth_error(self, head: h1.Head) -> HttpError | None:
         st = self.settings
         open_path = head.path in self.public_paths and not st.auth_health
-        return None if open_path else access.auth_error(head, st.api_keys)
+        admin = st.admin_keys and head.path.startswith(ADMIN_PREFIX)
+        return (
+            None if open_path else access.auth_error(head, st.admin_keys if admin else st.api_keys)
+        )
 
     def _cors_headers(self, ex: Exchange) -> None:
         ex.extra_headers += access.cors_headers(ex.request.head, self.settings.cors_origins)
@@ -311,6 +317,13 @@ class Server:
             self._on_connect, host, port, reuse_address=True, backlog=1024
         )
         return [s.getsockname()[:2] for s in self._server.sockets]
+
+    async def start_unix(self, path: str) -> list[tuple[str, int]]:
+        """Listen on a Unix socket (a --models worker: only its front end connects)."""
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # a socket left by a process that was killed
+        self._server = await asyncio.start_unix_server(self._on_connect, path, backlog=1024)
+        return [(path, 0)]
 
     async def shutdown(self, grace_s: float) -> None:
         """Stop accepting, let in-flight requests finish for ``grace_s``, then cancel them."""

@@ -433,10 +433,10 @@ def test_unwritable_pid_file_stops_the_start(tiny_model_dir, tmp_path, caplog):
     ],
 )
 def test_open_host_without_key_warns(host, keys, warns, caplog):
-    from mlxd.service import run
+    from mlxd.service import lifecycle
     from mlxd.service.config import Config
 
-    run._warn_if_open(Config(model="m", host=host, api_keys=keys))
+    lifecycle.warn_if_open(Config(model="m", host=host, api_keys=keys))
     assert ("without an API key" in caplog.text) is warns
 
 
