@@ -4,7 +4,7 @@ A streamed response goes through chunk by chunk (one chunk is one SSE event; non
 a whole one goes through with its status and end-to-end fields. A client that goes away cancels
 this handler, which closes the worker connection, which cancels the worker's job. A worker that
 dies mid-response leaves its client a clean end: a last error event in the API's own streaming
-shape (and ``[DONE]`` for OpenAI's), or a 502 when nothing was sent yet.
+shape (and ``[DONE]`` for OpenAI's), or a 502 in its error shape when nothing was sent yet.
 """
 
 from __future__ import annotations
@@ -21,22 +21,16 @@ DROPPED_REQUEST_FIELDS = frozenset({"authorization"})  # checked here; a worker 
 DROPPED_RESPONSE_FIELDS = frozenset({"date", "server", "content-type"})  # the Exchange's own
 
 
-def _openai_end(err: HttpError) -> bytes:
-    return sse.event(err.to_json()) + sse.DONE
-
-
-def _anthropic_end(err: HttpError) -> bytes:
-    body = {"type": "error", "error": {"type": "api_error", "message": err.message}}
-    return b"event: error\n" + sse.event(body)
-
-
 def _responses_end(err: HttpError) -> bytes:
-    body = {"type": "error", "code": err.code, "message": err.message, "param": None}
-    return b"event: error\n" + sse.event(body)
+    """The Responses API's ``error`` event (as api/responses/generate.py sends one; the
+    ``response.failed`` that follows there needs the response, which only the worker had)."""
+    body = {"type": "error", "code": err.code, "message": err.message, "param": err.param}
+    return sse.named_event("error", body)
 
 
-# The last event of a stream the worker could not finish, by the API's path.
-STREAM_ENDS = {"/v1/messages": _anthropic_end, "/v1/responses": _responses_end}
+# The last event of a stream the worker could not finish, where the route's error style (OpenAI's
+# error event and [DONE], Anthropic's error event: Exchange.errors) is not the API's own.
+STREAM_ENDS = {"/v1/responses": _responses_end}
 
 
 async def forward(ex: Exchange, worker: Worker, *, unless_404: bool = False) -> bool:
@@ -86,7 +80,7 @@ async def _relay_stream(ex: Exchange, resp: upstream.Response, worker: Worker) -
         if not finished:
             err = await _worker_failed(worker, exc)
             ex.note_error(err)
-            end = STREAM_ENDS.get(ex.request.head.path, _openai_end)
+            end = STREAM_ENDS.get(ex.request.head.path, ex.errors.stream_end)
             await ex.send_chunk(end(err))
     await ex.end_stream()
 

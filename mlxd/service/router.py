@@ -16,6 +16,7 @@ import urllib.parse
 from dataclasses import dataclass, field
 
 from mlxd import __version__
+from mlxd.api.anthropic_messages.errors import ANTHROPIC_STYLE  # stdlib: no mlx
 from mlxd.service import proxy, upstream
 from mlxd.service.catalog import Catalog, CatalogError, ModelCard
 from mlxd.service.pool import Pool
@@ -24,7 +25,7 @@ from mlxd.transport import metrics as prom
 from mlxd.transport.errors import NOT_FOUND, HttpError, bad_request
 from mlxd.transport.exchange import Exchange
 from mlxd.transport.metrics import Metrics
-from mlxd.transport.routing import ANY_PATH
+from mlxd.transport.routing import ANY_PATH, Styled
 
 FAN_OUT_METHODS = ("GET", "HEAD", "DELETE")  # safe to ask each loaded model in turn
 ASK_TIMEOUT_S = 5.0  # a worker's status answer; one that takes longer is reported without it
@@ -323,6 +324,9 @@ ROUTES = {
     ("GET", "/admin/status"): admin_status,
     ("POST", "/admin/load"): admin_load,
     ("POST", "/admin/unload"): admin_unload,
+    # Anthropic's routes: the front end's own errors (unknown model, busy...) in its shape too.
+    ("POST", "/v1/messages"): Styled(to_model, ANTHROPIC_STYLE),
+    ("POST", "/v1/messages/count_tokens"): Styled(to_model, ANTHROPIC_STYLE),
     **{(method, ANY_PATH): to_model for method in ("GET", "POST", "PUT", "PATCH", "DELETE")},
 }
 PUBLIC_PATHS = frozenset({"/health", "/metrics"})

@@ -156,6 +156,19 @@ def test_a_killed_worker_ends_its_stream_cleanly_and_restarts(tmp_path, front_fa
     assert status_of(front, "alpha")["loads"] == 2
 
 
+def test_anthropic_routes_get_anthropic_errors(tmp_path, front_factory):
+    front = front_factory(two_models(tmp_path))
+    status, _, body = call(front, "POST", "/v1/messages", {"model": "gamma"})
+    assert status == 404 and body["type"] == "error"
+    assert body["error"]["type"] == "not_found_error" and "gamma" in body["error"]["message"]
+    doomed = Stream(front, "/v1/messages", {"model": "alpha", **SLOW})
+    assert doomed.next() is not None
+    os.kill(status_of(front, "alpha")["pid"], signal.SIGKILL)
+    rest = doomed.rest()
+    error = json.loads(rest[-1])  # Anthropic's stream ends with an error event, no [DONE]
+    assert error["type"] == "error" and "SIGKILL" in error["error"]["message"]
+
+
 def test_crash_loop(tmp_path, front_factory):
     fake_model(tmp_path, "broken", fail="boom: no weights here")
     front = front_factory(Config(models=(str(tmp_path),), port=0))
