@@ -25,7 +25,7 @@ from mlxd.transport import metrics as prom
 from mlxd.transport.errors import NOT_FOUND, HttpError, bad_request
 from mlxd.transport.exchange import Exchange
 from mlxd.transport.metrics import Metrics
-from mlxd.transport.routing import ANY_PATH, Styled
+from mlxd.transport.routing import ANY_PATH, Routes, Styled
 
 FAN_OUT_METHODS = ("GET", "HEAD", "DELETE")  # safe to ask each loaded model in turn
 ASK_TIMEOUT_S = 5.0  # a worker's status answer; one that takes longer is reported without it
@@ -313,7 +313,7 @@ async def metrics(front: Front, ex: Exchange) -> None:
 
 # (method, path) -> handler. ANY_PATH catches every other route: it goes to the worker of the
 # model the request names.
-ROUTES = {
+ROUTES: Routes = {
     ("GET", "/v1/models"): list_models,
     ("GET", "/v1/models/"): get_model,
     ("GET", "/health"): health,
