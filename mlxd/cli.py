@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         out = config.to_json()
         if config.models:  # the memory plan of each model (stdlib: no mlx)
-            from mlxd.service.front import auto_settings as plan
+            from mlxd.fleet.front import auto_settings as plan
 
             out["auto"] = plan(config)
         elif config.model:  # what "auto" comes to here (imports mlx to ask about the device)
@@ -316,7 +316,7 @@ def launch(config: Config, follower: bool = False) -> int:
 def _runner(config: Config):
     """``run(config, on_listening=, on_ready=)`` of the front end (--models) or of one model."""
     if config.models:
-        from mlxd.service.front import run as run_front  # no mlx: the workers import it
+        from mlxd.fleet.front import run as run_front  # no mlx: the workers import it
 
         return run_front
     from mlxd.service.run import run  # the heavy imports (mlx, mlx_lm) start here

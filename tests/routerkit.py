@@ -15,7 +15,7 @@ FAKE_WORKER = [sys.executable, str(Path(__file__).with_name("fakeworker.py"))]
 
 
 class FrontThread:
-    """``mlxd --models`` (mlxd.service.front.serve) on 127.0.0.1:0 in a thread of its own."""
+    """``mlxd --models`` (mlxd.fleet.front.serve) on 127.0.0.1:0 in a thread of its own."""
 
     def __init__(self, config, worker: list[str] | None = None) -> None:
         self.config, self.worker = config, worker
@@ -25,7 +25,7 @@ class FrontThread:
         self._thread = threading.Thread(target=lambda: asyncio.run(self._serve()), daemon=True)
 
     async def _serve(self) -> None:
-        from mlxd.service import front
+        from mlxd.fleet import front
 
         self.loop = asyncio.get_running_loop()
         self.stop = asyncio.Event()

@@ -1,6 +1,6 @@
 """What every mlxd server does around serving, one model or several: bind errors in words, the
 PID file, the open-address warning, SIGTERM/SIGINT, and a worker's watch on its parent.
-Stdlib only: the front end of ``--models`` (service/front.py) shares it with service/run.py
+Stdlib only: the front end of ``--models`` (fleet/front.py) shares it with service/run.py
 without importing mlx."""
 
 from __future__ import annotations

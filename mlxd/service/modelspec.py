@@ -25,7 +25,7 @@ from pathlib import Path
 
 ENTRY_KEYS = ("path", "id", "aliases")  # the keys of a model object that are no setting
 # What only the front end of --models uses; every other setting is a worker's, may be set per
-# model, and is passed on to each worker on its command line (service/pool.py).
+# model, and is passed on to each worker on its command line (fleet/pool.py).
 FRONT_END_FIELDS = frozenset(
     {
         "model",

@@ -4,7 +4,7 @@ After ``idle_s`` seconds without a model request (POST routes), the engine stops
 caches are dropped and MLX's buffer cache is emptied, so the memory goes back to the system;
 /health still answers 200, with ``"state": "unloaded"``. The next model request loads the model
 again (requests that arrive meanwhile share that load) and is then served as usual.
-(With ``--models`` the front end unloads a whole worker process instead: service/pool.py.)
+(With ``--models`` the front end unloads a whole worker process instead: fleet/pool.py.)
 """
 
 from __future__ import annotations

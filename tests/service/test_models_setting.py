@@ -8,11 +8,11 @@ import json
 import pytest
 
 from mlxd.cli import build_parser, cli_values
+from mlxd.fleet.catalog import Catalog, CatalogError
+from mlxd.fleet.pool import worker_args
 from mlxd.service import autoconf
-from mlxd.service.catalog import Catalog, CatalogError
 from mlxd.service.config import Config, ConfigError, from_file, option_for, resolve
 from mlxd.service.modelspec import ModelEntry
-from mlxd.service.pool import worker_args
 
 MODELS = option_for("models")
 

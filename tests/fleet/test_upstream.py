@@ -7,7 +7,7 @@ import asyncio
 
 import pytest
 
-from mlxd.service import upstream
+from mlxd.fleet import upstream
 from mlxd.transport import h1
 
 RESPONSE_HEAD = (

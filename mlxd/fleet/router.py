@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 
 from mlxd import __version__
 from mlxd.api.anthropic_messages.errors import ANTHROPIC_STYLE  # stdlib: no mlx
-from mlxd.service import proxy, upstream
-from mlxd.service.catalog import Catalog, CatalogError, ModelCard
-from mlxd.service.pool import Pool
-from mlxd.service.workers import Worker, process_rss
+from mlxd.fleet import proxy, upstream
+from mlxd.fleet.catalog import Catalog, CatalogError, ModelCard
+from mlxd.fleet.pool import Pool
+from mlxd.fleet.workers import Worker, process_rss
 from mlxd.transport import metrics as prom
 from mlxd.transport.errors import NOT_FOUND, HttpError, bad_request
 from mlxd.transport.exchange import Exchange

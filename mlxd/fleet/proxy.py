@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import asyncio
 
-from mlxd.service import upstream
-from mlxd.service.workers import Worker
+from mlxd.fleet import upstream
+from mlxd.fleet.workers import Worker
 from mlxd.transport import sse
 from mlxd.transport.errors import SERVER_ERROR, HttpError
 from mlxd.transport.exchange import Exchange

@@ -25,9 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mlxd.service import upstream
+from mlxd.fleet import upstream
+from mlxd.fleet.catalog import ModelCard
 from mlxd.service.autoconf import ModelPlan
-from mlxd.service.catalog import ModelCard
 
 log = logging.getLogger(__name__)
 

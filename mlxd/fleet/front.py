@@ -1,7 +1,7 @@
 """``mlxd --models DIR``: the front end. It listens, finds the models, plans their memory, starts
 the workers it is asked to preload, serves until a signal, then stops every worker.
 
-It never imports mlx: each model is loaded by its own worker process (service/workers.py), so a
+It never imports mlx: each model is loaded by its own worker process (fleet/workers.py), so a
 crash takes down one model only and unloading a model returns all of its memory.
 """
 
@@ -14,13 +14,13 @@ import tempfile
 from pathlib import Path
 
 from mlxd import __version__
+from mlxd.fleet.catalog import Catalog, CatalogError
+from mlxd.fleet.pool import Limits, Pool, model_plan
+from mlxd.fleet.router import PUBLIC_PATHS, ROUTES, Front
+from mlxd.fleet.workers import Launch, worker_command, worker_env
 from mlxd.service import autoconf, lifecycle, logs
-from mlxd.service.catalog import Catalog, CatalogError
 from mlxd.service.config import Config
 from mlxd.service.lifecycle import EXIT_INTERRUPTED
-from mlxd.service.pool import Limits, Pool, model_plan
-from mlxd.service.router import PUBLIC_PATHS, ROUTES, Front
-from mlxd.service.workers import Launch, worker_command, worker_env
 from mlxd.transport.server import Server, ServerSettings
 
 log = logging.getLogger(__name__)

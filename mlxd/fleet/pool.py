@@ -16,17 +16,17 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 
-from mlxd.service.autoconf import ModelPlan, plan_model
-from mlxd.service.catalog import Catalog, ModelCard
-from mlxd.service.config import DEFAULT_MAX_BATCH_SIZE, IDLE_NEVER, OPTIONS, Config, Option
-from mlxd.service.modelspec import FRONT_END_FIELDS, FRONT_END_PER_MODEL
-from mlxd.service.workers import (
+from mlxd.fleet.catalog import Catalog, ModelCard
+from mlxd.fleet.workers import (
     CRASH_LOOP_COUNT,
     CRASH_LOOP_WINDOW_S,
     Launch,
     LoadFailed,
     Worker,
 )
+from mlxd.service.autoconf import ModelPlan, plan_model
+from mlxd.service.config import DEFAULT_MAX_BATCH_SIZE, IDLE_NEVER, OPTIONS, Config, Option
+from mlxd.service.modelspec import FRONT_END_FIELDS, FRONT_END_PER_MODEL
 from mlxd.transport.errors import UNAVAILABLE, HttpError
 
 log = logging.getLogger(__name__)

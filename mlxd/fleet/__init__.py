@@ -1,0 +1,1 @@
+"""fleet: the front end of --models (several models, one worker process each)"""
