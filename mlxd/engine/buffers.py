@@ -4,7 +4,7 @@ mlx-lm's ``BatchGenerator`` returns MLX's buffer cache to the driver after every
 (``mx.clear_cache()``), so on CUDA the next step's large allocations (KV caches growing by 256
 tokens, a group of sequences joining the batch) go back to the driver. While a step runs there,
 ``kept()`` turns that call into nothing; the engine still returns the cache every
-``CLEAR_CACHE_EVERY`` steps (loop.py).
+``CLEAR_CACHE_EVERY`` steps (running.py).
 """
 
 from __future__ import annotations

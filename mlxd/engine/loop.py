@@ -4,12 +4,14 @@ events back through each job's ``emit`` callback (the server wraps ``loop.call_s
 Scheduling is continuous batching on mlx-lm's ``BatchGenerator``: between two decode steps the
 thread admits waiting jobs (within ``max_batch_size`` and the KV memory budget), drops cancelled
 ones, and prefills new prompts in chunks that fit the step's token budget (schedule.py), so
-running streams keep flowing. A prompt that shares a long beginning with a running one starts
-from that sequence's cache (prefix.py). Layering follows mlx-lm: token ids -> ``TextStream``
-(safe text deltas) -> our events (emit.py) -> the API.
+running streams keep flowing. Layering follows mlx-lm: token ids -> ``TextStream`` (safe text
+deltas) -> our events (emit.py) -> the API.
 
-Which submitted job starts when is admission.py's; ``Job`` and ``Seq`` are in job.py and
-``EngineSettings`` in settings.py (all three importable from here as before).
+This module is the thread's life: start-up (weights, warm-up), the loop, and what happens when an
+iteration fails or the thread dies. Which submitted job starts when is admission.py's; where a
+job's choices start (the prompt cache, a running sequence's shared prefix, the solo path or the
+batch) is placement.py's; stepping, emitting and ending what runs is running.py's. ``Job`` is in
+job.py and ``EngineSettings`` in settings.py (both importable from here as before).
 """
 
 from __future__ import annotations
@@ -20,17 +22,14 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
-from mlx_lm.models.cache import LRUPromptCache, trim_prompt_cache
+from mlx_lm.models.cache import LRUPromptCache
 
-from mlxd.engine import attention, buffers, vision, warmup
+from mlxd.engine import attention, warmup
 from mlxd.engine.admission import Admission
 from mlxd.engine.calibration import IDLE_BEFORE_S, Weights
-from mlxd.engine.emit import emit_token
 from mlxd.engine.errors import (
     EngineDead,
-    EngineError,
     GenerationFailed,
     ShuttingDown,
     out_of_vocabulary,
@@ -38,22 +37,18 @@ from mlxd.engine.errors import (
 )
 from mlxd.engine.events import Delta, Failed, Finished
 from mlxd.engine.group import GroupAdmission, Lockstep
-from mlxd.engine.job import EngineStats, Job, Seq
+from mlxd.engine.job import EngineStats, Job
 from mlxd.engine.kvcache import CacheMaker
-from mlxd.engine.prefix import Followers, cut_for, find_source
-from mlxd.engine.sampling import SamplingParams, make_processors, make_sampler
+from mlxd.engine.placement import Placement
+from mlxd.engine.running import Running
+from mlxd.engine.sampling import SamplingParams
 from mlxd.engine.schedule import Pacer, StepBudget
 from mlxd.engine.settings import EngineSettings
-from mlxd.engine.solo import SOLO_UID, SoloRun
-from mlxd.engine.textstream import StopScanner, TextStream
 
 # Re-exported: callers and tests import these from here.
 __all__ = ["Delta", "Engine", "EngineSettings", "Failed", "Finished", "Job", "SamplingParams"]
 
 log = logging.getLogger(__name__)
-
-CLEAR_CACHE_EVERY = 256  # decode steps between returns of MLX's buffer cache
-PROMPT_CACHE_KEY = "model"  # one model per engine; its weights' copy may change (calibration)
 
 
 # Probe points: where a test may inject a failure (``Engine(probe=...)``), one per kind of work
@@ -102,16 +97,15 @@ class Engine:
         )
         # Generation-thread state.
         self.stats = EngineStats()
-        self._seqs: dict[int, Seq] = {}
-        self._followers = Followers()  # choices waiting for a leader's first token
-        self._gen: BatchGenerator  # made by _run, before the first job
-        self._pacer: Pacer  # made with it
-        self._solo: SoloRun | None = None  # the lone sequence, while nothing else runs
-        self._prompt_cache = LRUPromptCache(max_bytes=self.settings.prompt_cache_bytes)
+        self._running = Running(
+            tokenizer, self.stats, lambda: self.settings, self._probe, strict=lockstep is not None
+        )
+        self._placement = Placement(
+            self._running, tokenizer, self.stats, lambda: self.settings, lambda: self.model, vlm
+        )
         self._weights = Weights(model, self.settings)
         self._idle_since = time.monotonic()
         self._cuda = attention.wanted()
-        self._new_cache = CacheMaker(model, None, 0, False)  # set at warm-up
         # Learnt at warm-up.
         self.vocab_size = 0  # the model's output width
         self.kv_bytes_per_token: int = 0  # what a token costs once the cache is quantized
@@ -134,7 +128,7 @@ class Engine:
     @property
     def running_sequences(self) -> int:
         """Sequences decoding now: a request with ``n`` choices runs ``n``."""
-        return len(self._seqs)
+        return len(self._running.seqs)
 
     def kv_bytes(self, tokens: int) -> int:
         """KV bytes ``tokens`` tokens of one sequence may hold (full precision up to
@@ -185,7 +179,7 @@ class Engine:
             log.exception("weight calibration failed")
             self.failure = f"weight calibration failed: {exc}"
             return False
-        self._gen = self._new_generator()
+        self._new_generator()
         try:
             self._on_phase("warm-up")
             self._warm_up()
@@ -197,18 +191,19 @@ class Engine:
             self.settings, cache_bytes = self._lockstep.agree(
                 self.settings, self.kv_bytes_per_token
             )
-            self._prompt_cache = LRUPromptCache(max_bytes=cache_bytes)
+            self._running.prompt_cache = LRUPromptCache(max_bytes=cache_bytes)
         self._idle_since = time.monotonic()
         return True
 
-    def _new_generator(self) -> BatchGenerator:
+    def _new_generator(self) -> None:
+        """A fresh batch generator and pacer: nothing may run in the old ones."""
         s = self.settings
-        self._pacer = Pacer(
+        self._running.pacer = Pacer(
             StepBudget(s.max_step_tokens),
             s.prefill_step_size,
             min(s.prefill_batch_size or s.max_batch_size, s.max_batch_size),
         )
-        return BatchGenerator(
+        self._running.gen = BatchGenerator(
             self.model,
             stop_tokens=[[t] for t in self.tokenizer.eos_token_ids],
             completion_batch_size=s.max_batch_size,
@@ -228,7 +223,7 @@ class Engine:
     def _serve_jobs(self) -> None:
         """Admit, drop, step, until shutdown; a failed iteration fails what was in flight and
         the loop goes on with a fresh batch (``_recover``)."""
-        while self._admission.take(block=not self._seqs):
+        while self._admission.take(block=not self._running.seqs):
             try:
                 self._probe("iteration")
                 self._iteration()
@@ -237,22 +232,22 @@ class Engine:
                     raise  # the ranks may no longer agree on the batch: the group cannot go on
                 self._recover(exc)
         stopping = ShuttingDown("the server shut down before this request finished")
-        self._fail_in_flight(stopping)
+        self._running.fail_all(stopping)
         self._admission.fail_all(stopping)
 
     def _iteration(self) -> None:
         self._admission.expire()
         self._drop_cancelled()
-        if self._solo is not None and self._admission.has_waiting:
-            self._hand_solo_to_batch()
+        if self._running.solo is not None and self._admission.has_waiting:
+            self._running.hand_solo_to_batch()
         self._start_waiting()
-        if self._seqs:
-            self._step()
+        if self._running.seqs:
+            self._running.step(self._cuda)
             self._idle_since = time.monotonic()
         elif self._weights.measuring and self._idle_for(IDLE_BEFORE_S):
             if self._weights.when_idle():  # the dense copy went
                 self._use_weights()
-                self._gen = self._new_generator()  # idle: nothing runs in the old one
+                self._new_generator()  # idle: nothing runs in the old one
 
     def _idle_for(self, seconds: float) -> bool:
         return time.monotonic() - self._idle_since >= seconds and not self._admission.has_waiting
@@ -262,8 +257,9 @@ class Engine:
         if s.kv_bits is not None and self.vlm is not None:  # image prefill makes its own caches
             raise ValueError("--kv-bits does not work with a vision-language model yet")
         # On CUDA there is no quantized attention kernel: caches dequantize for it (kvcache.py).
-        self._new_cache = CacheMaker(self.model, s.kv_bits, s.quantized_kv_start, self._cuda)
-        done = warmup.run(self._gen, self.tokenizer, s.prefill_step_size, self._new_cache)
+        new_cache = CacheMaker(self.model, s.kv_bits, s.quantized_kv_start, self._cuda)
+        self._running.new_cache = new_cache
+        done = warmup.run(self._running.gen, self.tokenizer, s.prefill_step_size, new_cache)
         self.vocab_size = done.vocab_size
         self._kv_full_bytes_per_token = self.kv_bytes_per_token = done.kv_bytes_per_token
         how = ""
@@ -274,254 +270,36 @@ class Engine:
         log.info("warm-up done in %.2fs (KV cache %d bytes/token%s)", done.seconds, per_token, how)
 
     def _drop_cancelled(self) -> None:
-        gone = [uid for uid, seq in self._seqs.items() if seq.job.cancelled]
-        if SOLO_UID in gone:
-            self._solo = None
-        if any(uid != SOLO_UID for uid in gone):
-            self._gen.remove([uid for uid in gone if uid != SOLO_UID])
-        for uid in gone:
-            self._release(uid)
-        for orphan in self._followers.drop(gone):  # their leader went before its first token
+        for orphan in self._running.drop_cancelled():  # their leader went before its first token
             self._start(orphan.job, orphan.need)
 
-    def _occupancy(self) -> tuple[int, int]:
-        """Choices running or following, and the KV bytes they reserve."""
-        waiting = self._followers.waiting()
-        reserved = sum(s.reserved for s in self._seqs.values()) + sum(f.need for f in waiting)
-        return len(self._seqs) + len(waiting), reserved
-
     def _start_waiting(self) -> None:
-        while started := self._admission.next_to_start(*self._occupancy()):
+        while started := self._admission.next_to_start(*self._running.occupancy()):
             self._start(*started)
 
     def _start(self, job: Job, need: int) -> None:
         try:
-            self._insert(job, need)
+            self._probe("admit")
+            bad = out_of_vocabulary(job.prompt, self.vocab_size)
+            if bad is not None:
+                job.emit(Failed(vocabulary_error(bad, self.vocab_size, "prompt")))
+                return
+            self._placement.place(job, need, others_waiting=self._admission.has_waiting)
         except Exception as exc:
             log.exception("could not start a job")
             job.emit(Failed(GenerationFailed(f"could not start: {exc}")))
-
-    def _insert(self, job: Job, need: int) -> None:
-        self._probe("admit")
-        bad = out_of_vocabulary(job.prompt, self.vocab_size)
-        if bad is not None:
-            job.emit(Failed(vocabulary_error(bad, self.vocab_size, "prompt")))
-            return
-        cache, cached, hit = self._cached_prefix(job)
-        source = self._shared_source(job, cached)
-        if source is not None and not source.ready:  # follow it: start with its first token
-            self._followers.add(source.uid, job, need)
-            return
-        if source is not None:
-            ((leader, tokens),) = self._gen.extract_cache([source.uid]).values()
-            cache, cached = cut_for(leader, list(tokens), job.prompt)
-            hit = cached
-            self.stats.shared_starts += 1
-        rest = job.prompt[cached:]
-        alone = not self._seqs and not self._admission.has_waiting
-        if self.settings.solo and job.params.n == 1 and alone:
-            self._start_solo(job, rest, cache, job.prompt[:cached], need)
-            self._seqs[SOLO_UID].cached_tokens = hit
-            return
-        uid = self._insert_choice(job, 0, rest, cache, job.prompt[:cached], need)
-        self._seqs[uid].cached_tokens = hit
-        if job.params.n > 1:
-            self._followers.add(uid, job, need, first=1)
-
-    def _shared_source(self, job: Job, cached: int):
-        """A running sequence whose prompt begins like ``job``'s (prefix.py); text only: an
-        image's placeholder tokens are alike whatever the image."""
-        if job.vision is not None:
-            return None
-        running = {
-            uid: (seq.job.prompt, self._pacer.decoding(uid))
-            for uid, seq in self._seqs.items()
-            if uid != SOLO_UID and seq.job.vision is None
-        }
-        return find_source(job.prompt, cached, running)
-
-    def _cached_prefix(self, job: Job) -> tuple[list | None, int, int]:
-        """(KV cache, prompt tokens it holds, of which the prompt cache gave): the longest cached
-        prefix, then, for a vision job, its images prefilled after it (engine/vision.py)."""
-        key = vision.cache_key(job.prompt, job.vision)
-        cache, rest = self._prompt_cache.fetch_nearest_cache(PROMPT_CACHE_KEY, key)
-        if cache is not None and not rest:  # all cached: recompute the last token for logits
-            trim_prompt_cache(cache, 1)
-            rest = key[-1:]
-        hit = cached = len(job.prompt) - len(rest)
-        if job.vision is not None and vision.needs_prefill(job.prompt, job.vision, cached):
-            step = self.settings.prefill_step_size
-            cache = vision.prefill(
-                self.vlm, self.model, job.prompt, job.vision, cache, cached, step
-            )
-            cached = len(job.prompt) - 1
-        return cache, cached, hit
-
-    def _insert_choice(self, job: Job, index: int, rest, cache, cached_tokens, need: int) -> int:
-        p = job.params
-        cache = cache or self._new_cache()  # None: mlx-lm makes its own
-        [uid] = self._gen.insert(
-            [list(rest)],
-            max_tokens=[p.max_tokens],
-            caches=None if cache is None else [cache],
-            all_tokens=[list(cached_tokens)],
-            samplers=[make_sampler(p, index)],
-            logits_processors=[make_processors(p, len(job.prompt))],
-        )
-        self._pacer.add(uid, len(rest))
-        self._track(uid, job, index, need, cached_tokens=len(cached_tokens))
-        self.stats.prompt_tokens += len(rest)
-        self.stats.reused_tokens += len(cached_tokens)
-        return uid
-
-    def _track(self, uid: int, job: Job, index: int, need: int, cached_tokens: int = 0) -> None:
-        """Register a running choice: its text stream, and its KV bytes against the budget."""
-        text = TextStream(self.tokenizer.detokenizer, StopScanner(job.params.stop))
-        self._seqs[uid] = Seq(job, index, text, need, cached_tokens=cached_tokens)
-
-    def _start_solo(self, job: Job, rest, cache, cached_tokens, need: int) -> None:
-        p = job.params
-        self._solo = SoloRun(
-            self.model,
-            list(rest),
-            cache if cache is not None else self._new_cache(),
-            list(cached_tokens),
-            make_sampler(p),
-            make_processors(p, len(job.prompt)),
-            p.max_tokens,
-            self.settings.prefill_step_size,
-            set(self.tokenizer.eos_token_ids),
-        )
-        self._track(SOLO_UID, job, 0, need, cached_tokens=len(cached_tokens))
-        self.stats.prompt_tokens += len(rest)
-        self.stats.reused_tokens += len(cached_tokens)
-
-    def _solo_step(self) -> None:
-        seq, solo = self._seqs[SOLO_UID], self._solo
-        assert solo is not None  # _step checked
-        try:
-            out = solo.step()
-        except Exception as exc:
-            if self._lockstep is not None:
-                raise  # a collective failed, or the ranks no longer agree: the group stops
-            log.exception("generation step failed")
-            seq.job.emit(Failed(GenerationFailed(f"generation failed: {exc}")))
-            self._solo = None
-            self._release(SOLO_UID)
-            return
-        if out is not None and self._on_token(seq, out):
-            self._end_solo()
-
-    def _end_solo(self) -> None:
-        solo, self._solo = self._solo, None
-        assert solo is not None  # only a running solo ends
-        self._keep_cache(self._seqs[SOLO_UID].job, solo.fed, solo.cache)
-        self._release(SOLO_UID)
-
-    def _hand_solo_to_batch(self) -> None:
-        """Another request arrived: the lone sequence continues inside the batch."""
-        self._probe("handoff")
-        solo, seq = self._solo, self._seqs[SOLO_UID]
-        assert solo is not None  # _run checked
-        last = solo.read_pending()
-        if last is not None and self._on_token(seq, last):
-            self._end_solo()
-            return
-        self._solo = None
-        uid, to_feed = solo.continue_in(self._gen, last)
-        self._pacer.add(uid, to_feed)
-        self._seqs[uid] = self._seqs.pop(SOLO_UID)
-
-    def _start_followers(self, leader) -> None:
-        """The leader's prompt is in its cache: each follower copies the part it shares and
-        prefills the rest (the n choices of one job share the whole prompt)."""
-        self._probe("followers")
-        followers = self._followers.pop(leader.uid)
-        if leader.prompt_cache is not None:  # the leader already ended (eos or max_tokens 1)
-            cache, tokens = leader.prompt_cache, leader.all_tokens
-        else:
-            ((cache, tokens),) = self._gen.extract_cache([leader.uid]).values()
-        tokens = list(tokens)
-        for f in followers:
-            mine, shared = cut_for(cache, tokens, f.job.prompt)
-            if f.index == 0:
-                self.stats.shared_starts += 1
-            rest, cached = f.job.prompt[shared:], f.job.prompt[:shared]
-            self._insert_choice(f.job, f.index, rest, mine, cached, f.need)
-
-    def _step(self) -> None:
-        if self._solo is not None:
-            self._solo_step()
-            return
-        self._pacer.before(self._gen)
-        self._probe("step")
-        started = time.perf_counter()
-        with buffers.kept(self._cuda):
-            progress, responses = self._gen.next()
-        if self._pacer.after(progress, time.perf_counter() - started):
-            self.stats.prefill_steps += 1
-        self.stats.steps += 1
-        if self.stats.steps % CLEAR_CACHE_EVERY == 0:
-            mx.clear_cache()
-        finished = []
-        for r in responses:
-            seq = self._seqs.get(r.uid)
-            if seq is None:
-                continue
-            if r.uid in self._followers:
-                self._start_followers(r)
-            if self._on_token(seq, r):
-                finished.append(r)
-        for r in finished:
-            self._finish_seq(r)
-
-    def _on_token(self, seq: Seq, r) -> bool:
-        """Emit what token ``r`` adds; True when the sequence has ended."""
-        self._probe("emit")
-        return emit_token(seq, r)
-
-    def _finish_seq(self, r) -> None:
-        """Forget a finished sequence; keep its KV cache for prompts that share its prefix."""
-        self._probe("finish")
-        if r.finish_reason is not None and r.prompt_cache is not None:
-            cache, tokens = r.prompt_cache, r.all_tokens
-        else:  # ended by a stop string: still decoding inside the batch, take it out
-            ((cache, tokens),) = self._gen.remove([r.uid], return_prompt_caches=True).values()
-        self._keep_cache(self._seqs[r.uid].job, tokens, cache)
-        self._release(r.uid)
-
-    def _keep_cache(self, job: Job, tokens, cache) -> None:
-        """Offer a finished sequence's KV cache to prompts that share its prefix (images keyed
-        by their hash)."""
-        if self.settings.prompt_cache_bytes > 0 and tokens:
-            key = vision.cache_tokens(job.prompt, job.vision, list(tokens))
-            self._prompt_cache.insert_cache(PROMPT_CACHE_KEY, key, cache)
-
-    def _release(self, uid: int) -> None:
-        self._seqs.pop(uid)
-        self._pacer.forget(uid)
 
     def _recover(self, exc: Exception) -> None:
         """A failed iteration leaves the batch in an unknown state: fail every job in flight
         (waiting jobs stay in line) and go on with a fresh batch generator."""
         log.error(
             "engine step failed; failing %d requests in flight",
-            len(self._in_flight()),
+            len(self._running.in_flight()),
             exc_info=exc,
         )
         self._probe("recover")
-        self._fail_in_flight(GenerationFailed(f"generation failed: {exc}"))
-        self._gen = self._new_generator()  # and a fresh pacer
-
-    def _in_flight(self) -> set[Job]:
-        return {seq.job for seq in self._seqs.values()} | {f.job for f in self._followers.waiting()}
-
-    def _fail_in_flight(self, error: EngineError) -> None:
-        for job in self._in_flight():
-            job.emit(Failed(error))
-        self._solo = None
-        self._seqs.clear()
-        self._followers.clear()
+        self._running.fail_all(GenerationFailed(f"generation failed: {exc}"))
+        self._new_generator()
 
     def _die(self, exc: BaseException) -> None:
         """The thread cannot go on: say why, fail what was running (500) and waiting (503),
@@ -533,7 +311,7 @@ class Engine:
         self._admission.refuse(dead)
         running = GenerationFailed(f"generation failed: {self.failure}")
         for step in (
-            lambda: self._fail_in_flight(running),
+            lambda: self._running.fail_all(running),
             lambda: self._admission.fail_all(dead),
         ):
             try:
@@ -544,4 +322,4 @@ class Engine:
             self._on_failure(self.failure)
 
     def prompt_cache_nbytes(self) -> int:
-        return self._prompt_cache.nbytes
+        return self._running.prompt_cache.nbytes
