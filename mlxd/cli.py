@@ -15,15 +15,8 @@ from typing import Any
 from mlxd import __version__
 from mlxd.models.locate import ModelNotFound, gguf_named, locate
 from mlxd.service import control, daemon, logs, ranks
-from mlxd.service.config import (
-    IDLE_NEVER,
-    OPTIONS,
-    Config,
-    ConfigError,
-    absolute_paths,
-    env_warnings,
-    layers,
-)
+from mlxd.service.config import IDLE_NEVER, OPTIONS, Config, ConfigError
+from mlxd.service.sources import absolute_paths, env_warnings, layers
 
 EXIT_USAGE = 2  # argparse's code for a bad command line; also a bad config
 ACTIONS = ("config", "stop", "status", "pid", "print_config", "timeout", "export_mlx")
@@ -186,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
 
             out["auto"] = plan(config)
         elif config.model:  # what "auto" comes to here (imports mlx to ask about the device)
-            from mlxd.service.run import auto_settings
+            from mlxd.service.wiring import auto_settings
 
             out["auto"] = auto_settings(config)
         print(json.dumps(out, indent=2))

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from mlxd.cli import build_parser, cli_values
 from mlxd.service import lifecycle
-from mlxd.service.config import resolve
+from mlxd.service.sources import resolve
 from mlxd.transport import sse
 from mlxd.transport.metrics import CONTENT_TYPE
 from mlxd.transport.routing import ANY_PATH

@@ -3,7 +3,10 @@
 One table, ``OPTIONS``, names every setting once: its ``Config`` field, its long flag (which is
 also its config-file key and, upper-cased, its ``MLXD_`` environment variable) and its parser.
 Parsers take a string (CLI, env) or a JSON value (file) and raise ``ValueError`` with a message
-that starts with the offending value; callers prefix where it came from.
+that starts with the offending value; callers prefix where it came from. The table's middle
+(how requests are run: scheduling, memory, weights, KV cache, limits, images, groups) is written
+in serving_options.py and spliced in; sources.py reads the layers (file, env, CLI) and resolves
+them into a ``Config``.
 Stdlib only: ``mlxd --stop`` and ``--print-config`` must answer without importing mlx.
 """
 
@@ -11,17 +14,10 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
-import os
-from collections.abc import Mapping
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any
 
-from mlxd.models.locate import HUB_ID
 from mlxd.service import modelspec
 from mlxd.service.options import (
-    ENV_PREFIX,
     IDLE_NEVER,
     Option,
     auto,
@@ -30,13 +26,12 @@ from mlxd.service.options import (
     idle_seconds,
     integer,
     number,
-    one_of,
     optional,
     size,
     text,
     text_list,
 )
-from mlxd.service.ranks import BACKENDS
+from mlxd.service.serving_options import SERVING_OPTIONS
 
 DEFAULT_HOST = "127.0.0.1"  # local by default: nothing listens beyond this machine unasked
 DEFAULT_PORT = 8000
@@ -59,9 +54,6 @@ DEFAULT_IMAGE_URL_TIMEOUT_S = 10.0  # a remote image must arrive whole within th
 # Stored Responses (store: true) for previous_response_id and GET: a long agent conversation's
 # items are some 100 KB of JSON, so hundreds of turns fit; least recently used out.
 DEFAULT_RESPONSES_STORE_BYTES = 64 * 1024**2
-WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
-CALIBRATE_WHEN = ("idle", "start")  # see mlxd/engine/calibration.py
-KV_BITS = (4, 8)  # of what mx.quantize offers, the widths that keep keys and values useful
 # thinking models: auto/deepseek split the thinking into reasoning_content (mlxd/api/reasoning.py)
 REASONING_FORMATS = ("auto", "deepseek", "none")
 DEFAULT_REASONING_FORMAT = "auto"
@@ -70,9 +62,6 @@ DEFAULT_REASONING_FORMAT = "auto"
 DEFAULT_STEP_TIMEOUT_S = 60.0
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
-ENV_ALIAS_PREFIX = "MLX_SERVER_"  # the seed server's names; MLXD_* wins when both are set
-ENV_CONFIG = ENV_PREFIX + "CONFIG"
-ENV_NOT_SETTINGS = {ENV_CONFIG, "MLXD_BUNDLE"}  # MLXD_BUNDLE: spec/mlxd.spec's build switch
 MASK = "***"
 
 
@@ -237,193 +226,7 @@ OPTIONS = (
         "list",
         "ORIGINS",
     ),
-    Option(
-        "queue_size",
-        "queue-size",
-        integer(1),
-        "requests waiting for the engine before new ones are refused (default %(default)s)",
-        metavar="N",
-    ),
-    Option(
-        "max_batch_size",
-        "max-batch-size",
-        auto(integer(1)),
-        "most requests generated together; 'auto' (the default) picks it from the device and "
-        "the model: 8 on a CPU, on a GPU as many streams of 4096 tokens as its memory holds "
-        "(8-128), logged at start",
-        metavar="N|auto",
-    ),
-    Option(
-        "queue_timeout",
-        "queue-timeout",
-        optional(number(0.0, above=True)),
-        "seconds a request may wait in the queue (default: no limit)",
-        metavar="S",
-    ),
-    Option(
-        "prefill_step_size",
-        "prefill-step-size",
-        auto(integer(1)),
-        "most prompt tokens prefilled per sequence in one step; 'auto' (the default): 512 on "
-        "a CPU, 1024 on a GPU",
-        metavar="N|auto",
-    ),
-    Option(
-        "prefill_batch_size",
-        "prefill-batch-size",
-        auto(integer(1)),
-        "new prompts prefilled together in one step; 'auto' (the default) takes as many as "
-        "the step's token budget holds (--max-step-tokens), up to --max-batch-size",
-        metavar="N|auto",
-    ),
-    Option(
-        "max_step_tokens",
-        "max-step-tokens",
-        auto(integer(16)),
-        "tokens one engine step may compute, decoding streams and prompt chunks together "
-        "(chunked prefill: long prompts are cut to fit beside running streams); 'auto' (the "
-        "default) adapts the prompt share so a step that prefills takes about 2.5 decode "
-        "steps while streams decode, and up to 4096 tokens when more prompts wait than stream",
-        metavar="N|auto",
-    ),
-    Option(
-        "prompt_cache_bytes",
-        "prompt-cache-bytes",
-        size,
-        "KV cache kept for reuse by later prompts with the same prefix; 0 turns it off "
-        "(default 512M)",
-        metavar="BYTES",
-    ),
-    Option(
-        "responses_store_bytes",
-        "responses-store-bytes",
-        size,
-        "memory for stored Responses API responses (store: true), least recently used out; "
-        "0 keeps none (default 64M)",
-        metavar="BYTES",
-    ),
-    Option(
-        "memory_limit",
-        "memory-limit",
-        optional(size),
-        "memory the model and its KV caches may use; requests beyond wait or get 503 "
-        "(default: 90%% of the device's memory)",
-        metavar="BYTES",
-    ),
-    Option(
-        "weights",
-        "weights",
-        choice(WEIGHT_POLICIES),
-        "for a quantized model: keep the quantized weights, a dense copy, or both and pick "
-        "per step by batch size; auto (on a GPU) calibrates and keeps the dense copy only "
-        "where it wins, and serves the quantized weights on a CPU (default %(default)s)",
-    ),
-    Option(
-        "calibrate",
-        "calibrate",
-        choice(CALIBRATE_WHEN),
-        "when to time the quantized weights against their dense copy, the first time a model "
-        "runs on a machine: idle serves at once with a routing known to be safe for the device "
-        "and measures between requests; start measures before ready (default %(default)s)",
-        metavar="WHEN",
-    ),
-    Option(
-        "kv_bits",
-        "kv-bits",
-        optional(one_of(KV_BITS)),
-        "keep the KV cache quantized to 8 or 4 bits (about 1/2 or 1/4 of the memory per "
-        "token, so more streams or longer contexts fit; default: full precision)",
-        metavar="8|4",
-    ),
-    Option(
-        "quantized_kv_start",
-        "quantized-kv-start",
-        integer(0),
-        "with --kv-bits: a batch's KV cache stays in full precision until it holds this many "
-        "tokens (default %(default)s: quantized from the first)",
-        metavar="N",
-    ),
-    Option(
-        "request_timeout",
-        "request-timeout",
-        optional(number(0.0, above=True)),
-        "seconds a request may take in all (default: no limit)",
-        metavar="S",
-    ),
-    Option(
-        "max_images",
-        "max-images-per-request",
-        integer(1),
-        "image parts one request may carry (default %(default)s)",
-        metavar="N",
-    ),
-    Option(
-        "max_image_bytes",
-        "max-image-bytes",
-        size,
-        "largest image accepted, encoded (default 20M)",
-        metavar="BYTES",
-    ),
-    Option(
-        "max_image_pixels",
-        "max-image-pixels",
-        integer(1),
-        "largest image accepted, width x height, checked before decoding (default %(default)s)",
-        metavar="N",
-    ),
-    Option(
-        "allow_image_files",
-        "allow-image-files",
-        text,
-        "accept local image paths (file:// URLs or absolute paths) that resolve inside DIR",
-        metavar="DIR",
-        is_path=True,
-    ),
-    Option(
-        "allow_image_urls",
-        "allow-image-urls",
-        boolean,
-        "fetch http(s) image URLs (within --max-image-bytes and --image-url-timeout)",
-        "bool",
-    ),
-    Option(
-        "image_url_timeout",
-        "image-url-timeout",
-        number(0.0, above=True),
-        "seconds a remote image may take to arrive (default %(default)s)",
-        metavar="S",
-    ),
-    Option(
-        "backend",
-        "backend",
-        choice(BACKENDS),
-        "serve as one rank of an MLX distributed group over ring, jaccl, mpi or nccl; start "
-        "every rank with mlx.launch or --distributed (docs/DISTRIBUTED.md)",
-    ),
-    Option(
-        "pipeline",
-        "pipeline",
-        boolean,
-        "with --backend: give each rank a slice of the layers (pipeline parallel) instead of "
-        "a slice of every layer (tensor parallel, the default)",
-        "bool",
-    ),
-    Option(
-        "distributed",
-        "distributed",
-        text,
-        "start every rank through mlx.launch: HOSTS is its host file, or a number of ranks on "
-        "this machine; needs --backend",
-        metavar="HOSTS",
-    ),
-    Option(
-        "step_timeout",
-        "step-timeout",
-        number(0.0, above=True),
-        "with --backend: seconds a step may take before the group counts as lost (default "
-        "%(default)s)",
-        metavar="S",
-    ),
+    *SERVING_OPTIONS,  # queue-size .. step-timeout: how requests are run (serving_options.py)
     Option(
         "shutdown_timeout",
         "shutdown-timeout",
@@ -537,141 +340,13 @@ def _model_setting(key: str, raw: object) -> tuple[str, object]:
     """One per-model setting of a ``models`` object: (Config field, parsed value)."""
     opt = option_for(key)
     if opt is None:
-        raise ValueError(_unknown(key).removeprefix(f"key {key!r} "))
+        raise ValueError(unknown_key(key).removeprefix(f"key {key!r} "))
     if opt.field in modelspec.FRONT_END_FIELDS:
         raise ValueError("is a setting of the whole server, not of one model")
     return opt.field, opt.parse(raw)
 
 
-def _unknown(key: str) -> str:
+def unknown_key(key: str) -> str:
+    """The error for a key no option has, with the closest flag as a hint."""
     close = difflib.get_close_matches(key.replace("_", "-"), [o.flag for o in OPTIONS], n=1)
     return f"key {key!r} is unknown" + (f" (did you mean {close[0]!r}?)" if close else "")
-
-
-# ----- the layers -----
-
-
-def from_file(path: str) -> dict[str, object]:
-    """Settings from a JSON config file, parsed; errors name the file and the key."""
-    where = f"config file {path}"
-    try:
-        data = json.loads(Path(path).expanduser().read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"{where}: cannot read: {exc.strerror or exc}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{where}: not valid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: expected a JSON object of settings")
-    base = Path(path).expanduser().resolve().parent
-    values: dict[str, object] = {}
-    problems: list[str] = []  # every bad key at once, not one per attempt
-    for key, raw in data.items():
-        opt = option_for(key)
-        if opt is None:
-            problems.append(f"{where}: {_unknown(key)}")
-            continue
-        try:
-            value = _parse(opt, raw, f"{where}: key {key!r}")
-        except ConfigError as exc:
-            problems.append(str(exc))
-            continue
-        if opt.is_path and isinstance(value, tuple):  # models: directories and model objects
-            value = modelspec.rebase(value, base, PATH_FIELDS)
-        elif opt.is_path and value is not None:
-            value = _relative_to(base, str(value), hub_id_ok=opt.field == "model")
-        values[opt.field] = value
-    if problems:
-        raise ConfigError("\n".join(problems))
-    return values
-
-
-def _relative_to(base: Path, value: str, *, hub_id_ok: bool) -> str:
-    """A path in a config file is relative to the file; a model that is not there but reads as a
-    hub id (``ORG/NAME``) stays an id, for mlxd.models.locate to find in the model caches."""
-    path = base / Path(value).expanduser()
-    if hub_id_ok and not path.exists() and HUB_ID.match(value):
-        return value
-    return str(path)
-
-
-def from_env(environ: Mapping[str, str]) -> dict[str, object]:
-    """Settings from MLXD_* (and, below them, MLX_SERVER_*) variables; empty means unset."""
-    known = {opt.env: opt for opt in OPTIONS}
-    values: dict[str, object] = {}
-    for env, opt in known.items():
-        alias = ENV_ALIAS_PREFIX + env[len(ENV_PREFIX) :]
-        for name in (env, alias):
-            if environ.get(name, "").strip():
-                values[opt.field] = _parse(opt, environ[name], name)
-                break
-    return values
-
-
-def env_warnings(environ: Mapping[str, str]) -> list[str]:
-    """MLXD_* variables that are no setting: a typo would otherwise be ignored in silence. (Not
-    an error: build and test tools share the prefix.)"""
-    known = sorted({opt.env for opt in OPTIONS} | ENV_NOT_SETTINGS)
-    out = []
-    for name in sorted(environ):
-        if name.startswith(ENV_PREFIX) and name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            out.append(
-                f"{name} is not a setting; ignored"
-                + (f" (did you mean {close[0]}?)" if close else "")
-            )
-    return out
-
-
-def _parse(opt: Option, raw: object, where: str) -> object:
-    try:
-        return opt.parse(raw)
-    except ValueError as exc:
-        raise ConfigError(f"{where}: {exc}") from None
-
-
-def read_key_file(path: str) -> tuple[str, ...]:
-    """API keys, one per line; blank lines and # comments are skipped."""
-    try:
-        lines = Path(path).expanduser().read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"api key file {path}: cannot read: {exc.strerror or exc}") from None
-    keys = tuple(s for line in lines if (s := line.strip()) and not s.startswith("#"))
-    if not keys:  # an empty file must not silently turn authentication off
-        raise ConfigError(f"api key file {path}: holds no keys")
-    return keys
-
-
-def layers(
-    cli: Mapping[str, object], environ: Mapping[str, str], config_path: str | None = None
-) -> dict[str, Any]:
-    """The settings some layer gives (file, env, CLI; defaults left out), by Config field."""
-    path = config_path or environ.get(ENV_CONFIG, "").strip() or None
-    values: dict[str, Any] = {}  # field -> value of that field's type (each option's parser)
-    if path:
-        values.update(from_file(path))
-    values.update(from_env(environ))
-    values.update(cli)
-    if values.get("api_key_file"):
-        keys = tuple(values.get("api_keys", ())) + read_key_file(str(values["api_key_file"]))
-        values["api_keys"] = tuple(dict.fromkeys(keys))  # merged, first order kept
-    return values
-
-
-def resolve(
-    cli: Mapping[str, object], environ: Mapping[str, str], config_path: str | None = None
-) -> Config:
-    """defaults < file (``config_path`` or $MLXD_CONFIG) < env < CLI (already parsed values)."""
-    values: dict[str, Any] = layers(cli, environ, config_path)  # each value parsed by its Option
-    return Config(**values)
-
-
-def absolute_paths(config: Config) -> Config:
-    """The same settings with paths made absolute (a daemon changes directory to /)."""
-    changes: dict[str, Any] = {}
-    for opt in OPTIONS:
-        value = getattr(config, opt.field)
-        if opt.is_path and isinstance(value, tuple):
-            changes[opt.field] = modelspec.rebase(value, Path.cwd(), PATH_FIELDS)
-        elif opt.is_path and value:
-            changes[opt.field] = os.path.abspath(os.path.expanduser(value))
-    return dataclasses.replace(config, **changes)

@@ -23,7 +23,8 @@ from mlxd.models.group import Group
 from mlxd.models.loader import ModelLoadError
 from mlxd.service import logs
 from mlxd.service.config import Config
-from mlxd.service.run import EXIT_ENGINE_FAILED, engine_settings
+from mlxd.service.run import EXIT_ENGINE_FAILED
+from mlxd.service.wiring import engine_settings
 
 log = logging.getLogger("mlxd")
 

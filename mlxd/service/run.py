@@ -1,5 +1,6 @@
 """Putting it together: listen, write the PID file, load the model, warm up, serve until a signal,
-shut down cleanly, remove the PID file."""
+shut down cleanly, remove the PID file. What each layer is built with (the App, the Server, the
+engine's settings, the weights served) comes from ``Config`` through wiring.py."""
 
 from __future__ import annotations
 
@@ -10,27 +11,21 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Coroutine
-from pathlib import Path
 from typing import Any
 
 from mlxd import STARTED, __version__
-from mlxd.api.app import App, Defaults
-from mlxd.api.images import ImageLimits
-from mlxd.api.responses.store import ResponseStore
-from mlxd.api.routes import PUBLIC_PATHS, QUIET_PATHS, ROUTES
-from mlxd.engine import tuning
+from mlxd.api.app import App
 from mlxd.engine.group import Lockstep
-from mlxd.engine.loop import Engine, EngineSettings
-from mlxd.models import device, loader, shard, weights
+from mlxd.engine.loop import Engine
+from mlxd.models import device, loader, shard
 from mlxd.models.group import Group, GroupError, join
 from mlxd.models.locate import ModelNotFound, locate
-from mlxd.service import lifecycle, logs, ranks
+from mlxd.service import lifecycle, logs, ranks, wiring
 from mlxd.service.config import IDLE_NEVER, Config
 from mlxd.service.lifecycle import EXIT_INTERRUPTED
 from mlxd.service.residency import Residency
 from mlxd.service.startup import Startup
-from mlxd.transport.routing import Routes
-from mlxd.transport.server import Server, ServerSettings
+from mlxd.transport.server import Server
 
 log = logging.getLogger(__name__)
 
@@ -106,7 +101,7 @@ async def run_async(
         return 1
     name = config.served_model_name or found.name
     config = dataclasses.replace(config, model=str(found.path), served_model_name=name)
-    app = _app(config)
+    app = wiring.app_for(config)
     factory, failed = engine_factory or Engine, asyncio.Event()  # failed: the thread died
 
     def load(phases: Startup | None = None):  # again after an idle unload: phases of its own
@@ -115,7 +110,7 @@ async def run_async(
     residency = None
     if config.idle_unload != IDLE_NEVER:
         residency = Residency(app, config.idle_unload, load)
-    server = _server(config, app, residency)
+    server = wiring.server_for(config, app, residency)
     try:
         if config.unix_socket:
             addresses = await server.start_unix(config.unix_socket)
@@ -155,105 +150,6 @@ async def run_async(
             orphan.cancel()
         if pid_file is not None:
             pid_file.remove()
-
-
-def _app(config: Config) -> App:
-    assert config.model is not None  # the command line refuses to serve without one
-    return App(
-        name=config.served_model_name or loader.served_name(config.model or ""),
-        defaults=Defaults(
-            config.max_tokens, config.temperature, config.top_p, config.reasoning_format
-        ),
-        request_timeout=config.request_timeout,
-        image_limits=ImageLimits(
-            config.max_images,
-            config.max_image_bytes,
-            config.max_image_pixels,
-            config.allow_image_files,
-            config.allow_image_urls,
-            config.image_url_timeout,
-        ),
-        responses=ResponseStore(config.responses_store_bytes),
-    )
-
-
-def _server(config: Config, app: App, residency: Residency | None) -> Server:
-    settings = ServerSettings(
-        max_body_bytes=config.max_body_bytes,
-        api_keys=config.api_keys,
-        auth_health=config.auth_health,
-        cors_origins=config.cors_origins,
-    )
-    routes: Routes = ROUTES
-    if residency is not None:  # the model routes (POST) load an unloaded model first
-        routes = {k: residency.guard(h) if k[0] == "POST" else h for k, h in ROUTES.items()}
-    return Server(
-        app,
-        routes,
-        settings,
-        public_paths=PUBLIC_PATHS,
-        quiet_paths=QUIET_PATHS,
-        metrics=app.metrics,
-    )
-
-
-def _scheduling(config: Config, facts: tuning.ModelFacts | None) -> tuning.Scheduling:
-    return tuning.choose(
-        device.device_facts(),
-        facts,
-        max_batch_size=config.max_batch_size,
-        prefill_step_size=config.prefill_step_size,
-    )
-
-
-def auto_settings(config: Config) -> dict:
-    """What the auto settings come to on this machine for ``config.model`` (--print-config)."""
-    try:
-        facts = tuning.file_facts(config.model) if config.model else None
-    except ValueError as exc:
-        return {"error": str(exc)}
-    chosen = _scheduling(config, facts)
-    return {
-        "device": dataclasses.asdict(device.device_facts()),
-        "max_batch_size": chosen.max_batch_size,
-        "prefill_step_size": chosen.prefill_step_size,
-        "max_step_tokens": config.max_step_tokens or "adaptive (see --help)",
-        "memory_share": chosen.memory_share,
-        "why": list(chosen.reasons),
-    }
-
-
-def engine_settings(
-    config: Config, calibration_file: Path | None, loaded: loader.LoadedModel, model
-) -> EngineSettings:
-    """The engine's settings: the auto ones chosen for this device and model (rank 0 and each
-    follower of a group alike; the group then agrees on them, engine/group.py)."""
-    chosen = _scheduling(config, tuning.loaded_facts(model, loaded.config, loaded.context_length))
-    for reason in chosen.reasons:
-        log.info("auto: %s", reason)
-    kv_budget = device.kv_budget(
-        config.memory_limit, config.prompt_cache_bytes, chosen.memory_share
-    )
-    log.info(
-        "memory: %s for KV caches of running requests (prompt cache up to %s)",
-        device.human(kv_budget),
-        device.human(config.prompt_cache_bytes),
-    )
-    return EngineSettings(
-        max_batch_size=chosen.max_batch_size,
-        queue_size=config.queue_size,
-        queue_timeout=config.queue_timeout,
-        prefill_step_size=chosen.prefill_step_size,
-        prefill_batch_size=config.prefill_batch_size,
-        max_step_tokens=config.max_step_tokens,
-        prompt_cache_bytes=config.prompt_cache_bytes,
-        kv_budget_bytes=kv_budget,
-        weights=config.weights,
-        calibrate=config.calibrate,
-        calibration_file=str(calibration_file) if calibration_file else None,
-        kv_bits=config.kv_bits,
-        quantized_kv_start=config.quantized_kv_start,
-    )
 
 
 async def _lifecycle(
@@ -350,7 +246,7 @@ async def _load_phases(
     # A group serves one copy, dense or as stored (shard.load_shard chose): a dense twin would
     # double each rank's share.
     model, kept = (
-        await _in_thread(_weights_for, loaded.model, config, startup)
+        await _in_thread(wiring.weights_for, loaded.model, config, startup)
         if group is None
         else (loaded.model, None)
     )
@@ -366,7 +262,7 @@ async def _load_phases(
     engine = engine_factory(
         model,
         loaded.tokenizer,
-        settings=engine_settings(config, kept, loaded, model),
+        settings=wiring.engine_settings(config, kept, loaded, model),
         on_failure=on_failure,
         on_phase=startup.phase,
         vlm=loaded.vision.model if loaded.vision else None,
@@ -378,34 +274,6 @@ async def _load_phases(
         if not engine.alive or engine.failure:
             why = engine.failure or "the model failed its warm-up generation (see above)"
             raise loader.ModelLoadError(why)
-
-
-def _weights_for(model, config: Config, startup: Startup) -> tuple[object, Path | None]:
-    """The model to serve under ``--weights``, and where its calibration is kept. A kept
-    calibration that found the dense copy never wins is read first, so no dense copy is built
-    only to be dropped (1.6-2.9 s for SmolLM2 on a 2-core CPU)."""
-    if config.weights == "quantized" or not weights.is_quantized(model):
-        return model, None
-    try:  # keyed by the batch limit as configured (0: auto, which resolves alike each start)
-        kept = weights.RoutingStore.default().path(str(config.model), config.max_batch_size or 0)
-    except OSError as exc:
-        log.warning("calibration will not be kept: %s", exc)
-        kept = None
-    routing = weights.RoutingStore.load(kept) if kept is not None else None
-    if config.weights == "auto" and routing is not None and not routing.uses_dense:
-        how = f"kept in {kept}, no dense copy built; delete it to measure again"
-        weights.log_routing(routing, how)
-        return model, None
-    policy = config.weights
-    if policy == "auto" and routing is not None and routing.uses_dense:
-        policy = "both"  # measured here before: kept even on a CPU (where auto serves quantized)
-    served = weights.prepare(
-        model,
-        policy,
-        on_copy=lambda: startup.phase("dense copy"),
-        memory_limit=config.memory_limit,  # a worker of --models: its share
-    )
-    return served, kept if isinstance(served, weights.DualModel) else None
 
 
 async def _in_thread(fn: Callable, *args):

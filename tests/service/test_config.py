@@ -11,15 +11,11 @@ from mlxd.service.config import (
     OPTIONS,
     Config,
     ConfigError,
-    absolute_paths,
-    env_warnings,
-    from_env,
-    from_file,
     integer,
     number,
-    resolve,
     text_list,
 )
+from mlxd.service.sources import absolute_paths, env_warnings, from_env, from_file, resolve
 
 
 def write(tmp_path, obj, name="mlxd.json"):

@@ -11,8 +11,9 @@ from mlxd.cli import build_parser, cli_values
 from mlxd.fleet.catalog import Catalog, CatalogError
 from mlxd.fleet.pool import worker_args
 from mlxd.service import autoconf
-from mlxd.service.config import Config, ConfigError, from_file, option_for, resolve
+from mlxd.service.config import Config, ConfigError, option_for
 from mlxd.service.modelspec import ModelEntry
+from mlxd.service.sources import from_file, resolve
 
 MODELS = option_for("models")
 

@@ -87,7 +87,7 @@ def test_a_kept_quantized_calibration_builds_no_dense_copy(quantized_dir, tmp_pa
     from mlx_lm import load
 
     from mlxd.models import weights
-    from mlxd.service import run
+    from mlxd.service import wiring
     from mlxd.service.config import Config
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
@@ -102,14 +102,14 @@ def test_a_kept_quantized_calibration_builds_no_dense_copy(quantized_dir, tmp_pa
     monkeypatch.setattr(
         weights, "prepare", lambda *a, **kw: built.append(1) or real_prepare(*a, **kw)
     )
-    assert run._weights_for(model, config, Startup()) == (model, None)
+    assert wiring.weights_for(model, config, Startup()) == (model, None)
     assert built == []  # quantized everywhere: no copy to drop
 
     weights.RoutingStore.save(kept, weights.Routing(None, True, table))  # dense prefill wins
-    served, file = run._weights_for(model, config, Startup())
+    served, file = wiring.weights_for(model, config, Startup())
     assert isinstance(served, weights.DualModel) and file == kept and built == [1]
 
-    served, file = run._weights_for(
+    served, file = wiring.weights_for(
         model, dataclasses.replace(config, weights="quantized"), Startup()
     )
     assert served is model and file is None and built == [1]

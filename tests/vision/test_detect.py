@@ -10,6 +10,7 @@ import pytest
 
 from mlxd.models import loader, vlm
 from mlxd.service import config as cfg
+from mlxd.service import sources
 
 from helpers import get_json
 
@@ -69,7 +70,7 @@ def test_text_model_given_an_image_says_it_has_no_vision(tiny_server):
 
 
 def test_image_options_from_every_source():
-    config = cfg.resolve(
+    config = sources.resolve(
         {"max_images": 3},
         {"MLXD_MAX_IMAGE_BYTES": "1M", "MLXD_ALLOW_IMAGE_URLS": "true"},
     )
