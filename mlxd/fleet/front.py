@@ -93,7 +93,7 @@ async def serve(
     stop: asyncio.Event | None = None,
     worker: list[str] | None = None,
 ) -> int:
-    """Serve until SIGTERM/SIGINT (or ``stop``); the hooks as in service/run.py's ``serve``
+    """Serve until SIGTERM/SIGINT (or ``stop``); the hooks as in service/run.py's ``run_async``
     (``on_ready`` once the preloaded models are ready). ``worker``: the command that starts a
     worker (default: this mlxd; tests start a stand-in)."""
     try:
