@@ -4,7 +4,10 @@
     python bench/distributed.py --model DIR --backend nccl --ranks 2 [--concurrency 1,32,64]
 
 For each configuration (``one``: a plain mlxd; ``tensor``: ``--backend B --distributed N``;
-``pipeline``: the same with ``--pipeline``) this starts mlxd, waits for /health, then
+``pipeline``: the same with ``--pipeline``; ``one-dense``: a plain mlxd serving dense weights, for
+the greedy check only: a group on CUDA serves dense weights, while one device's default serves a
+lone sequence from the quantized ones, whose sums round differently) this starts mlxd, waits for
+/health, then
 
 1. greedy identity: the same greedy requests (bench.py's prompts, one at a time and then all at
    once) whose texts must match the one-device run's, word for word;
@@ -14,8 +17,10 @@ For each configuration (``one``: a plain mlxd; ``tensor``: ``--backend B --distr
 
 ``--memory-limit`` (per rank) is passed to every configuration that lists it in ``--limited``,
 and ``--refusal-check`` also starts one plain mlxd under that limit to show what happens to a
-model that does not fit one rank. Results go to --out as JSON (written after each configuration,
-so a run cut short keeps what it measured) and a summary to stdout.
+model that does not fit one rank. Each configuration has ``--mode-timeout`` seconds, start
+included: one that hangs or fails keeps what it measured and the next one starts. Results go
+to --out as JSON and the summary to its .txt twin, both written after each configuration, and
+the summary to stdout.
 """
 
 from __future__ import annotations
@@ -38,7 +43,10 @@ MODES = {
     "one": [],
     "tensor": ["--distributed", "{ranks}", "--backend", "{backend}"],
     "pipeline": ["--distributed", "{ranks}", "--backend", "{backend}", "--pipeline"],
+    "one-dense": ["--weights", "dense"],
 }
+IDENTITY_ONLY = {"one-dense"}  # configurations that only give greedy replies to compare with
+REFERENCES = ("one", "one-dense")
 IDENTITY_PROMPTS = 4  # bench prompts 9000.. (no overlap with the timed rounds' prompts)
 IDENTITY_TOKENS = 64
 
@@ -62,12 +70,12 @@ async def identity(port: int, timeout: float) -> dict:
     return {"alone": alone, "together": list(together)}
 
 
-async def measure(srv: bench.ServerProcess, plan: dict, max_tokens: int, args) -> dict:
-    out: dict = {"levels": {}}
+async def measure(srv: bench.ServerProcess, plan: dict, max_tokens: int, args, out: dict) -> None:
+    """Fill ``out`` as the measurements come (a timeout keeps what came before it)."""
     out["startup"] = await bench.wait_ready(srv, False, args.startup_timeout)
     bench.log(f"{srv.name}: ready after {out['startup']['ready_s']:.1f}s")
     out["identity"] = await identity(srv.port, args.request_timeout)
-    for level in plan["levels"]:
+    for level in [] if srv.name in IDENTITY_ONLY else plan["levels"]:
         c = level["concurrency"]
         for indices in level["warmup"]:
             await bench.run_round(srv.port, indices, max_tokens, args.request_timeout)
@@ -86,7 +94,6 @@ async def measure(srv: bench.ServerProcess, plan: dict, max_tokens: int, args) -
     if status == 200:
         st = json.loads(body)
         out["memory"], out["group"] = st.get("memory"), st.get("group")
-    return out
 
 
 def stop_group(srv: bench.ServerProcess, result: dict) -> float | None:
@@ -113,7 +120,9 @@ def common_prefix(a: str, b: str) -> int:
 
 def mlxd_command(args, mode: str, port: int, limited: bool) -> list[str]:
     cmd = [sys.executable, "-m", "mlxd", args.model, "--port", str(port)]
-    cmd += ["--max-batch-size", str(args.max_batch_size), "--weights", args.weights]
+    cmd += ["--max-batch-size", str(args.max_batch_size)]
+    if "--weights" not in MODES[mode]:
+        cmd += ["--weights", args.weights]
     cmd += [a.format(ranks=args.ranks, backend=args.backend) for a in MODES[mode]]
     if limited and args.memory_limit:
         cmd += ["--memory-limit", args.memory_limit]
@@ -127,12 +136,15 @@ def run_mode(args, mode: str, plan: dict, log_dir: Path) -> dict:
     bench.log(f"starting {mode}: {' '.join(cmd)}")
     srv.start()
     started = time.perf_counter()
+    result: dict = {"levels": {}}
     try:
-        result = asyncio.run(measure(srv, plan, args.max_tokens, args))
+        work = measure(srv, plan, args.max_tokens, args, result)
+        asyncio.run(asyncio.wait_for(work, args.mode_timeout))
         result["stop_s"] = stop_group(srv, result)
     except Exception as e:
-        bench.log(f"{mode} FAILED: {e}\n{srv.log_tail()}")
-        result = {"error": str(e), "log_tail": srv.log_tail(40)}
+        why = f"timed out after {args.mode_timeout:.0f}s" if isinstance(e, TimeoutError) else e
+        bench.log(f"{mode} FAILED: {why}\n{srv.log_tail()}")
+        result.update(error=str(why), log_tail=srv.log_tail(40))
     finally:
         srv.stop()
     result["cmd"], result["wall_s"] = cmd, time.perf_counter() - started
@@ -172,19 +184,11 @@ def summary(res: dict) -> str:
     one = res["modes"].get("one", {})
     for mode, r in res["modes"].items():
         if "error" in r:
-            lines.append(f"{mode}: FAILED {r['error'][:200]}")
-            continue
-        for k in ("alone", "together"):
-            base = one.get("identity", {}).get(k) or []
-            mine = r["identity"][k]
-            prefixes = [f"{common_prefix(a, b)}/{len(b)}" for a, b in zip(mine, base, strict=False)]
-            lines.append(
-                f"{mode}: greedy text {k}: identical to one device: {mine == base} "
-                f"(common prefix, chars: {', '.join(prefixes)})"
-            )
+            lines.append(f"{mode}: FAILED {r['error'][:200]} (what it measured before: below)")
+        lines += identity_lines(mode, r, res["modes"])
         if r.get("stop_s") is not None:
             lines.append(f"  the group stopped {r['stop_s']:.1f}s after SIGTERM to rank 0")
-        for c, s in r["levels"].items():
+        for c, s in r.get("levels", {}).items():
             base = one.get("levels", {}).get(c, {})
             ratio = bench.ratio(s["aggregate_tok_s"], base.get("aggregate_tok_s"))
             lines.append(
@@ -195,6 +199,31 @@ def summary(res: dict) -> str:
     if "refusal" in res:
         lines.append(f"one device under --memory-limit {res['memory_limit']}: {res['refusal']}")
     return "\n".join(lines)
+
+
+def identity_lines(mode: str, r: dict, modes: dict) -> list[str]:
+    """How this configuration's greedy replies compare with each one-device reference's."""
+    lines = []
+    for ref in REFERENCES:
+        theirs = modes.get(ref, {}).get("identity")
+        if ref == mode or "identity" not in r or not theirs:
+            continue
+        for k in ("alone", "together"):
+            mine, base = r["identity"][k], theirs[k]
+            prefixes = [f"{common_prefix(a, b)}/{len(b)}" for a, b in zip(mine, base, strict=False)]
+            same = sum(a == b for a, b in zip(mine, base, strict=False))
+            lines.append(
+                f"{mode}: greedy text {k} ({IDENTITY_TOKENS} tokens) vs {ref}: {same}/{len(base)} "
+                f"identical (common prefix, chars: {', '.join(prefixes)})"
+            )
+    return lines
+
+
+def write(out: Path, res: dict) -> str:
+    out.write_text(json.dumps(res, indent=1, default=str))
+    text = summary(res)
+    out.with_suffix(".txt").write_text(text + "\n")
+    return text
 
 
 def main(argv=None) -> int:
@@ -214,6 +243,7 @@ def main(argv=None) -> int:
     p.add_argument("--refusal-check", action="store_true")
     p.add_argument("--startup-timeout", type=float, default=300.0)
     p.add_argument("--request-timeout", type=float, default=300.0)
+    p.add_argument("--mode-timeout", type=float, default=900.0, help="seconds per configuration")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
     out = Path(args.out)
@@ -223,13 +253,10 @@ def main(argv=None) -> int:
     res: dict = {"config": vars(args), "modes": {}, "memory_limit": args.memory_limit}
     for mode in args.modes.split(","):
         res["modes"][mode] = run_mode(args, mode, plan, log_dir)
-        out.write_text(json.dumps(res, indent=1, default=str))
+        write(out, res)
     if args.refusal_check and args.memory_limit:
         res["refusal"] = refusal_check(args, log_dir)
-        out.write_text(json.dumps(res, indent=1, default=str))
-    text = summary(res)
-    (out.with_suffix(".txt")).write_text(text + "\n")
-    print(text, flush=True)
+    print(write(out, res), flush=True)
     return 0
 
 

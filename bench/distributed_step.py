@@ -5,8 +5,11 @@
         bench/distributed_step.py --model DIR --backend nccl --out OUT.json
     python bench/distributed_step.py --model DIR --modes one --out OUT.json   # one device
 
-Within one launch it measures each of ``--modes`` (tensor, pipeline, then one: rank 0 alone with
-the whole model) in each of ``--weights`` (quantized, dense).
+Within one launch it measures each of ``--modes`` (tensor; tensor-bf16: tensor with MLX's own
+sums, the partial products rounded to the model's dtype before the all_sum, where mlxd sums in
+float32; pipeline; then one: rank 0 alone with the whole model) in each of ``--weights``
+(quantized, dense), and says for how many of the ``--greedy`` tokens after a fixed prompt each
+mode agrees with one device.
 
 Each rank loads its share the way mlxd does (``mlxd.models.shard``), fills a KV cache of
 ``--context`` tokens for B sequences, then times ``--steps`` synchronous decode steps (forward,
@@ -78,9 +81,9 @@ def greedy(model, tokens: int) -> list[int]:
     return out
 
 
-def load(a, group, weights: str):
+def load(a, group, weights: str, wide_sums: bool):
     if group is not None:
-        return shard.load_shard(a.model, group, weights).model
+        return shard.load_shard(a.model, group, weights, wide_sums=wide_sums).model
     model = loader.load(a.model).model
     return dequantize_model(model) if weights == "dense" else model
 
@@ -89,13 +92,13 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", required=True)
     p.add_argument("--backend", help="join a group over it (under mlx.launch)")
-    p.add_argument("--modes", default="tensor,pipeline,one", help="'one': rank 0 alone, last")
+    p.add_argument("--modes", default="tensor,tensor-bf16,pipeline,one", help="'one': rank 0 alone")
     p.add_argument("--batches", default="1,32,64")
     p.add_argument("--context", type=int, default=128)
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--weights", default="quantized,dense")
-    p.add_argument("--greedy", type=int, default=32, help="greedy tokens recorded per format")
+    p.add_argument("--greedy", type=int, default=64, help="greedy tokens recorded per format")
     p.add_argument("--out", required=True)
     a = p.parse_args(argv)
     group = None
@@ -104,11 +107,12 @@ def main(argv=None) -> int:
         group = join(a.backend, pipeline=False, expected=expected, step_timeout=60)
     out: dict = {"backend": a.backend, "context": a.context, "rows": [], "greedy_tokens": {}}
     for mode in a.modes.split(","):
-        here = None if mode == "one" else dataclasses.replace(group, mode=mode)
+        split = mode.removesuffix("-bf16")
+        here = None if mode == "one" else dataclasses.replace(group, mode=split)
         if here is None and group is not None and not group.leader:
             continue  # one device: rank 0's alone
         for weights in a.weights.split(","):
-            model = load(a, here, weights)
+            model = load(a, here, weights, wide_sums=split == mode)
             tokens = greedy(model, a.greedy)
             rows = gather(measure(model, a, here), here)
             del model
@@ -117,8 +121,28 @@ def main(argv=None) -> int:
             out["rows"] += [{"mode": mode, "weights": weights, **r} for r in rows]
             show(mode, weights, rows, tokens)
             if group is None or group.leader:
+                out["agreement"] = agreement(out["greedy_tokens"])
                 Path(a.out).write_text(json.dumps(out, indent=1))
+    for line in agreement(out["greedy_tokens"]):
+        print(line, flush=True)
     return 0
+
+
+def agreement(tokens: dict[str, list[int]]) -> list[str]:
+    """Each group mode's greedy tokens against one device's in the same weights."""
+    lines = []
+    for key, mine in tokens.items():
+        mode, weights = key.split(" ")
+        base = tokens.get(f"one {weights}")
+        if mode == "one" or base is None:
+            continue
+        first = next((i for i, (x, y) in enumerate(zip(mine, base, strict=True)) if x != y), None)
+        lines.append(
+            f"greedy {key} vs one {weights}: "
+            + ("identical" if first is None else f"first difference at token {first}")
+            + f" ({len(base)} tokens)"
+        )
+    return lines
 
 
 def measure(model, a, group) -> list[dict]:

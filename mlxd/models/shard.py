@@ -9,6 +9,9 @@ pipeline parallelism a rank needs only the safetensors files that hold its layer
 file is one file that MLX cannot read in parts: each rank loads it whole, then keeps its share
 and lets the rest go.
 
+Tensor parallel's row-sharded projections sum their partial products in float32 and round once
+(``widesum``), so the group's greedy output is one device's.
+
 ``dense`` weights are dequantized before the split (still lazily), so each rank evaluates only
 its dense share: on CUDA, MLX 0.32's quantized matmul is slow past one sequence (an 8B model on
 one H200 decoded 301 tok/s in all at 64 streams quantized; mlxd's default dense twin is what
@@ -27,7 +30,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from mlx_lm.utils import dequantize_model, load_model, load_tokenizer
 
-from mlxd.models import gguf, pipeline, vlm
+from mlxd.models import gguf, pipeline, vlm, widesum
 from mlxd.models.device import device_memory
 from mlxd.models.group import Group
 from mlxd.models.loader import LoadedModel, ModelLoadError, context_length, served_name
@@ -42,11 +45,16 @@ DENSE_SHARE = 0.5  # weights "auto": dense only if a rank's dense share takes at
 
 
 def load_shard(
-    path: str | Path, group: Group, weights: str = "quantized", memory_limit: int | None = None
+    path: str | Path,
+    group: Group,
+    weights: str = "quantized",
+    memory_limit: int | None = None,
+    wide_sums: bool = True,
 ) -> LoadedModel:
     """This rank's share of the model at ``path``; ``weights``: "quantized" (as stored),
     "dense", or "auto" (dense on CUDA where the share fits ``memory_limit`` or the device, see
-    ``dense_pays``)."""
+    ``dense_pays``); ``wide_sums``: tensor parallel's sums in float32 (False: MLX's own, in the
+    model's dtype; for benchmarks that compare the two)."""
     policy = (weights, memory_limit)
     path = Path(path).expanduser()
     start = time.perf_counter()
@@ -55,7 +63,7 @@ def load_shard(
     if path.is_dir() and vlm.vlm_config(path) is not None:
         raise ModelLoadError(f"{path}: a vision-language model is served by one mlxd alone")
     if path.is_dir():
-        model, tokenizer, config = _open_dir(path, group, policy)
+        model, tokenizer, config = _open_dir(path, group, policy, wide_sums)
         fmt = "mlx"
     elif path.suffix.lower() == ".gguf":
         try:
@@ -63,7 +71,7 @@ def load_shard(
         except gguf.UnsupportedModelError as exc:
             raise ModelLoadError(f"{path.name}: {exc}") from exc
         model = _weights(model, group, policy)
-        split(model, config, group)
+        split(model, config, group, wide_sums)
         fmt = "gguf"
     else:
         raise ModelLoadError(f"{path}: expected an MLX model directory or a .gguf file")
@@ -87,7 +95,7 @@ def load_shard(
     )
 
 
-def _open_dir(path: Path, group: Group, policy: tuple[str, int | None]):
+def _open_dir(path: Path, group: Group, policy: tuple[str, int | None], wide_sums: bool):
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path}: no config.json (is this an MLX model directory?)")
     try:
@@ -97,7 +105,7 @@ def _open_dir(path: Path, group: Group, policy: tuple[str, int | None]):
     except (FileNotFoundError, ValueError) as exc:
         raise ModelLoadError(f"{path}: {exc}") from exc
     model = _weights(model, group, policy)
-    split(model, config, group)
+    split(model, config, group, wide_sums)
     _check_files(path, model, group)
     tokenizer = load_tokenizer(path, eos_token_ids=config.get("eos_token_id", None))
     return model, tokenizer, config
@@ -127,8 +135,9 @@ def dense_pays(model, group: Group, memory_limit: int | None) -> bool:
     return dense_bytes / group.size <= DENSE_SHARE * available
 
 
-def split(model, config: dict, group: Group) -> None:
-    """Keep this rank's share of ``model`` (still lazy, or loaded whole from a GGUF)."""
+def split(model, config: dict, group: Group, wide_sums: bool = True) -> None:
+    """Keep this rank's share of ``model`` (still lazy, or loaded whole from a GGUF); with
+    ``wide_sums``, tensor parallel sums its partial products in float32 (see ``widesum``)."""
     if group.mode == "pipeline":
         ours = pipeline.enable(model)
         if not ours and group.backend == "nccl":
@@ -158,6 +167,8 @@ def split(model, config: dict, group: Group) -> None:
                 "try --pipeline"
             )
     model.shard(group.handle)
+    if wide_sums:
+        log.info("rank %d: %d projections sum in float32", group.rank, widesum.widen(model))
 
 
 def _check_files(path: Path, model, group: Group) -> None:
