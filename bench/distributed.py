@@ -246,6 +246,8 @@ def main(argv=None) -> int:
     p.add_argument("--mode-timeout", type=float, default=900.0, help="seconds per configuration")
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
+    # A timeout's SIGTERM unwinds like an error, so each server's finally stops its processes
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     out = Path(args.out)
     log_dir = out.parent / "logs"
     concurrency = [int(x) for x in args.concurrency.split(",")]

@@ -1,71 +1,90 @@
 #!/bin/bash
-# One model on one GPU vs across two (issue 18's measurements), in one go on the 2-GPU machine:
-#   source .whl-b/install.sh && bash bench/distributed_gpu.sh
-# (carry .bench-tok/: tokenizer files of the SmolLM2 export, vocab 49152). Writes under $OUT.
-# BACKEND=ring SHAPE=tiny PY=.venv/bin/python bash bench/distributed_gpu.sh  tries it on a CPU.
+# One model on one GPU vs across two (issue 18's measurements), in one call of at most ~8 minutes
+# on the 2-GPU machine (kind nvidia-h200-x2). MLX travels as in /work/shared/device/README.md:
+#   call 1, carry [".whl-a"]:               bash .whl-a/stage.sh
+#   call 2, carry [".whl-b", ".bench-tok"]: source .whl-b/install.sh && bash bench/distributed_gpu.sh
+# (.bench-tok/: the tokenizer files of the SmolLM2 export, vocab 49152; bench/README.md.)
+# Phases, each with its own time limit, so one that fails or hangs leaves the others' results:
+#   1. model   the random 8B-shape 4-bit llama (bench/make_random_model.py)
+#   2. step    bench/distributed_step.py: a decode step split into compute and collectives, tensor
+#              (float32 sums) vs tensor-bf16 (MLX's own sums) vs pipeline vs one GPU, per batch
+#              size; greedy tokens of each against one GPU's (same dense weights)
+#   3. servers bench/distributed.py: mlxd on one GPU, tensor x2, pipeline x2 (mlx.launch, nccl),
+#              bench.py's workload at 1/32/64 streams (tok/s, TTFT), greedy replies vs one GPU's,
+#              then one GPU serving dense weights (greedy reference for the groups' dense weights)
+# Everything lands under $OUT; progress.txt says what ran and how it ended.
+# On a CPU: BACKEND=ring SHAPE=tiny PY=.venv/bin/python CONC=1,4 TOKENS=16 bash bench/distributed_gpu.sh
 set -u
 OUT=${OUT:-/tmp/distributed-out}
 PY=${PY:-python3}
 BACKEND=${BACKEND:-nccl}
 SHAPE=${SHAPE:-8b}
-LIMIT=${LIMIT:-3584M}          # per rank: the 8B model (4.15 GB) does not fit one rank's share
-BUDGET_S=${BUDGET_S:-470}      # stop starting new phases past this
+BUDGET_S=${BUDGET_S:-450}      # the whole call; no phase starts past it
+MODEL_S=${MODEL_S:-120}        # phase limits, seconds
+STEP_S=${STEP_S:-130}
+MODE_S=${MODE_S:-90}           # per server configuration, start included
+PHASES=${PHASES:-model step servers}
 CONC=${CONC:-1,32,64}
 TOKENS=${TOKENS:-128}
 MODEL=${MODEL:-/tmp/rand-$SHAPE}
-SERVERS=${SERVERS:-1}          # 0: only the step split (and greedy tokens) per mode
-WEIGHTS=${WEIGHTS:-auto}       # mlxd --weights for the servers
-STEP_ARGS=${STEP_ARGS:-}       # more distributed_step.py arguments (--batches, --steps, ...)
-ORDER=${ORDER:-tensor pipeline one}
+WEIGHTS=${WEIGHTS:-auto}       # mlxd --weights for the servers (a group: dense on CUDA if it fits)
+SERVER_MODES=${SERVER_MODES:-one,tensor,pipeline,one-dense}
+STEP_MODES=${STEP_MODES:-tensor,tensor-bf16,pipeline,one}
+STEP_ARGS=${STEP_ARGS:---weights dense --batches 1,32,64 --steps 8 --warmup 2 --greedy 64}
+LIMIT=${LIMIT:-}               # e.g. 3584M: --memory-limit per rank for the groups (then quantized)
 mkdir -p "$OUT"
 # The machine keeps NVLink multicast off (KINDS.md); say so again for every process started here.
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 t0=$(date +%s)
 left() { echo $((BUDGET_S - ($(date +%s) - t0))); }
-say() { echo "[gpu $(( $(date +%s) - t0 ))s] $*" | tee -a "$OUT/progress.txt"; }
-launch() { "$PY" -c "import sys; from mlx._distributed_utils.launch import main; sys.argv[0]='mlx.launch'; main()" "$@"; }
-
-{ nvidia-smi -L; "$PY" -c 'import mlx.core as mx, mlx_lm; print("mlx", mx.__version__, "mlx-lm", mlx_lm.__version__)'; } > "$OUT/machine.txt" 2>&1
-say "machine: $(tr '\n' ' ' < "$OUT/machine.txt")"
-if [ ! -f "$MODEL/config.json" ]; then
-  "$PY" bench/make_random_model.py --shape "$SHAPE" --bits 4 --tokenizer-from .bench-tok \
-    --out "$MODEL" > "$OUT/model.json" 2> "$OUT/model.err" || { say "model build failed"; cat "$OUT/model.err"; exit 1; }
-fi
-say "model: $(cat "$OUT/model.json" 2>/dev/null)"
-
-# 1. servers: one GPU, tensor parallel, pipeline parallel (bench.py's workload), then one GPU
-#    under the per-rank memory limit.
-if [ "$SERVERS" = 1 ]; then
-  say "servers (left $(left)s)"
-  timeout $(( $(left) - 90 )) "$PY" bench/distributed.py --model "$MODEL" --backend "$BACKEND" --ranks 2 \
-    --concurrency "$CONC" --max-tokens "$TOKENS" --memory-limit "$LIMIT" --refusal-check \
-    --weights "$WEIGHTS" --out "$OUT/servers.json" > "$OUT/servers.stdout" 2> "$OUT/servers.stderr"
-  say "servers rc=$?"; cat "$OUT/servers.stdout"; tail -5 "$OUT/servers.stderr"
-fi
-
-# 2. where a step goes: compute vs collectives, per batch size.
-step() {  # name, then launcher arguments or nothing
-  local name=$1; shift
-  [ "$(left)" -gt 40 ] || { say "no time left for step/$name"; return; }
-  if [ "$name" = one ]; then
-    timeout $(( $(left) - 5 )) "$PY" bench/distributed_step.py --model "$MODEL" $STEP_ARGS \
-      --out "$OUT/step-$name.json" > "$OUT/step-$name.stdout" 2>&1
-  else
-    # a free port of its own: mlx.launch's fixed default could meet another group's
-    local port portflag=--starting-port
-    port=$("$PY" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])')
-    [ "$BACKEND" = nccl ] && portflag=--nccl-port
-    timeout $(( $(left) - 5 )) bash -c "$(declare -f launch); PY=$PY; launch --backend $BACKEND -n 2 --hosts 127.0.0.1 \
-      $portflag $port --python $PY -- bench/distributed_step.py --model $MODEL --backend $BACKEND $* \
-      $STEP_ARGS --out $OUT/step-$name.json" > "$OUT/step-$name.stdout" 2>&1
-  fi
-  say "step/$name rc=$?"; grep -v '^\[' "$OUT/step-$name.stdout" | tail -12
+say() { echo "[gpu $(($(date +%s) - t0))s] $*" | tee -a "$OUT/progress.txt"; }
+limit() { # the smaller of a phase's limit and what is left of the call
+  local l; l=$(left); [ "$1" -lt "$l" ] && echo "$1" || echo "$l"
 }
-for mode in $ORDER; do
-  case $mode in
-    tensor) step tensor ;;
-    pipeline) step pipeline --pipeline ;;
-    one) step one ;;
-  esac
-done
+free_port() { "$PY" -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }
+launch() { "$PY" -c "import sys; from mlx._distributed_utils.launch import main; sys.argv[0]='mlx.launch'; main()" "$@"; }
+wants() { [[ " $PHASES " == *" $1 "* ]]; }
+
+{ nvidia-smi -L; "$PY" -c 'import mlx.core as mx, mlx_lm; print("mlx", mx.__version__, "mlx-lm", mlx_lm.__version__, mx.default_device())'; } > "$OUT/machine.txt" 2>&1
+git log -1 --format='mlxd %h %s' >> "$OUT/machine.txt" 2>/dev/null
+say "machine: $(tr '\n' ' ' < "$OUT/machine.txt" | cut -c1-300)"
+
+if wants model && [ ! -f "$MODEL/config.json" ]; then
+  timeout "$(limit "$MODEL_S")" "$PY" bench/make_random_model.py --shape "$SHAPE" --bits 4 \
+    --tokenizer-from .bench-tok --out "$MODEL" > "$OUT/model.json" 2> "$OUT/model.err"
+  say "model rc=$? $(cat "$OUT/model.json" 2>/dev/null | cut -c1-300)"
+fi
+[ -f "$MODEL/config.json" ] || { say "no model at $MODEL: nothing to measure"; exit 1; }
+
+if wants step; then
+  if [ "$(left)" -gt 40 ]; then
+    portflag=--starting-port; [ "$BACKEND" = nccl ] && portflag=--nccl-port
+    # shellcheck disable=SC2086  # STEP_ARGS is a list of arguments
+    timeout "$(limit "$STEP_S")" bash -c "$(declare -f launch); PY=$PY; launch --backend $BACKEND \
+      -n 2 --hosts 127.0.0.1 $portflag $(free_port) --python $PY -- bench/distributed_step.py \
+      --model $MODEL --backend $BACKEND --modes $STEP_MODES $STEP_ARGS --out $OUT/step.json" \
+      > "$OUT/step.log" 2>&1
+    rc=$?
+    # each rank prints the same lines; one copy of rank 0's is enough
+    say "step rc=$rc"; grep -E 'greedy .* vs |batch' "$OUT/step.log" | sort -u | tee -a "$OUT/progress.txt"
+  else
+    say "no time left for the step phase"
+  fi
+fi
+
+if wants servers; then
+  n=$(echo "$SERVER_MODES" | tr ',' '\n' | wc -l)
+  if [ "$(left)" -gt 60 ]; then
+    limited=(); [ -n "$LIMIT" ] && limited=(--memory-limit "$LIMIT")
+    # the per-mode limits inside; the outer one only in case the script itself hangs
+    timeout "$(limit $((n * MODE_S + 30)))" "$PY" bench/distributed.py --model "$MODEL" \
+      --backend "$BACKEND" --ranks 2 --modes "$SERVER_MODES" --concurrency "$CONC" \
+      --max-tokens "$TOKENS" --rounds 2 --warmup-rounds 1 --weights "$WEIGHTS" "${limited[@]}" \
+      --mode-timeout "$MODE_S" --out "$OUT/servers.json" > "$OUT/servers.stdout" 2> "$OUT/servers.stderr"
+    say "servers rc=$?"; cat "$OUT/servers.txt" 2>/dev/null | tee -a "$OUT/progress.txt"
+    tail -5 "$OUT/servers.stderr"
+  else
+    say "no time left for the servers"
+  fi
+fi
 say "done"

@@ -52,12 +52,21 @@ NO_COMM = {
 }
 
 
-def step_time(model, batch: int, context: int, steps: int, warmup: int) -> float:
+def prefill(model, prompt: mx.array) -> tuple[list, float]:
+    """A fresh KV cache filled with ``prompt`` (B x context tokens), and the seconds it took."""
+    t = time.perf_counter()
     cache = make_prompt_cache(model)
+    mx.eval(model(prompt, cache=cache)[:, -1, :], [c.state for c in cache])
+    return cache, time.perf_counter() - t
+
+
+def step_time(model, batch: int, context: int, steps: int, warmup: int) -> tuple[float, float]:
+    """The median decode step and the second of two prefills of B x context tokens (the first
+    one compiles)."""
     vocab = model.args.vocab_size
     prompt = mx.random.randint(0, vocab, (batch, context))
-    model(prompt, cache=cache)
-    mx.eval([c.state for c in cache])
+    prefill(model, prompt)
+    cache, prefill_s = prefill(model, prompt)
     y = mx.random.randint(0, vocab, (batch, 1))
     times = []
     for i in range(warmup + steps):
@@ -67,7 +76,7 @@ def step_time(model, batch: int, context: int, steps: int, warmup: int) -> float
         if i >= warmup:
             times.append(time.perf_counter() - t)
     times.sort()
-    return times[len(times) // 2]  # median: one slow step (a compile) must not skew it
+    return times[len(times) // 2], prefill_s  # median: one slow step must not skew it
 
 
 def greedy(model, tokens: int) -> list[int]:
@@ -148,15 +157,23 @@ def agreement(tokens: dict[str, list[int]]) -> list[str]:
 def measure(model, a, group) -> list[dict]:
     rows = []
     for b in [int(x) for x in a.batches.split(",")]:
-        real = step_time(model, b, a.context, a.steps, a.warmup)
+        real, fill = step_time(model, b, a.context, a.steps, a.warmup)
         for name, fn in NO_COMM.items():
             setattr(mx.distributed, name, fn)
         try:
-            alone = step_time(model, b, a.context, a.steps, a.warmup) if group else real
+            alone = step_time(model, b, a.context, a.steps, a.warmup)[0] if group else real
         finally:
             for name, fn in REAL.items():
                 setattr(mx.distributed, name, fn)
-        rows.append({"batch": b, "step_s": real, "compute_s": alone})
+        rows.append(
+            {
+                "batch": b,
+                "context": a.context,
+                "step_s": real,
+                "compute_s": alone,
+                "prefill_s": fill,
+            }
+        )
     return rows
 
 
@@ -180,7 +197,8 @@ def show(mode: str, weights: str, rows: list[dict], tokens: list[int]) -> None:
         extra = f", collectives {r['comm_s'] * 1e3:.2f} ms" if "comm_s" in r else ""
         print(
             f"{mode} {weights}: batch {r['batch']}: step {r['step_s'] * 1e3:.2f} ms "
-            f"({r['batch'] / r['step_s']:.0f} tok/s), compute {r['compute_s'] * 1e3:.2f} ms{extra}",
+            f"({r['batch'] / r['step_s']:.0f} tok/s), compute {r['compute_s'] * 1e3:.2f} ms{extra}; "
+            f"prefill of {r['batch']}x{r['context']} {r['prefill_s'] * 1e3:.1f} ms",
             flush=True,
         )
     print(f"{mode} {weights}: greedy {tokens}", flush=True)

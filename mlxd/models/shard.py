@@ -42,6 +42,9 @@ _LAYER = re.compile(r"(?:^|\.)layers\.(\d+)\.")  # as sharded_load matches check
 # Config keys whose values tensor parallelism divides among the ranks.
 DIVIDED = ("num_attention_heads", "num_key_value_heads", "intermediate_size")
 DENSE_SHARE = 0.5  # weights "auto": dense only if a rank's dense share takes at most this much
+# Tensor parallel keeps o_proj and down_proj dense in float32 (widesum): ~35% of a llama's
+# weights at twice the bytes.
+WIDE_GROWTH = 1.35
 
 
 def load_shard(
@@ -131,6 +134,8 @@ def dense_pays(model, group: Group, memory_limit: int | None) -> bool:
     params: list[tuple[str, mx.array]] = tree_flatten(model.parameters())  # type: ignore[assignment]
     codes = sum(v.size for k, v in params if not k.endswith(("scales", "biases")))
     dense_bytes = codes * 8 * 2  # at most 8 4-bit codes per packed element, 2 bytes each dense
+    if group.mode == "tensor":
+        dense_bytes *= WIDE_GROWTH
     available = memory_limit or device_memory() or 0
     return dense_bytes / group.size <= DENSE_SHARE * available
 

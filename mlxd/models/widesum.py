@@ -11,9 +11,12 @@ Here the partial product is computed and summed in float32 and rounded to the mo
 after the bias: what is left of the difference is float32's summation order, far below one bf16
 ulp. The cost: the activations are cast to float32 (decode: a few KB per layer; the all_sum moves
 twice the bytes). A quantized matmul reads its packed weights as before and returns float32 for a
-float32 input; a dense matmul casts its bf16 weight slice to float32 first (MLX promotes the
-types), which reads and writes that slice once more per call. The collectives stay in the step's
-one graph: nothing here evaluates.
+float32 input. A dense matmul of a float32 input with a bf16 weight would cast the weight to
+float32 at every call (MLX promotes both operands): reading and writing the slice twice more per
+step. So a dense slice is kept in float32 instead, converted once at load: these two projections
+are about a third of a llama's weights, so a rank's dense share grows by about that much, and a
+step reads those weights at twice the bytes (bf16 values are exact in float32, and in the TF32 a
+GPU may multiply them in). The collectives stay in the step's one graph: nothing here evaluates.
 """
 
 from __future__ import annotations
@@ -33,7 +36,8 @@ def _reduce(layer: nn.Module, partial: mx.array, dtype: mx.Dtype) -> mx.array:
 
 
 class WideShardedToAllLinear(nn.ShardedToAllLinear):
-    """``ShardedToAllLinear`` whose partial product and sum are float32."""
+    """``ShardedToAllLinear`` whose weight (``widen`` converts it), partial product and sum are
+    float32."""
 
     def __call__(self, x: mx.array) -> mx.array:
         return _reduce(self, x.astype(WIDE) @ self["weight"].T, x.dtype)
@@ -72,5 +76,7 @@ def widen(model: nn.Module) -> int:
         wide = WIDER.get(type(module))
         if wide is not None:
             module.__class__ = wide
+            if wide is WideShardedToAllLinear:  # see the module's note; lazy, like the split
+                module.weight = module.weight.astype(WIDE)
             turned += 1
     return turned

@@ -41,10 +41,14 @@ def two_ranks(layer: nn.Module, x: mx.array, wide: bool, monkeypatch) -> mx.arra
     return shards[0](halves[0])
 
 
+def bf16(layer: nn.Module) -> nn.Module:
+    layer.set_dtype(mx.bfloat16)
+    return layer
+
+
 def linear(quantized: bool, bias: bool) -> nn.Module:
     mx.random.seed(7)
-    layer = nn.Linear(IN, OUT, bias=bias)
-    layer.set_dtype(mx.bfloat16)
+    layer = bf16(nn.Linear(IN, OUT, bias=bias))
     return nn.QuantizedLinear.from_linear(layer) if quantized else layer
 
 
@@ -84,11 +88,12 @@ def test_only_the_row_sharded_projections_widen():
     group = FakeHandle(0, 2)
     block = nn.Sequential(
         shard_linear(nn.Linear(8, 8), "all-to-sharded", group=group),
-        shard_linear(nn.Linear(8, 8), "sharded-to-all", group=group),
+        shard_linear(bf16(nn.Linear(8, 8)), "sharded-to-all", group=group),
         shard_linear(nn.QuantizedLinear(128, 8), "sharded-to-all", group=group),
     )
     assert widesum.widen(block) == 2
     assert type(block.layers[0]) is nn.AllToShardedLinear
     assert type(block.layers[1]) is widesum.WideShardedToAllLinear
     assert type(block.layers[2]) is widesum.WideQuantizedShardedToAllLinear
+    assert block.layers[1].weight.dtype == mx.float32  # dense: kept wide, not cast per call
     assert widesum.widen(block) == 0  # already wide
