@@ -12,7 +12,6 @@ from pathlib import Path
 
 import mlx.core as mx
 from mlx_lm.tokenizer_utils import TokenizerWrapper
-from mlx_lm.tuner.utils import load_adapters
 from mlx_lm.utils import load as load_mlx_dir
 
 from mlxd.models import gguf, vlm
@@ -127,6 +126,9 @@ def _apply_adapter(model, adapter: str) -> None:
         raise ModelLoadError(
             f"adapter {adapter}: no adapter_config.json (is this an mlx-lm adapter directory?)"
         )
+    # Imported here: mlx-lm's tuner pulls its trainer, rich and more, which only --adapter needs.
+    from mlx_lm.tuner.utils import load_adapters
+
     try:
         load_adapters(model, adapter)
     # mx.load raises RuntimeError for a missing or broken adapters.safetensors.
