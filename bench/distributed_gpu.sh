@@ -2,8 +2,9 @@
 # One model on one GPU vs across two (issue 18's measurements), in one call of at most ~8 minutes
 # on the 2-GPU machine (kind nvidia-h200-x2). MLX travels as in /work/shared/device/README.md:
 #   call 1, carry [".whl-a"]:               bash .whl-a/stage.sh
-#   call 2, carry [".whl-b", ".bench-tok"]: source .whl-b/install.sh && bash bench/distributed_gpu.sh
-# (.bench-tok/: the tokenizer files of the SmolLM2 export, vocab 49152; bench/README.md.)
+#   call 2, carry [".whl-b", ".gpu"]: source .whl-b/install.sh && bash bench/distributed_gpu.sh
+# (TOK: the tokenizer files of the SmolLM2 export, vocab 49152 (bench/README.md): .gpu/tok/ or
+# .bench-tok/, whichever is there; both are git-ignored, so carried.)
 # Phases, each with its own time limit, so one that fails or hangs leaves the others' results:
 #   1. model   the random 8B-shape 4-bit llama (bench/make_random_model.py)
 #   2. step    bench/distributed_step.py: a decode step split into compute and collectives, tensor
@@ -31,6 +32,7 @@ WEIGHTS=${WEIGHTS:-auto}       # mlxd --weights for the servers (a group: dense 
 SERVER_MODES=${SERVER_MODES:-one,tensor,pipeline,one-dense}
 STEP_MODES=${STEP_MODES:-tensor,one,tensor-bf16,pipeline}  # rank 1 waits while rank 0 runs one
 STEP_ARGS=${STEP_ARGS:---weights dense --batches 1,32,64 --steps 8 --warmup 2 --greedy 64}
+TOK=${TOK:-$(for d in .gpu/tok .bench-tok; do [ -f $d/tokenizer.json ] && echo $d && break; done)}
 LIMIT=${LIMIT:-}               # e.g. 3584M: --memory-limit per rank for the groups (then quantized)
 mkdir -p "$OUT"
 # The machine keeps NVLink multicast off (KINDS.md); say so again for every process started here.
@@ -51,7 +53,7 @@ say "machine: $(tr '\n' ' ' < "$OUT/machine.txt" | cut -c1-300)"
 
 if wants model && [ ! -f "$MODEL/config.json" ]; then
   timeout "$(limit "$MODEL_S")" "$PY" bench/make_random_model.py --shape "$SHAPE" --bits 4 \
-    --tokenizer-from .bench-tok --out "$MODEL" > "$OUT/model.json" 2> "$OUT/model.err"
+    --tokenizer-from "${TOK:-.gpu/tok}" --out "$MODEL" > "$OUT/model.json" 2> "$OUT/model.err"
   say "model rc=$? $(cat "$OUT/model.json" 2>/dev/null | cut -c1-300)"
 fi
 [ -f "$MODEL/config.json" ] || { say "no model at $MODEL: nothing to measure"; exit 1; }
