@@ -134,10 +134,9 @@ def dense_pays(model, group: Group, memory_limit: int | None) -> bool:
     params: list[tuple[str, mx.array]] = tree_flatten(model.parameters())  # type: ignore[assignment]
     codes = sum(v.size for k, v in params if not k.endswith(("scales", "biases")))
     dense_bytes = codes * 8 * 2  # at most 8 4-bit codes per packed element, 2 bytes each dense
-    if group.mode == "tensor":
-        dense_bytes *= WIDE_GROWTH
+    growth = WIDE_GROWTH if group.mode == "tensor" else 1.0
     available = memory_limit or device_memory() or 0
-    return dense_bytes / group.size <= DENSE_SHARE * available
+    return dense_bytes * growth / group.size <= DENSE_SHARE * available
 
 
 def split(model, config: dict, group: Group, wide_sums: bool = True) -> None:
