@@ -37,7 +37,13 @@ def follow(config: Config, group: Group) -> int:
     assert config.model is not None  # cli refuses to serve without one
     log.info("rank %d of %d (%s): loading %s", group.rank, group.size, group.backend, config.model)
     try:
-        loaded = shard.load_shard(config.model, group, config.weights, config.memory_limit)
+        loaded = shard.load_shard(
+            config.model,
+            group,
+            config.weights,
+            config.memory_limit,
+            config.tensor_sums == "float32",
+        )
     except ModelLoadError as exc:
         log.error("%s", exc)
         return 1

@@ -48,6 +48,7 @@ FRONT_END_FIELDS = frozenset(
         # One model across several processes is a single-model server's (docs/DISTRIBUTED.md).
         "backend",
         "pipeline",
+        "tensor_sums",
         "distributed",
         "step_timeout",
     }

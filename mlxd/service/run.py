@@ -233,7 +233,12 @@ async def _load_phases(
         loaded = await _in_thread(loader.load, config.model, config.adapter)
     else:
         loaded = await _in_thread(
-            shard.load_shard, config.model, group, config.weights, config.memory_limit
+            shard.load_shard,
+            config.model,
+            group,
+            config.weights,
+            config.memory_limit,
+            config.tensor_sums == "float32",
         )
     log.info(
         "loaded %s (%s%s, context %d) in %.2fs",

@@ -25,6 +25,7 @@ from mlxd.service.ranks import BACKENDS
 
 WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
 CALIBRATE_WHEN = ("idle", "start")  # see mlxd/engine/calibration.py
+TENSOR_SUMS = ("float32", "model")  # widesum.py's exact-as-one-device sums, or MLX's own
 KV_BITS = (4, 8)  # of what mx.quantize offers, the widths that keep keys and values useful
 
 SERVING_OPTIONS = (
@@ -198,6 +199,15 @@ SERVING_OPTIONS = (
         "with --backend: give each rank a slice of the layers (pipeline parallel) instead of "
         "a slice of every layer (tensor parallel, the default)",
         "bool",
+    ),
+    Option(
+        "tensor_sums",
+        "tensor-sums",
+        choice(TENSOR_SUMS),
+        "tensor parallel: float32 sums the ranks' partial products in float32 and rounds once, "
+        "as one device does (the same greedy text; o_proj/down_proj of a dense share kept in "
+        "float32, ~35%% more memory); model sums in the model's dtype (MLX's own: less memory "
+        "and bytes per step, text may part from one device's) (default %(default)s)",
     ),
     Option(
         "distributed",

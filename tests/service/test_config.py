@@ -296,3 +296,10 @@ def test_kv_bits(raw, value):
 def test_kv_bits_errors_name_the_choices():
     with pytest.raises(ConfigError, match="MLXD_KV_BITS: '6' is not one of 4, 8"):
         from_env({"MLXD_KV_BITS": "6"})
+
+
+def test_tensor_sums_choice():
+    assert Config().tensor_sums == "float32"  # the same text as one device, by default
+    assert from_env({"MLXD_TENSOR_SUMS": "model"}) == {"tensor_sums": "model"}
+    with pytest.raises(ConfigError, match="MLXD_TENSOR_SUMS: 'bf16' is not one of float32, model"):
+        from_env({"MLXD_TENSOR_SUMS": "bf16"})
