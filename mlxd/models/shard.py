@@ -45,6 +45,8 @@ DENSE_SHARE = 0.5  # weights "auto": dense only if a rank's dense share takes at
 # Tensor parallel keeps o_proj and down_proj dense in float32 (widesum): ~35% of a llama's
 # weights at twice the bytes.
 WIDE_GROWTH = 1.35
+# --weights, --memory-limit, --tensor-sums float32
+Policy = tuple[str, int | None, bool]
 
 
 def load_shard(
@@ -52,13 +54,13 @@ def load_shard(
     group: Group,
     weights: str = "quantized",
     memory_limit: int | None = None,
-    wide_sums: bool = True,
+    wide_sums: bool = False,
 ) -> LoadedModel:
     """This rank's share of the model at ``path``; ``weights``: "quantized" (as stored),
     "dense", or "auto" (dense on CUDA where the share fits ``memory_limit`` or the device, see
     ``dense_pays``); ``wide_sums``: tensor parallel's sums in float32 (False: MLX's own, in the
     model's dtype; for benchmarks that compare the two)."""
-    policy = (weights, memory_limit)
+    policy = (weights, memory_limit, wide_sums)
     path = Path(path).expanduser()
     start = time.perf_counter()
     if not path.exists():
@@ -98,7 +100,7 @@ def load_shard(
     )
 
 
-def _open_dir(path: Path, group: Group, policy: tuple[str, int | None], wide_sums: bool):
+def _open_dir(path: Path, group: Group, policy: Policy, wide_sums: bool):
     if not (path / "config.json").is_file():
         raise ModelLoadError(f"{path}: no config.json (is this an MLX model directory?)")
     try:
@@ -114,19 +116,20 @@ def _open_dir(path: Path, group: Group, policy: tuple[str, int | None], wide_sum
     return model, tokenizer, config
 
 
-def _weights(model, group: Group, policy: tuple[str, int | None]):
+def _weights(model, group: Group, policy: Policy):
     """The model to split: as stored, or dequantized (lazily: nothing is computed yet)."""
-    weights, memory_limit = policy
+    weights, memory_limit, wide_sums = policy
     params: list[tuple[str, mx.array]] = tree_flatten(model.parameters())  # type: ignore[assignment]
     quantized = any("scales" in k for k, _ in params)
     dense = quantized and (
-        weights == "dense" or (weights != "quantized" and dense_pays(model, group, memory_limit))
+        weights == "dense"
+        or (weights != "quantized" and dense_pays(model, group, memory_limit, wide_sums))
     )
     log.info("rank %d: %s weights", group.rank, "dense" if dense else "stored")
     return dequantize_model(model) if dense else model
 
 
-def dense_pays(model, group: Group, memory_limit: int | None) -> bool:
+def dense_pays(model, group: Group, memory_limit: int | None, wide_sums: bool = False) -> bool:
     """Whether "auto" serves dense weights: on CUDA (see the module's note), when a rank's dense
     share takes at most DENSE_SHARE of its device memory or --memory-limit."""
     if not mx.cuda.is_available():
@@ -134,12 +137,12 @@ def dense_pays(model, group: Group, memory_limit: int | None) -> bool:
     params: list[tuple[str, mx.array]] = tree_flatten(model.parameters())  # type: ignore[assignment]
     codes = sum(v.size for k, v in params if not k.endswith(("scales", "biases")))
     dense_bytes = codes * 8 * 2  # at most 8 4-bit codes per packed element, 2 bytes each dense
-    growth = WIDE_GROWTH if group.mode == "tensor" else 1.0
+    growth = WIDE_GROWTH if wide_sums and group.mode == "tensor" else 1.0
     available = memory_limit or device_memory() or 0
     return dense_bytes * growth / group.size <= DENSE_SHARE * available
 
 
-def split(model, config: dict, group: Group, wide_sums: bool = True) -> None:
+def split(model, config: dict, group: Group, wide_sums: bool = False) -> None:
     """Keep this rank's share of ``model`` (still lazy, or loaded whole from a GGUF); with
     ``wide_sums``, tensor parallel sums its partial products in float32 (see ``widesum``)."""
     if group.mode == "pipeline":

@@ -112,7 +112,7 @@ class Config:
     # One model across several processes (docs/DISTRIBUTED.md).
     backend: str | None = None  # ring, jaccl, mpi or nccl: this process is one rank of a group
     pipeline: bool = False  # split layers across ranks instead of splitting each layer
-    tensor_sums: str = "float32"  # tensor parallel: partial products summed in float32
+    tensor_sums: str = "model"  # tensor parallel: MLX's own sums (float32: closer, slower)
     distributed: str | None = None  # run this command on every rank through mlx.launch
     step_timeout: float = DEFAULT_STEP_TIMEOUT_S
     # Life cycle and logs.

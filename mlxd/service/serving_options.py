@@ -204,10 +204,10 @@ SERVING_OPTIONS = (
         "tensor_sums",
         "tensor-sums",
         choice(TENSOR_SUMS),
-        "tensor parallel: float32 sums the ranks' partial products in float32 and rounds once, "
-        "as one device does (the same greedy text; o_proj/down_proj of a dense share kept in "
-        "float32, ~35%% more memory); model sums in the model's dtype (MLX's own: less memory "
-        "and bytes per step, text may part from one device's) (default %(default)s)",
+        "tensor parallel: model sums the ranks' partial products in the model's dtype (MLX's "
+        "own); float32 sums them in float32 and rounds once, as one device does (text stays "
+        "closer to one device's; 2x H200: steps ~20%% slower, a dense share ~35%% larger) "
+        "(default %(default)s)",
     ),
     Option(
         "distributed",
