@@ -8,6 +8,12 @@ and tok/s, in-process (mlxd's engine, no HTTP).
 Each prompt (bench.py's story prompts) runs greedy for --tokens tokens, all prompts together in
 one batch, once per cache setting. A prompt agrees when its token ids are the same as with the
 full-precision cache; the mean common prefix says how far the others get before they part.
+
+``--reference`` also runs each prompt alone through mlx-lm's own ``generate_step``: full
+precision, its ``QuantizedKVCache`` from the first token (``quantized_kv_start=0``) at each
+--bits and group size 64 and 32, and a full-precision cache whose keys and values are rounded to
+bfloat16 (what a GPU keeps) -- so a disagreement can be told apart from a batch-cache bug: it is
+what quantizing the cache does to this model, whoever does it.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ def main() -> int:
     p.add_argument("--tokens", type=int, default=64)
     p.add_argument("--bits", default="8,4")
     p.add_argument("--out")
+    p.add_argument("--reference", action="store_true", help="also mlx-lm's own caches, alone")
     args = p.parse_args()
 
     sys.path.insert(0, str(ROOT / "bench"))
@@ -107,10 +114,54 @@ def main() -> int:
             f"({entry['tok_s_ratio']:.2f}x); KV {entry['kv_bytes_per_token']} bytes/token "
             f"({entry['kv_ratio']:.2f}x)"
         )
+    if args.reference:
+        bits_list = [int(b) for b in args.bits.split(",") if b]
+        report["reference"] = reference(loaded.model, prompts, args.tokens, bits_list, base["ids"])
+        for name, prefixes in report["reference"].items():
+            same = sum(n == args.tokens for n in prefixes)
+            lines.append(
+                f"  mlx-lm alone, {name:>16}: {same}/{len(prefixes)} identical to mlxd's full "
+                f"precision, mean common prefix {sum(prefixes) / len(prefixes):.1f} tokens"
+            )
     print("\n".join(lines))
     if args.out:
         Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
     return 0
+
+
+def reference(model, prompts, tokens: int, bits_list: list[int], base: list[list[int]]) -> dict:
+    """Common prefixes with ``base`` of mlx-lm's ``generate_step`` run alone per prompt, per cache."""
+    import mlx.core as mx
+    from mlx_lm.generate import generate_step
+    from mlx_lm.models import cache as mlx_cache
+
+    full = mlx_cache.KVCache.update_and_fetch
+
+    def bf16(self, keys, values):
+        dtype = keys.dtype
+        k, v = keys.astype(mx.bfloat16).astype(dtype), values.astype(mx.bfloat16).astype(dtype)
+        return full(self, k, v)
+
+    variants: dict[str, tuple[dict, object]] = {"full precision": ({}, full)}
+    for bits in bits_list:
+        for group in (64, 32):
+            kw = {"kv_bits": bits, "kv_group_size": group, "quantized_kv_start": 0}
+            variants[f"{bits}-bit, group {group}"] = (kw, full)
+    variants["bfloat16 keys/values"] = ({}, bf16)
+    out: dict[str, list[int]] = {}
+    try:
+        for name, (kw, update) in variants.items():
+            mlx_cache.KVCache.update_and_fetch = update  # type: ignore[method-assign]
+            out[name] = [
+                _common(
+                    [int(t) for t, _ in generate_step(mx.array(p), model, max_tokens=tokens, **kw)],
+                    b,
+                )
+                for p, b in zip(prompts, base, strict=True)
+            ]
+    finally:
+        mlx_cache.KVCache.update_and_fetch = full  # type: ignore[method-assign]
+    return out
 
 
 def _common(a: list[int], b: list[int]) -> int:
