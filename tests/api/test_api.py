@@ -207,7 +207,7 @@ def test_health_and_models_answer_during_generation_and_requests_queue(slow_serv
     started = time.monotonic()
     assert get_json(slow_server.url + "/health")[0] == 200
     assert get_json(slow_server.url + "/v1/models")[0] == 200
-    assert time.monotonic() - started < 0.5
+    assert time.monotonic() - started < 5  # not after the 20 s generation
     for w in workers:
         w.join(60)
     assert [results[i][0] for i in range(2)] == [200, 200]

@@ -158,7 +158,7 @@ def test_queue_full_is_429_and_cancel_frees_the_slot_at_once(loaded):
         started = time.monotonic()
         long.job.cancel()
         assert waiting.result(timeout=30)["finished"][0].reason in ("stop", "length")
-        assert time.monotonic() - started < 3  # not after 500 x 20 ms
+        assert time.monotonic() - started < 8  # not after 500 x 20 ms
         assert eng.running_sequences == 0 and eng.waiting_requests == 0
     finally:
         eng.shutdown(5)

