@@ -18,6 +18,7 @@ from mlxd.fleet.catalog import Catalog, CatalogError
 from mlxd.fleet.pool import Limits, Pool, model_plan
 from mlxd.fleet.router import PUBLIC_PATHS, ROUTES, Front
 from mlxd.fleet.workers import Launch, worker_command, worker_env
+from mlxd.models import units
 from mlxd.service import autoconf, lifecycle, logs
 from mlxd.service.config import Config
 from mlxd.service.lifecycle import EXIT_INTERRUPTED
@@ -68,7 +69,7 @@ def _log_plan(pool: Pool, budget: int | None, how: str) -> None:
     most = pool.limits.max_loaded
     log.info(
         "memory budget %s (%s); at most %s loaded at once",
-        autoconf.human(budget),
+        units.human(budget),
         how,
         most if most is not None else "as many as fit",
     )
@@ -77,10 +78,10 @@ def _log_plan(pool: Pool, budget: int | None, how: str) -> None:
         log.info(
             "model %s: weights %s + prompt cache %s + KV room %s -> worker memory limit %s (%s)",
             w.id,
-            autoconf.human(p.weights_bytes),
-            autoconf.human(p.prompt_cache_bytes),
-            autoconf.human(p.kv_bytes),
-            autoconf.human(p.memory_limit),
+            units.human(p.weights_bytes),
+            units.human(p.prompt_cache_bytes),
+            units.human(p.kv_bytes),
+            units.human(p.memory_limit),
             p.source,
         )
 

@@ -186,28 +186,35 @@ async def request(
     return Response(status, fields, reader, writer)
 
 
-async def get_json(socket_path: str, target: str, timeout: float) -> tuple[int, object] | None:
-    """(status, parsed JSON body) of a GET, or None when the worker cannot answer in time."""
+async def _get(socket_path: str, target: str, timeout: float) -> tuple[int, bytes] | None:
+    """(status, body) of a GET, or None when the worker cannot answer in time."""
     try:
         async with asyncio.timeout(timeout):
             resp = await request(socket_path, "GET", target)
             try:
-                data = await resp.body()
+                return resp.status, await resp.body()
             finally:
                 resp.close()
-        return resp.status, json.loads(data) if data else None
-    except (UpstreamError, TimeoutError, ValueError):
+    except (UpstreamError, TimeoutError):
+        return None
+
+
+async def get_json(socket_path: str, target: str, timeout: float) -> tuple[int, object] | None:
+    """(status, parsed JSON body) of a GET, or None when the worker cannot answer in time (or
+    answers with something that is not JSON)."""
+    got = await _get(socket_path, target, timeout)
+    if got is None:
+        return None
+    status, data = got
+    try:
+        return status, json.loads(data) if data else None
+    except ValueError:
         return None
 
 
 async def get_text(socket_path: str, target: str, timeout: float) -> str | None:
-    try:
-        async with asyncio.timeout(timeout):
-            resp = await request(socket_path, "GET", target)
-            try:
-                data = await resp.body()
-            finally:
-                resp.close()
-        return data.decode("utf-8", "replace") if resp.status == 200 else None
-    except (UpstreamError, TimeoutError):
+    """The body of a 200 GET as text, or None."""
+    got = await _get(socket_path, target, timeout)
+    if got is None or got[0] != 200:
         return None
+    return got[1].decode("utf-8", "replace")

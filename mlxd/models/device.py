@@ -12,6 +12,8 @@ from dataclasses import dataclass
 
 import mlx.core as mx
 
+from mlxd.models.units import human
+
 log = logging.getLogger(__name__)
 
 DEVICE_SHARE = 0.9  # of the device's memory, when no --memory-limit is given
@@ -78,17 +80,6 @@ def kv_budget(
         )
         return 0
     return budget
-
-
-def human(nbytes: int | None) -> str:
-    if nbytes is None:
-        return "unlimited"
-    n = float(nbytes)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(n) < 1024:
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024
-    return f"{n:.1f} TiB"
 
 
 def use_kernel_cache(home: str | None = None) -> str | None:

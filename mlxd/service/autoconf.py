@@ -151,14 +151,3 @@ def plan_model(
         return ModelPlan(weights, kv, prompt_cache_bytes, memory_limit, "memory-limit")
     limit = weights + prompt_cache_bytes + int(kv / (1 - ACTIVATION_MARGIN))
     return ModelPlan(weights, kv, prompt_cache_bytes, limit, "auto")
-
-
-def human(n: int | None) -> str:
-    if n is None:
-        return "unlimited"
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if abs(size) < 1024:
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{size:.1f} TiB"

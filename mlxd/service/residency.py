@@ -23,7 +23,7 @@ from pathlib import Path
 import mlx.core as mx
 
 from mlxd.api.app import App
-from mlxd.models import device
+from mlxd.models import units
 from mlxd.transport.errors import UNAVAILABLE, HttpError
 from mlxd.transport.routing import Handler
 
@@ -53,7 +53,7 @@ def trim_heap() -> None:
 
 
 def _human(n: int | None) -> str:
-    return "?" if n is None else device.human(n)
+    return "?" if n is None else units.human(n)
 
 
 class Residency:

@@ -16,7 +16,7 @@ from mlxd.api.responses.store import ResponseStore
 from mlxd.api.routes import PUBLIC_PATHS, QUIET_PATHS, ROUTES
 from mlxd.engine import tuning
 from mlxd.engine.settings import EngineSettings
-from mlxd.models import device, loader, weights
+from mlxd.models import device, loader, units, weights
 from mlxd.service.config import Config
 from mlxd.service.residency import Residency
 from mlxd.service.startup import Startup
@@ -107,8 +107,8 @@ def engine_settings(
     )
     log.info(
         "memory: %s for KV caches of running requests (prompt cache up to %s)",
-        device.human(kv_budget),
-        device.human(config.prompt_cache_bytes),
+        units.human(kv_budget),
+        units.human(config.prompt_cache_bytes),
     )
     return EngineSettings(
         max_batch_size=chosen.max_batch_size,

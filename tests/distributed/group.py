@@ -1,5 +1,6 @@
-"""Starting a group of mlxd ranks on this machine for the tests: MLX's own launcher, the ``ring``
-backend on 127.0.0.1, each rank ``python -m mlxd`` from this checkout."""
+"""Starting a group of mlxd ranks on this machine for the tests (MLX's own launcher, the
+``ring`` backend on 127.0.0.1, each rank ``python -m mlxd`` from this checkout), and a stand-in
+for an ``mx.distributed`` group handle."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from mlxd.service import ranks
 
 from helpers import ROOT, get_json
 
@@ -26,7 +29,7 @@ class Group:
     """``mlx.launch --backend ring -n 2 -- -m mlxd MODEL --backend ring ...`` in a session of
     its own (so that teardown can end the launcher and every rank at once)."""
 
-    def __init__(self, model: Path, tmp: Path, *args: str, ranks: int = 2) -> None:
+    def __init__(self, model: Path, tmp: Path, *args: str, count: int = 2) -> None:
         self.port = free_port()
         self.log_path = tmp / f"group-{self.port}.log"
         launcher = Path(sys.executable).parent / "mlx.launch"
@@ -35,11 +38,11 @@ class Group:
             "--backend",
             "ring",
             "-n",
-            str(ranks),
+            str(count),
             "--hosts",
             "127.0.0.1",
             "--starting-port",
-            str(free_port()),
+            str(ranks.free_ports(count)),
             "--python",
             sys.executable,
             "--",
@@ -87,3 +90,16 @@ class Group:
             os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.wait(10)
         self._log.close()
+
+
+class FakeHandle:
+    """What mlxd and mlx-lm ask of an ``mx.distributed`` group handle: its rank and size."""
+
+    def __init__(self, rank: int, size: int) -> None:
+        self._rank, self._size = rank, size
+
+    def rank(self) -> int:
+        return self._rank
+
+    def size(self) -> int:
+        return self._size

@@ -10,96 +10,16 @@ import json
 import os
 import re
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
-from mlxd.service import ranks
 from mlxd.service.config import Config
 from mlxd.service.run import EXIT_ENGINE_FAILED
 
-from helpers import ROOT, ServerThread, get_json
-
-LAUNCH_TIMEOUT_S = 180  # two ranks import mlx-lm and warm up; slow on a busy 2-core machine
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Group:
-    """``mlx.launch --backend ring -n 2 -- -m mlxd MODEL --backend ring ...`` in a session of
-    its own (so that teardown can end the launcher and every rank at once)."""
-
-    def __init__(self, model: Path, tmp: Path, *args: str, count: int = 2) -> None:
-        self.port = free_port()
-        self.log_path = tmp / f"group-{self.port}.log"
-        launcher = Path(sys.executable).parent / "mlx.launch"
-        command = [
-            str(launcher),
-            "--backend",
-            "ring",
-            "-n",
-            str(count),
-            "--hosts",
-            "127.0.0.1",
-            "--starting-port",
-            str(ranks.free_ports(count)),
-            "--python",
-            sys.executable,
-            "--",
-            "-m",
-            "mlxd",
-            str(model),
-            "--backend",
-            "ring",
-            "--port",
-            str(self.port),
-            "--pid-file",
-            str(tmp / f"mlxd-{self.port}.pid"),
-            "--max-tokens",
-            "16",
-            *args,
-        ]
-        env = dict(
-            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
-        )
-        self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def wait_ready(self) -> Group:
-        deadline = time.monotonic() + LAUNCH_TIMEOUT_S
-        while get_json(self.url + "/health", timeout=5)[0] != 200:
-            assert self.proc.poll() is None, f"the group exited: {self.log()}"
-            assert time.monotonic() < deadline, f"the group never became ready: {self.log()}"
-            time.sleep(0.2)
-        return self
-
-    def rank_pid(self, rank: int) -> int:
-        return get_json(self.url + "/health")[1]["group"]["ranks"][rank]["pid"]
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
-
-    def close(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait(10)
-        self._log.close()
-
+from group import Group
+from helpers import ServerThread, get_json
 
 STEP_TIMEOUT_S = 3.0
 SHUTDOWN_S = 2.0

@@ -14,16 +14,7 @@ from mlxd.models.group import Group, GroupError, join
 from mlxd.models.loader import ModelLoadError
 from mlxd.service import ranks
 
-
-class FakeHandle:
-    def __init__(self, rank: int, size: int) -> None:
-        self._rank, self._size = rank, size
-
-    def rank(self) -> int:
-        return self._rank
-
-    def size(self) -> int:
-        return self._size
+from group import FakeHandle
 
 
 def test_what_the_launcher_says(tmp_path):

@@ -11,18 +11,9 @@ from mlx.nn.layers.distributed import shard_linear
 
 from mlxd.models import widesum
 
+from group import FakeHandle
+
 IN, OUT, ROWS = 2048, 256, 16  # a projection's shape: the input is what the ranks split
-
-
-class FakeHandle:
-    def __init__(self, rank: int, size: int) -> None:
-        self._rank, self._size = rank, size
-
-    def rank(self) -> int:
-        return self._rank
-
-    def size(self) -> int:
-        return self._size
 
 
 def two_ranks(layer: nn.Module, x: mx.array, wide: bool, monkeypatch) -> mx.array:
