@@ -39,6 +39,35 @@ def _neutral(name: str, kind: str, value, words: str) -> Field:
     )
 
 
+# The sampler's fields (api/fields.py parses them into SamplingParams), declared once: chat,
+# completions and the Responses API (responses/body.py) take them alike.
+SAMPLING_FIELDS = (
+    Field(
+        "temperature",
+        "number",
+        "Sampling temperature; 0 is greedy.",
+        0.7,
+        schema={"minimum": 0, "maximum": 2},
+    ),
+    Field(
+        "top_p",
+        "number",
+        "Nucleus sampling mass.",
+        1.0,
+        schema={"exclusiveMinimum": 0, "maximum": 1},
+    ),
+    Field("top_k", "integer", "Extension: sample among the k most likely tokens (0: off).", 0),
+    Field("min_p", "number", "Extension: drop tokens below min_p x the top probability.", 0.0),
+    Field(
+        "repetition_penalty",
+        "number",
+        "Extension: mlx-lm's repetition penalty (1: off).",
+        1.0,
+        schema={"exclusiveMinimum": 0, "maximum": 10},
+    ),
+)
+
+
 # Fields both routes take (``logprobs`` differs: a boolean for chat, a count for completions).
 COMMON = (
     Field("model", "string", "Any id: the one loaded model serves every request.", "mlxd"),
@@ -57,20 +86,7 @@ COMMON = (
         16,
         schema={"minimum": 1},
     ),
-    Field(
-        "temperature",
-        "number",
-        "Sampling temperature; 0 is greedy.",
-        0.7,
-        schema={"minimum": 0, "maximum": 2},
-    ),
-    Field(
-        "top_p",
-        "number",
-        "Nucleus sampling mass.",
-        1.0,
-        schema={"exclusiveMinimum": 0, "maximum": 1},
-    ),
+    *SAMPLING_FIELDS,
     Field(
         "stop",
         ("string", "array"),
@@ -106,15 +122,6 @@ COMMON = (
         "Token id (as a string) -> bias in [-100, 100].",
         {"1": -100},
         schema={"additionalProperties": {"type": "number"}},
-    ),
-    Field("top_k", "integer", "Extension: sample among the k most likely tokens (0: off).", 0),
-    Field("min_p", "number", "Extension: drop tokens below min_p x the top probability.", 0.0),
-    Field(
-        "repetition_penalty",
-        "number",
-        "Extension: mlx-lm's repetition penalty (1: off).",
-        1.0,
-        schema={"exclusiveMinimum": 0, "maximum": 10},
     ),
     Field(
         "response_format",

@@ -3,6 +3,7 @@ validation accepts and what /openapi.json documents (see mlxd/api/fieldtable.py)
 
 from __future__ import annotations
 
+from mlxd.api.bodies import SAMPLING_FIELDS
 from mlxd.api.fieldtable import Body, Field
 
 MAX_METADATA_PAIRS = 16  # OpenAI's limits on metadata
@@ -114,30 +115,8 @@ RESPONSES_BODY = Body(
             64,
             schema={"minimum": 1},
         ),
-        Field(
-            "temperature",
-            "number",
-            "Sampling temperature; 0 is greedy.",
-            0.7,
-            schema={"minimum": 0, "maximum": 2},
-        ),
-        Field(
-            "top_p",
-            "number",
-            "Nucleus sampling mass.",
-            1.0,
-            schema={"exclusiveMinimum": 0, "maximum": 1},
-        ),
+        *SAMPLING_FIELDS,
         Field("seed", "integer", "Extension: same seed, same text.", 7),
-        Field("top_k", "integer", "Extension: sample among the k most likely (0: off).", 0),
-        Field("min_p", "number", "Extension: drop tokens below min_p x the top one.", 0.0),
-        Field(
-            "repetition_penalty",
-            "number",
-            "Extension: mlx-lm's repetition penalty (1: off).",
-            1.0,
-            schema={"exclusiveMinimum": 0, "maximum": 10},
-        ),
         Field("stream", "boolean", "Send semantic events (Server-Sent Events).", False),
         Field(
             "store",
