@@ -55,6 +55,12 @@ _KEYS: dict[str, dict[str, bool]] = {
 
 
 def messages(obj: dict) -> tuple[dict, ...]:
+    return tuple(_message(m, f"messages[{i}]") for i, m in enumerate(message_list(obj)))
+
+
+def message_list(obj: dict) -> list:
+    """A body's ``messages``: there, a non-empty array, within MAX_MESSAGES (chat and the
+    Anthropic Messages API alike; each parses the items its own way)."""
     value = obj.get("messages")
     if value is None:
         raise bad_request("'messages' is required", "messages")
@@ -62,7 +68,7 @@ def messages(obj: dict) -> tuple[dict, ...]:
         raise bad_request("'messages' must be a non-empty array of message objects", "messages")
     if len(value) > MAX_MESSAGES:
         raise bad_request(f"'messages' holds more than {MAX_MESSAGES} messages", "messages")
-    return tuple(_message(m, f"messages[{i}]") for i, m in enumerate(value))
+    return value
 
 
 def _message(msg: Any, where: str) -> dict:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mlxd.api import images
-from mlxd.api.messages import MAX_MESSAGES, kind
+from mlxd.api.messages import kind, message_list
 from mlxd.transport.errors import bad_request
 
 BLOCK_SEPARATOR = "\n\n"
@@ -74,7 +74,7 @@ def conversation(obj: dict, keep_thinking: int | None) -> Conversation:
     """``keep_thinking``: how many of the latest assistant turns keep their thinking (None: all),
     as Anthropic's ``clear_thinking`` context edit counts them."""
     system = system_text(obj.get("system"), "system")
-    turns = _merged([_turn(m, f"messages[{i}]") for i, m in enumerate(_message_list(obj))])
+    turns = _merged([_turn(m, f"messages[{i}]") for i, m in enumerate(message_list(obj))])
     prefill = turns[-1].role == "assistant" and _prefill_text(turns[-1]) != ""
     if turns[-1].role == "assistant" and not prefill:
         turns = turns[:-1]  # an empty final assistant turn continues nothing
@@ -94,17 +94,6 @@ def system_text(value: Any, where: str) -> str | None:
         raise bad_request(f"'{where}' must be a string or an array of text blocks", where)
     blocks = [_block(b, f"{where}[{i}]", "system") for i, b in enumerate(value)]
     return BLOCK_SEPARATOR.join(b.body["text"] for b in blocks)
-
-
-def _message_list(obj: dict) -> list:
-    value = obj.get("messages")
-    if value is None:
-        raise bad_request("'messages' is required", "messages")
-    if not isinstance(value, list) or not value:
-        raise bad_request("'messages' must be a non-empty array of message objects", "messages")
-    if len(value) > MAX_MESSAGES:
-        raise bad_request(f"'messages' holds more than {MAX_MESSAGES} messages", "messages")
-    return value
 
 
 def _turn(msg: Any, where: str) -> Turn:
