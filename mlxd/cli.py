@@ -312,6 +312,9 @@ def _runner(config: Config):
         from mlxd.fleet.front import run as run_front  # no mlx: the workers import it
 
         return run_front
+    from mlxd.service.imports import keep_torch_out
+
+    keep_torch_out()  # before mlx_lm: transformers would import PyTorch for nothing
     from mlxd.service.run import run  # the heavy imports (mlx, mlx_lm) start here
 
     return run

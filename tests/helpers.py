@@ -198,3 +198,26 @@ class Fault:
                 self.armed[point] -= 1
                 self.hits.append(point)
                 raise RuntimeError(f"injected at {point}")
+
+
+def run_job(engine, prompt, **params) -> list:
+    """Submit one job to an engine and wait for its events, the last one not a Delta."""
+    import queue
+
+    from mlxd.engine.loop import Delta, Job, SamplingParams
+
+    events: queue.Queue = queue.Queue()
+    job = Job(prompt, SamplingParams(**params), events.put)
+    engine.submit(job)
+    out = []
+    while True:
+        ev = events.get(timeout=30)
+        out.append(ev)
+        if not isinstance(ev, Delta):
+            return out
+
+
+def text_of(events) -> str:
+    from mlxd.engine.loop import Delta
+
+    return "".join(e.text for e in events if isinstance(e, Delta))

@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 
 from mlx_lm.generate import BatchGenerator
@@ -106,6 +106,7 @@ class Engine:
         self._weights = Weights(model, self.settings)
         self._idle_since = time.monotonic()
         self._cuda = attention.wanted()
+        self._warming: Iterator | None = None  # warm-up paths left for idle time
         # Learnt at warm-up.
         self.vocab_size = 0  # the model's output width
         self.kv_bytes_per_token: int = 0  # what a token costs once the cache is quantized
@@ -244,6 +245,8 @@ class Engine:
         if self._running.seqs:
             self._running.step(self._cuda)
             self._idle_since = time.monotonic()
+        elif self._warming is not None and self._idle_for(IDLE_BEFORE_S):
+            self._warm_next()
         elif self._weights.measuring and self._idle_for(IDLE_BEFORE_S):
             if self._weights.when_idle():  # the dense copy went
                 self._use_weights()
@@ -259,15 +262,42 @@ class Engine:
         # On CUDA there is no quantized attention kernel: caches dequantize for it (kvcache.py).
         new_cache = CacheMaker(self.model, s.kv_bits, s.quantized_kv_start, self._cuda)
         self._running.new_cache = new_cache
-        done = warmup.run(self._running.gen, self.tokenizer, s.prefill_step_size, new_cache)
+        warm = warmup.WarmUpRun(self.tokenizer, s.prefill_step_size, new_cache)
+        done = warm.first(self._running.gen)
         self.vocab_size = done.vocab_size
         self._kv_full_bytes_per_token = self.kv_bytes_per_token = done.kv_bytes_per_token
         how = ""
         if s.kv_bits is not None:
             self.kv_bytes_per_token = done.kv_quantized_bytes_per_token
             how = f", {s.kv_bits}-bit: {self.kv_bytes_per_token} from token {s.quantized_kv_start}"
-        per_token = done.kv_bytes_per_token
-        log.info("warm-up done in %.2fs (KV cache %d bytes/token%s)", done.seconds, per_token, how)
+        facts = f"KV cache {done.kv_bytes_per_token} bytes/token{how}"
+        if s.warm_up == "idle" and self._lockstep is None:
+            self._warming = warm.rest()
+            log.info(
+                "warm-up done in %.2fs for one sequence (%s); the batch paths warm up in idle time",
+                done.seconds,
+                facts,
+            )
+            return
+        seconds = done.seconds + warm.finish(self._running.gen)
+        log.info("warm-up done in %.2fs (%s)", seconds, facts)
+
+    def _warm_next(self) -> None:
+        """One warm-up path left for idle time (the batch generator is idle)."""
+        assert self._warming is not None
+        path = next(self._warming, None)
+        if path is None:
+            self._warming = None
+            log.info("warm-up of the batch paths done")
+            return
+        gen, s = self._running.gen, self.settings
+        # As the pacer left them after the last step: reset to what a path needs.
+        gen.prefill_batch_size, gen.prefill_step_size = s.max_batch_size, s.prefill_step_size
+        try:
+            path(gen)
+        except Exception:
+            self._warming = None  # the engine recovers with a fresh batch generator
+            raise
 
     def _drop_cancelled(self) -> None:
         for orphan in self._running.drop_cancelled():  # their leader went before its first token

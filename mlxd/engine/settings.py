@@ -24,6 +24,7 @@ class EngineSettings:
     kv_budget_bytes: int | None = None  # KV cache bytes all running sequences may hold
     weights: str = "auto"  # see weights.py; with a DualModel: keep both or calibrate
     calibrate: str = "idle"  # with a DualModel: "idle" or "start" (calibration.py)
+    warm_up: str = "idle"  # the batch paths' warm-up: "idle" or "start" (warmup.py)
     solo: bool = True  # a lone sequence decodes outside the batch (solo.py)
     calibration_file: str | None = None  # where a weight-routing calibration is kept/reused
     kv_bits: int | None = None  # quantized KV cache (kvcache.py); None: full precision

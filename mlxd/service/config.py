@@ -99,6 +99,7 @@ class Config:
     memory_limit: int | None = None  # bytes for model + KV; None: from the device
     weights: str = "auto"  # quantized / dense twin / both, per step
     calibrate: str = "idle"  # when the weight routing is measured
+    warm_up: str = "idle"  # when the batch paths warm up (one sequence's always before ready)
     kv_bits: int | None = None  # quantized KV cache (engine/kvcache.py); None: full precision
     quantized_kv_start: int = 0  # tokens a sequence keeps in full precision before that
     request_timeout: float | None = None

@@ -25,6 +25,7 @@ from mlxd.service.ranks import BACKENDS
 
 WEIGHT_POLICIES = ("auto", "quantized", "dense", "both")
 CALIBRATE_WHEN = ("idle", "start")  # see mlxd/engine/calibration.py
+WARM_UP_WHEN = ("idle", "start")  # see mlxd/engine/warmup.py
 TENSOR_SUMS = ("float32", "model")  # widesum.py's exact-as-one-device sums, or MLX's own
 KV_BITS = (4, 8)  # of what mx.quantize offers, the widths that keep keys and values useful
 
@@ -117,6 +118,16 @@ SERVING_OPTIONS = (
         "when to time the quantized weights against their dense copy, the first time a model "
         "runs on a machine: idle serves at once with a routing known to be safe for the device "
         "and measures between requests; start measures before ready (default %(default)s)",
+        metavar="WHEN",
+    ),
+    Option(
+        "warm_up",
+        "warm-up",
+        choice(WARM_UP_WHEN),
+        "when to run the batch paths once (several sequences, sampling, a long prompt chunk, a "
+        "cached prefix), so that no request pays for their first use (a kernel compile on a "
+        "GPU): idle is ready once one sequence runs and warms the rest between requests; start "
+        "runs all before ready (default %(default)s; a group of ranks always does)",
         metavar="WHEN",
     ),
     Option(

@@ -121,6 +121,7 @@ def engine_settings(
         kv_budget_bytes=kv_budget,
         weights=config.weights,
         calibrate=config.calibrate,
+        warm_up=config.warm_up,
         calibration_file=str(calibration_file) if calibration_file else None,
         kv_bits=config.kv_bits,
         quantized_kv_start=config.quantized_kv_start,

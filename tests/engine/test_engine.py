@@ -7,8 +7,11 @@ import queue
 import pytest
 
 from mlxd.api.errors import http_error
-from mlxd.engine.loop import Delta, Engine, Failed, Finished, Job, SamplingParams
+from mlxd.engine.loop import Engine, Failed, Finished, Job, SamplingParams
 from mlxd.engine.textstream import StopScanner
+
+from helpers import run_job as run
+from helpers import text_of
 
 
 @pytest.fixture(scope="module")
@@ -21,22 +24,6 @@ def engine(tiny_model_dir):
     assert eng.ready.wait(30)
     yield eng
     eng.shutdown(5)
-
-
-def run(engine, prompt, **params):
-    events: queue.Queue = queue.Queue()
-    job = Job(prompt, SamplingParams(**params), events.put)
-    engine.submit(job)
-    out = []
-    while True:
-        ev = events.get(timeout=30)
-        out.append(ev)
-        if not isinstance(ev, Delta):
-            return out
-
-
-def text_of(events) -> str:
-    return "".join(e.text for e in events if isinstance(e, Delta))
 
 
 def test_length_finish_counts_tokens(engine):

@@ -1,0 +1,169 @@
+#!/usr/bin/env python3
+"""What a long prompt joining a decoding batch costs, step by step and part by part.
+
+    python bench/join_cost.py --model DIR [--decoding 32] [--long 4] [--long-tokens 1500]
+                              [--chunk 512] [--rows 1] [--dense] [--out FILE]
+
+mlx-lm's ``BatchGenerator`` (what mlxd's engine steps) with ``--decoding`` short sequences
+decoding, then ``--long`` long prompts inserted, prefilled ``--rows`` x ``--chunk`` tokens per
+step beside the decodes (what mlxd's pacer allows), until every long prompt decodes and a few
+sequences finish. Every ``next()`` is timed with a device sync around it, and so are the parts a
+join and a finish run (PromptProcessingBatch.split / .generate, GenerationBatch.extend / .filter,
+the caches' extend / filter), so a slow step says where its time went. ``--dense``: serve the
+dense twin of a quantized model (mlxd's routing on CUDA from batch 2).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import mlx.core as mx
+import importlib
+
+from mlx_lm import load
+
+G = importlib.import_module("mlx_lm.generate")  # the package's 'generate' is a function
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+PARTS: dict[str, list[float]] = collections.defaultdict(list)
+_depth = [0]
+
+
+def timed_part(owner, name: str, label: str) -> None:
+    """Wrap ``owner.name`` so each outermost call is timed with a device sync around it."""
+    original = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        if _depth[0]:
+            return original(*args, **kwargs)
+        mx.synchronize()
+        _depth[0] += 1
+        t = time.perf_counter()
+        try:
+            out = original(*args, **kwargs)
+            mx.synchronize()
+            return out
+        finally:
+            _depth[0] -= 1
+            PARTS[label].append(time.perf_counter() - t)
+
+    setattr(owner, name, wrapper)
+
+
+def install_timers() -> None:
+    timed_part(G.PromptProcessingBatch, "split", "prompt.split (deepcopy + filter)")
+    timed_part(G.PromptProcessingBatch, "generate", "prompt.generate (joiners' first step)")
+    timed_part(G.GenerationBatch, "extend", "generation.extend (caches merged)")
+    timed_part(G.GenerationBatch, "filter", "generation.filter (a finished one out)")
+    timed_part(G.PromptProcessingBatch, "prompt", "prompt.prompt (prefill chunk)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--decoding", type=int, default=32)
+    p.add_argument("--long", type=int, default=4)
+    p.add_argument("--long-tokens", type=int, default=1500)
+    p.add_argument("--short-tokens", type=int, default=40)
+    p.add_argument("--chunk", type=int, default=512)
+    p.add_argument("--rows", type=int, default=1)
+    p.add_argument("--decode-tokens", type=int, default=200)
+    p.add_argument("--dense", action="store_true")
+    p.add_argument("--out", default="")
+    a = p.parse_args()
+
+    model, tok = load(a.model)
+    if a.dense:
+        from mlxd.models.weights import dense_twin
+
+        model = dense_twin(model)
+    vocab = tok.vocab_size
+    install_timers()
+    gen = G.BatchGenerator(
+        model,
+        stop_tokens=[],
+        completion_batch_size=a.decoding + a.long,
+        prefill_batch_size=a.decoding,
+        prefill_step_size=a.chunk,
+    )
+
+    def prompt(n: int, seed: int) -> list[int]:
+        return [(seed * 7919 + i * 31) % (vocab - 10) + 5 for i in range(n)]
+
+    steps: list[dict] = []
+
+    def step(label: str) -> dict:
+        before = {k: len(v) for k, v in PARTS.items()}
+        mx.synchronize()
+        t = time.perf_counter()
+        progress, responses = gen.next()
+        mx.synchronize()
+        ms = (time.perf_counter() - t) * 1e3
+        parts = {k: round(sum(v[before.get(k, 0) :]) * 1e3, 2) for k, v in PARTS.items()}
+        parts = {k: v for k, v in parts.items() if v >= 0.05}
+        joined = sum(1 for r in progress if r.end_of_prompt)
+        prefilling = sum(1 for r in progress if not r.end_of_prompt)
+        finished = sum(1 for r in responses if r.finish_reason is not None)
+        row = {
+            "phase": label,
+            "ms": round(ms, 2),
+            "decoding": len(gen._generation_batch),
+            "joined": joined,
+            "prefilling": prefilling,
+            "finished": finished,
+            "parts": parts,
+        }
+        steps.append(row)
+        return row
+
+    # The decoding batch: short prompts, long budgets, all in at once.
+    gen.insert(
+        [prompt(a.short_tokens, i) for i in range(a.decoding)],
+        max_tokens=[a.decode_tokens + 10 * i for i in range(a.decoding)],
+    )
+    for _ in range(40):  # reach steady decode (compiles, first growth)
+        step("warm")
+    gen.prefill_batch_size = a.rows
+    gen.insert(
+        [prompt(a.long_tokens, 1000 + i) for i in range(a.long)], max_tokens=[64] * a.long
+    )
+    while sum(1 for s in steps if s["phase"] == "long") < 400 and len(gen._generation_batch):
+        row = step("long")
+        if row["decoding"] == a.decoding + a.long and not gen._unprocessed_sequences:
+            if not len(gen._prompt_batch):
+                break
+    for _ in range(a.decode_tokens):  # until some of the short ones finish
+        if not len(gen._generation_batch):
+            break
+        step("tail")
+
+    decode_only = [
+        s["ms"] for s in steps if s["phase"] != "warm" and not (s["joined"] or s["prefilling"] or s["finished"])
+    ]
+    base = statistics.median(decode_only) if decode_only else float("nan")
+    print(f"decode-only step: median {base:.2f} ms over {len(decode_only)} steps")
+    print("steps over 1.5x that:")
+    for s in steps:
+        if s["phase"] != "warm" and s["ms"] > 1.5 * base:
+            print(
+                f"  {s['phase']:5} {s['ms']:8.2f} ms  decoding {s['decoding']:3}  joined "
+                f"{s['joined']}  prefilling {s['prefilling']}  finished {s['finished']}  {s['parts']}"
+            )
+    print("parts (count, median ms, max ms):")
+    for k, v in PARTS.items():
+        print(f"  {k:40} {len(v):4} {statistics.median(v) * 1e3:8.2f} {max(v) * 1e3:8.2f}")
+    if a.out:
+        Path(a.out).write_text(json.dumps({"args": vars(a), "steps": steps}, indent=1))
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()

@@ -1,0 +1,51 @@
+"""PyTorch stays out of a serving process.
+
+mlx-lm's tokenizers come from transformers, and where PyTorch is installed transformers imports
+it on the way to ``AutoTokenizer`` (its generation code, accelerate, scikit-learn and
+torch.distributed with it): 7-8 s of a 12.6 s import of mlxd on the H200 machine's PyTorch
+image (``python -X importtime``), at every start, for a server that never runs a PyTorch model.
+So before mlx-lm is first imported, transformers is told PyTorch is not there: ``USE_TORCH=0``
+(transformers 4 reads it; a value the user set wins) and, for transformers 5, which reads no
+variable, its ``is_torch_available`` / ``is_accelerate_available`` answer False. Tokenizers work
+as they do on a machine without PyTorch (every test here runs that way). ``MLXD_TORCH=1`` leaves
+transformers alone.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+log = logging.getLogger(__name__)
+
+OPT_OUT = "MLXD_TORCH"  # =1: let transformers import PyTorch as usual
+CHECKS = ("is_torch_available", "is_accelerate_available")  # accelerate imports PyTorch
+
+
+def _absent(*_args, **_kwargs) -> bool:
+    return False
+
+
+def keep_torch_out() -> bool:
+    """Call before mlx-lm is first imported; True when transformers was told (False: opted
+    out, PyTorch already imported, or no transformers)."""
+    if os.environ.get(OPT_OUT) == "1" or "torch" in sys.modules:
+        return False
+    for name in ("USE_TORCH", "USE_TF", "USE_FLAX"):
+        os.environ.setdefault(name, "0")
+    try:
+        from transformers.utils import import_utils  # light: no PyTorch behind it
+    except Exception:  # noqa: BLE001 - no transformers, or one that fails here: leave it
+        return False
+    originals = {getattr(import_utils, name, None) for name in CHECKS} - {None}
+    # Modules that imported a check by name hold their own reference: replace those too. The
+    # ones imported later read transformers.utils, replaced here.
+    for module_name, module in list(sys.modules.items()):
+        if module is None or not module_name.startswith("transformers"):
+            continue
+        for name in CHECKS:
+            if getattr(module, name, None) in originals:
+                setattr(module, name, _absent)
+    log.debug("transformers told that PyTorch is absent (%s=1 to allow it)", OPT_OUT)
+    return True
