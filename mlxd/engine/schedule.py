@@ -45,6 +45,14 @@ EMA = 0.25  # weight of the newest timing in the adaptive budget's running avera
 # prefill steps of 120-210 ms beside 29 ms decode steps).
 DECODE_SAMPLES = 15
 MAX_ADJUST = 2.0  # the adaptive budget changes by at most this factor per step
+# A prefill step whose cost per prompt token is this many times the median of the recent ones
+# is an outlier (a first-use kernel compile, a cache growing), not the device's pace: it does not
+# move the budget. On an H200 (8B) four such steps (120-166 ms for 75-98 tokens beside 32
+# decodes, against 25-30 ms for 512 tokens elsewhere) shrank the budget from 102 to 78 tokens,
+# and 16 long prompts then took 15.9 s to their first token.
+OUTLIER_COST = 4.0
+COST_SAMPLES = 15  # recent per-token prefill costs kept to judge a new one
+MIN_COST_SAMPLES = 3  # judged only once this many are known
 
 
 @dataclass(frozen=True)
@@ -60,6 +68,7 @@ class StepBudget:
         self.fixed = fixed
         self.tokens = float(START_TOKENS)  # adaptive budget while streams decode
         self._decodes: collections.deque[float] = collections.deque(maxlen=DECODE_SAMPLES)
+        self._costs: collections.deque[float] = collections.deque(maxlen=COST_SAMPLES)
 
     @property
     def decode_s(self) -> float | None:
@@ -91,6 +100,13 @@ class StepBudget:
             return  # nothing to compare with, not a throttled step, or too little to judge
         allowed = (TARGET_STEP_RATIO - 1) * decode_s
         spent = max(seconds - decode_s, 1e-6)
+        # Judged against the recent costs, then kept among them: a pace that lasts (a slower
+        # device, longer contexts) becomes the median within a few steps and teaches again.
+        cost, costs = spent / prefilled, list(self._costs)
+        self._costs.append(cost)
+        if len(costs) >= MIN_COST_SAMPLES and cost > OUTLIER_COST * statistics.median(costs):
+            log.debug("prefill step of %.0f ms for %d tokens: an outlier", seconds * 1e3, prefilled)
+            return
         scaled = prefilled * allowed / spent
         scaled = min(max(scaled, self.tokens / MAX_ADJUST), self.tokens * MAX_ADJUST)
         self.tokens = min(

@@ -79,6 +79,25 @@ def test_one_slow_decode_step_does_not_open_the_budget():
     assert budget.decode_s == pytest.approx(0.010)
 
 
+def test_an_outlier_prefill_step_does_not_shrink_the_budget():
+    """A first-use compile makes one step ten times slower per token: the budget learnt from
+    the steps before stays; a device that is slow at every step still teaches it."""
+    budget = StepBudget()
+    budget.observe(0.010, 8, 0, 0)
+
+    def steady(n: int, per_token: float) -> None:
+        for _ in range(n):
+            tokens = budget.prefill_tokens(8, 1)
+            budget.observe(0.010 + tokens * per_token, 8, tokens, tokens)
+
+    steady(30, 0.00005)
+    learnt = budget.prefill_tokens(8, 1)
+    budget.observe(0.010 + learnt * 0.0005, 8, learnt, learnt)  # ten times the cost
+    assert budget.prefill_tokens(8, 1) == learnt
+    steady(40, 0.0005)  # the device really is that slow now: the budget follows
+    assert budget.prefill_tokens(8, 1) < learnt / 5
+
+
 def test_adaptive_budget_grows_where_prefill_is_cheap():
     budget = StepBudget()
     budget.observe(0.010, 8, 0, 0)
