@@ -41,11 +41,14 @@ def keep_torch_out() -> bool:
     originals = {getattr(import_utils, name, None) for name in CHECKS} - {None}
     # Modules that imported a check by name hold their own reference: replace those too. The
     # ones imported later read transformers.utils, replaced here.
+    # Their own namespaces only: an attribute lookup on transformers' lazy modules imports
+    # whatever the name maps to (on the H200 image that ran into a vision model's module).
     for module_name, module in list(sys.modules.items()):
         if module is None or not module_name.startswith("transformers"):
             continue
+        namespace = vars(module)
         for name in CHECKS:
-            if getattr(module, name, None) in originals:
-                setattr(module, name, _absent)
+            if namespace.get(name) in originals:
+                namespace[name] = _absent
     log.debug("transformers told that PyTorch is absent (%s=1 to allow it)", OPT_OUT)
     return True
