@@ -6,7 +6,8 @@ torch.distributed with it): 7-8 s of a 12.6 s import of mlxd on the H200 machine
 image (``python -X importtime``), at every start, for a server that never runs a PyTorch model.
 So before mlx-lm is first imported, transformers is told PyTorch is not there: ``USE_TORCH=0``
 (transformers 4 reads it; a value the user set wins) and, for transformers 5, which reads no
-variable, its ``is_torch_available`` / ``is_accelerate_available`` answer False. Tokenizers work
+variable, its ``is_torch_available``, ``is_accelerate_available`` and
+``is_torchvision_available`` answer False. Tokenizers work
 as they do on a machine without PyTorch (every test here runs that way). ``MLXD_TORCH=1`` leaves
 transformers alone.
 """
@@ -20,7 +21,9 @@ import sys
 log = logging.getLogger(__name__)
 
 OPT_OUT = "MLXD_TORCH"  # =1: let transformers import PyTorch as usual
-CHECKS = ("is_torch_available", "is_accelerate_available")  # accelerate imports PyTorch
+# Each of these would import PyTorch: accelerate and torchvision do themselves (transformers 5.17
+# loads torchvision.io while it loads a tokenizer, through its image and video utilities).
+CHECKS = ("is_torch_available", "is_accelerate_available", "is_torchvision_available")
 
 
 def _absent(*_args, **_kwargs) -> bool:
