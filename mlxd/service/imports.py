@@ -1,9 +1,11 @@
 """PyTorch stays out of a serving process.
 
 mlx-lm's tokenizers come from transformers, and where PyTorch is installed transformers imports
-it on the way to ``AutoTokenizer`` (its generation code, accelerate, scikit-learn and
-torch.distributed with it): 7-8 s of a 12.6 s import of mlxd on the H200 machine's PyTorch
-image (``python -X importtime``), at every start, for a server that never runs a PyTorch model.
+it on the way to a tokenizer (transformers 5.17 on the H200 machine's PyTorch image: through
+torchvision, which its image and video utilities load; older ones through their generation code,
+accelerate, scikit-learn): there ``import mlxd.service.run`` and a tokenizer took 10.7 s with
+PyTorch and 4.3 s without (``python -X importtime``), at every start, for a server that never
+runs a PyTorch model; an 8B model's second start went from 10.8 to 5.2 s.
 So before mlx-lm is first imported, transformers is told PyTorch is not there: ``USE_TORCH=0``
 (transformers 4 reads it; a value the user set wins) and, for transformers 5, which reads no
 variable, its ``is_torch_available``, ``is_accelerate_available`` and
