@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -190,20 +191,31 @@ def _string(value: Any, where: str) -> str:
 
 
 def tools(obj: dict) -> tuple[dict, ...]:
+    return tool_list(obj, _tool, MAX_TOOLS, "function tools", "function.name")
+
+
+def tool_list(
+    obj: dict,
+    parse_one: Callable[[Any, str], dict],
+    limit: int,
+    what: str,
+    name_at: str,
+) -> tuple[dict, ...]:
+    """A body's 'tools' array (chat, Responses, Anthropic Messages), each tool turned by
+    ``parse_one(tool, where)`` into a chat function (name, description, parameters): absent is
+    none; at most ``limit``; names unique (a duplicate is reported at ``tools[i].<name_at>``)."""
     value = obj.get("tools")
     if value is None:
         return ()
     if not isinstance(value, list):
-        raise bad_request("'tools' must be an array of function tools", "tools")
-    if len(value) > MAX_TOOLS:
-        raise bad_request(f"'tools' takes at most {MAX_TOOLS} tools", "tools")
+        raise bad_request(f"'tools' must be an array of {what}", "tools")
+    if len(value) > limit:
+        raise bad_request(f"'tools' takes at most {limit} tools", "tools")
     out, names = [], set()
     for i, tool in enumerate(value):
-        function = _tool(tool, f"tools[{i}]")
+        function = parse_one(tool, f"tools[{i}]")
         if function["name"] in names:
-            raise bad_request(
-                f"two tools are named {function['name']!r}", f"tools[{i}].function.name"
-            )
+            raise bad_request(f"two tools are named {function['name']!r}", f"tools[{i}].{name_at}")
         names.add(function["name"])
         out.append({"type": "function", "function": function})
     return tuple(out)

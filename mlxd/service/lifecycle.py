@@ -105,8 +105,13 @@ def update_pid_file(pid_file: daemon.PidFile | None, **changes) -> None:
 def install_signal_handlers(stop: asyncio.Event, pid_file: daemon.PidFile | None) -> None:
     """The first SIGTERM/SIGINT shuts down gracefully; a second one leaves at once."""
     loop = asyncio.get_running_loop()
+    received: list[str] = []
 
     def first(signame: str) -> None:
+        if received:  # a second signal the loop took before the handlers below were swapped
+            second(signal.Signals[signame], None)
+            return
+        received.append(signame)
         log.info("%s received: finishing in-flight requests (again to quit now)", signame)
         stop.set()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -79,6 +79,8 @@ def test_fields_are_honoured():
         ({"input": "x", "tools": [{**WEATHER, "name": "bad name"}]}, "tools[0].name"),
         ({"input": "x", "tools": [{**WEATHER, "extra": 1}]}, "tools[0].extra"),
         ({"input": "x", "tools": [WEATHER, WEATHER]}, "tools[1].name"),
+        ({"input": "x", "tools": 5}, "tools"),
+        ({"input": "x", "tools": {"type": "function"}}, "tools"),
         ({"input": "x", "tool_choice": "required"}, "tool_choice"),
         ({"input": "x", "tool_choice": {"type": "file_search"}}, "tool_choice"),
         (

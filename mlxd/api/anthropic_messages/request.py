@@ -26,7 +26,7 @@ from mlxd.api.anthropic_messages.body import (
 )
 from mlxd.api.fields import MAX_STOP_CHARS, Fields, Sampling, parse_object
 from mlxd.api.fieldtable import Body
-from mlxd.api.messages import ToolChoice, kind, refuse_unknown
+from mlxd.api.messages import ToolChoice, kind, refuse_unknown, tool_list
 from mlxd.api.schema import ChatRequest, ResponseFormat, compile_grammar
 from mlxd.transport.errors import bad_request
 
@@ -160,21 +160,7 @@ def _stop_sequences(obj: dict) -> tuple[str, ...]:
 
 
 def _tools(obj: dict) -> tuple[dict, ...]:
-    value = obj.get("tools")
-    if value is None:
-        return ()
-    if not isinstance(value, list):
-        raise bad_request("'tools' must be an array of tool definitions", "tools")
-    if len(value) > MAX_TOOLS:
-        raise bad_request(f"'tools' takes at most {MAX_TOOLS} tools", "tools")
-    out, names = [], set()
-    for i, tool in enumerate(value):
-        function = _tool(tool, f"tools[{i}]")
-        if function["name"] in names:
-            raise bad_request(f"two tools are named {function['name']!r}", f"tools[{i}].name")
-        names.add(function["name"])
-        out.append({"type": "function", "function": function})
-    return tuple(out)
+    return tool_list(obj, _tool, MAX_TOOLS, "tool definitions", "name")
 
 
 def _tool(tool: Any, where: str) -> dict:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 from mlxd.api.fieldtable import Body
-from mlxd.api.messages import MAX_TOOLS, NAME_PATTERN, ToolChoice, kind
+from mlxd.api.messages import MAX_TOOLS, NAME_PATTERN, ToolChoice, kind, tool_list
 from mlxd.api.responses.body import (
     INPUT_TOKENS_BODY,
     MAX_METADATA_KEY_CHARS,
@@ -143,16 +143,7 @@ TOOL_NEUTRAL = {
 
 
 def _tools(obj: dict) -> tuple[dict, ...]:
-    value = obj.get("tools") or []
-    if len(value) > MAX_TOOLS:
-        raise bad_request(f"'tools' takes at most {MAX_TOOLS} tools", "tools")
-    out: list[dict] = []
-    for i, tool in enumerate(value):
-        function = _tool(tool, f"tools[{i}]")
-        if any(t["function"]["name"] == function["name"] for t in out):
-            raise bad_request(f"two tools are named {function['name']!r}", f"tools[{i}].name")
-        out.append({"type": "function", "function": function})
-    return tuple(out)
+    return tool_list(obj, _tool, MAX_TOOLS, "function tools", "name")
 
 
 def _tool(tool: Any, where: str) -> dict:
