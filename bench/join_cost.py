@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import importlib
 import json
 import statistics
 import sys
@@ -25,8 +26,6 @@ import time
 from pathlib import Path
 
 import mlx.core as mx
-import importlib
-
 from mlx_lm import load
 
 G = importlib.import_module("mlx_lm.generate")  # the package's 'generate' is a function
@@ -132,9 +131,7 @@ def main() -> None:
     for _ in range(40):  # reach steady decode (compiles, first growth)
         step("warm")
     gen.prefill_batch_size = a.rows
-    gen.insert(
-        [prompt(a.long_tokens, 1000 + i) for i in range(a.long)], max_tokens=[64] * a.long
-    )
+    gen.insert([prompt(a.long_tokens, 1000 + i) for i in range(a.long)], max_tokens=[64] * a.long)
     while sum(1 for s in steps if s["phase"] == "long") < 400 and len(gen._generation_batch):
         row = step("long")
         if row["decoding"] == a.decoding + a.long and not gen._unprocessed_sequences:
@@ -146,7 +143,9 @@ def main() -> None:
         step("tail")
 
     decode_only = [
-        s["ms"] for s in steps if s["phase"] != "warm" and not (s["joined"] or s["prefilling"] or s["finished"])
+        s["ms"]
+        for s in steps
+        if s["phase"] != "warm" and not (s["joined"] or s["prefilling"] or s["finished"])
     ]
     base = statistics.median(decode_only) if decode_only else float("nan")
     print(f"decode-only step: median {base:.2f} ms over {len(decode_only)} steps")
