@@ -22,6 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
+import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
@@ -42,7 +43,7 @@ from mlxd.engine.kvcache import CacheMaker
 from mlxd.engine.placement import Placement
 from mlxd.engine.running import Running
 from mlxd.engine.sampling import SamplingParams
-from mlxd.engine.schedule import Pacer, StepBudget
+from mlxd.engine.schedule import CPU_START_TOKENS, START_TOKENS, Pacer, StepBudget
 from mlxd.engine.settings import EngineSettings
 
 # Re-exported: callers and tests import these from here.
@@ -106,6 +107,7 @@ class Engine:
         self._weights = Weights(model, self.settings)
         self._idle_since = time.monotonic()
         self._cuda = attention.wanted()
+        self._gpu = mx.default_device() == mx.gpu
         self._warming: Iterator | None = None  # warm-up paths left for idle time
         # Learnt at warm-up.
         self.vocab_size = 0  # the model's output width
@@ -200,7 +202,7 @@ class Engine:
         """A fresh batch generator and pacer: nothing may run in the old ones."""
         s = self.settings
         self._running.pacer = Pacer(
-            StepBudget(s.max_step_tokens),
+            StepBudget(s.max_step_tokens, START_TOKENS if self._gpu else CPU_START_TOKENS),
             s.prefill_step_size,
             min(s.prefill_batch_size or s.max_batch_size, s.max_batch_size),
         )

@@ -37,7 +37,11 @@ UNTHROTTLED_TOKENS = 4096
 # prefill; above 2, because a prefill forward reads every weight once whatever its length (on an
 # H200, 8B: 128 tokens dense took 15-19 ms against 7-10 ms for a decode step).
 TARGET_STEP_RATIO = 2.5
-START_TOKENS = 256  # the adaptive budget before anything was timed
+START_TOKENS = 256  # the adaptive budget before anything was timed, on a GPU
+# On a CPU a prompt token beside decoding streams costs far more: SmolLM2 on this project's 2-core
+# CPU took ~30 s for a first 256-token chunk beside 8 streams whose decode step took 1.2 s (the
+# decoders' inter-token p99 was 25x their p50). There the budget starts at the bottom and grows.
+CPU_START_TOKENS = MIN_PREFILL_TOKENS
 SLOW_STEP_S = 0.1  # a step this long is logged (debug) with what it did
 EMA = 0.25  # weight of the newest timing in the adaptive budget's running average
 # A decode step's time is the median of the last few decode-only steps: one slow step (a batch
@@ -62,11 +66,12 @@ class StepPlan:
 
 
 class StepBudget:
-    """Prompt tokens per step: ``fixed`` (--max-step-tokens) or adaptive (None)."""
+    """Prompt tokens per step: ``fixed`` (--max-step-tokens) or adaptive (None), from
+    ``start`` tokens."""
 
-    def __init__(self, fixed: int | None = None) -> None:
+    def __init__(self, fixed: int | None = None, start: int = START_TOKENS) -> None:
         self.fixed = fixed
-        self.tokens = float(START_TOKENS)  # adaptive budget while streams decode
+        self.tokens = float(start)  # adaptive budget while streams decode
         self._decodes: collections.deque[float] = collections.deque(maxlen=DECODE_SAMPLES)
         self._costs: collections.deque[float] = collections.deque(maxlen=COST_SAMPLES)
 

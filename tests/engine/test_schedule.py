@@ -43,6 +43,8 @@ def test_adaptive_budget_is_open_when_nothing_needs_protecting():
     assert budget.prefill_tokens(decoding=0, waiting=3) == schedule.UNTHROTTLED_TOKENS
     assert budget.prefill_tokens(decoding=2, waiting=3) == schedule.UNTHROTTLED_TOKENS
     assert budget.prefill_tokens(decoding=8, waiting=3) == schedule.START_TOKENS
+    cpu = StepBudget(start=schedule.CPU_START_TOKENS)  # a CPU starts at the bottom
+    assert cpu.prefill_tokens(decoding=8, waiting=3) == schedule.MIN_PREFILL_TOKENS
 
 
 def test_adaptive_budget_converges_to_the_target_ratio():
