@@ -27,6 +27,7 @@ from pathlib import Path
 
 from mlxd.fleet import upstream
 from mlxd.fleet.catalog import ModelCard
+from mlxd.service import imports
 from mlxd.service.autoconf import ModelPlan
 
 log = logging.getLogger(__name__)
@@ -58,9 +59,12 @@ def worker_command() -> list[str]:
 
 def worker_env() -> dict[str, str]:
     """Our environment without mlxd settings: a worker's come on its command line alone (an
-    ``MLXD_MODELS`` it inherited would make it a front end itself)."""
+    ``MLXD_MODELS`` it inherited would make it a front end itself). ``MLXD_TORCH`` is no setting
+    and stays (service/imports.py)."""
     prefixes = ("MLXD_", "MLX_SERVER_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(prefixes)}
+    return {
+        k: v for k, v in os.environ.items() if not k.startswith(prefixes) or k == imports.OPT_OUT
+    }
 
 
 def exit_reason(code: int) -> str:

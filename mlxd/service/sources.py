@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from mlxd.models.locate import HUB_ID
-from mlxd.service import modelspec
+from mlxd.service import imports, modelspec
 from mlxd.service.config import (
     OPTIONS,
     PATH_FIELDS,
@@ -31,7 +31,8 @@ from mlxd.service.options import ENV_PREFIX, Option
 
 ENV_ALIAS_PREFIX = "MLX_SERVER_"  # the seed server's names; MLXD_* wins when both are set
 ENV_CONFIG = ENV_PREFIX + "CONFIG"
-ENV_NOT_SETTINGS = {ENV_CONFIG, "MLXD_BUNDLE"}  # MLXD_BUNDLE: spec/mlxd.spec's build switch
+# MLXD_BUNDLE: spec/mlxd.spec's build switch; MLXD_TORCH: service/imports.py's opt-out
+ENV_NOT_SETTINGS = {ENV_CONFIG, "MLXD_BUNDLE", imports.OPT_OUT}
 
 
 def from_file(path: str) -> dict[str, object]:

@@ -85,3 +85,14 @@ def test_kill_9_mid_stream(front):
     assert reply.model == "alpha"
     alpha = status_of(front, "alpha")
     assert alpha["state"] == "ready" and alpha["loads"] == 2 and alpha["pid"] != victim
+
+
+def test_a_worker_inherits_no_setting_but_the_pytorch_opt_out(monkeypatch):
+    from mlxd.fleet.workers import worker_env
+
+    monkeypatch.setenv("MLXD_MODELS", "/models")
+    monkeypatch.setenv("MLX_SERVER_PORT", "9")
+    monkeypatch.setenv("MLXD_TORCH", "1")
+    env = worker_env()
+    assert "MLXD_MODELS" not in env and "MLX_SERVER_PORT" not in env
+    assert env["MLXD_TORCH"] == "1"

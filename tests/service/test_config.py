@@ -199,6 +199,7 @@ def test_unknown_variables_are_ignored_with_a_warning():
         "MLXD_PROT": "1",
         "MLXD_CONFIG": "c.json",
         "MLXD_BUNDLE": "onedir",
+        "MLXD_TORCH": "1",  # service/imports.py's opt-out: no setting, no warning
         "MLXD_PORT": "1",
         "MLX_SERVER_WAIT_SECONDS": "9",
     }  # other tools use MLX_SERVER_ too
