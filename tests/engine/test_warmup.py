@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
@@ -12,6 +11,7 @@ from mlxd.engine.loop import Engine, EngineSettings
 
 from helpers import run_job as run
 from helpers import text_of
+from routerkit import wait_for
 
 
 @pytest.fixture
@@ -45,13 +45,6 @@ def _engine(tiny_model_dir, when: str, ready: list) -> Engine:
     return engine
 
 
-def _wait_for(condition, seconds: float = 60) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return condition()
-
-
 def test_start_runs_every_path_before_ready(tiny_model_dir, paths):
     seen, ready = paths
     engine = _engine(tiny_model_dir, "start", ready)
@@ -76,7 +69,7 @@ def test_idle_is_ready_after_one_sequence_and_warms_the_rest_between_requests(
         greedy = text_of(run(engine, [1, 2, 3], max_tokens=6, temperature=0.0))
         assert greedy and seen == []
         monkeypatch.setattr(loop, "IDLE_BEFORE_S", 0.0)  # now idle
-        assert _wait_for(lambda: len(seen) == 2)
+        wait_for(lambda: len(seen) == 2, what="the idle warm-up paths")
         assert seen == [("group of 2", True), ("cached prefix", True)]
         # The batch is idle and intact after the warm-up: the same request, the same text.
         assert text_of(run(engine, [1, 2, 3], max_tokens=6, temperature=0.0)) == greedy
