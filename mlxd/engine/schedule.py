@@ -107,9 +107,10 @@ class StepBudget:
         spent = max(seconds - decode_s, 1e-6)
         # Judged against the recent costs, then kept among them: a pace that lasts (a slower
         # device, longer contexts) becomes the median within a few steps and teaches again.
-        cost, costs = spent / prefilled, list(self._costs)
+        cost = spent / prefilled
+        usual = statistics.median(self._costs) if len(self._costs) >= MIN_COST_SAMPLES else None
         self._costs.append(cost)
-        if len(costs) >= MIN_COST_SAMPLES and cost > OUTLIER_COST * statistics.median(costs):
+        if usual is not None and cost > OUTLIER_COST * usual:
             log.debug("prefill step of %.0f ms for %d tokens: an outlier", seconds * 1e3, prefilled)
             return
         scaled = prefilled * allowed / spent

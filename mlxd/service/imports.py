@@ -6,12 +6,12 @@ torchvision, which its image and video utilities load; older ones through their 
 accelerate, scikit-learn): there ``import mlxd.service.run`` and a tokenizer took 10.7 s with
 PyTorch and 4.3 s without (``python -X importtime``), at every start, for a server that never
 runs a PyTorch model; an 8B model's second start went from 10.8 to 5.2 s.
+
 So before mlx-lm is first imported, transformers is told PyTorch is not there: ``USE_TORCH=0``
 (transformers 4 reads it; a value the user set wins) and, for transformers 5, which reads no
-variable, its ``is_torch_available``, ``is_accelerate_available`` and
-``is_torchvision_available`` answer False. Tokenizers work
-as they do on a machine without PyTorch (every test here runs that way). ``MLXD_TORCH=1`` leaves
-transformers alone.
+variable, its ``is_torch_available``, ``is_accelerate_available`` and ``is_torchvision_available``
+answer False. Tokenizers work as they do on a machine without PyTorch (every test here runs that
+way). ``MLXD_TORCH=1`` leaves transformers alone.
 """
 
 from __future__ import annotations
@@ -44,10 +44,10 @@ def keep_torch_out() -> bool:
     except Exception:  # noqa: BLE001 - no transformers, or one that fails here: leave it
         return False
     originals = {getattr(import_utils, name, None) for name in CHECKS} - {None}
-    # Modules that imported a check by name hold their own reference: replace those too. The
-    # ones imported later read transformers.utils, replaced here.
-    # Their own namespaces only: an attribute lookup on transformers' lazy modules imports
-    # whatever the name maps to (on the H200 image that ran into a vision model's module).
+    # Every transformers module imported so far that holds a check by name (transformers.utils
+    # among them, which later imports read), replaced in its own namespace: an attribute lookup
+    # on transformers' lazy modules imports whatever the name maps to (on the H200 image, a
+    # vision model's module that needs PyTorch).
     for module_name, module in list(sys.modules.items()):
         if module is None or not module_name.startswith("transformers"):
             continue
