@@ -2,7 +2,8 @@
 """What a long prompt joining a decoding batch costs, step by step and part by part.
 
     python bench/join_cost.py --model DIR [--decoding 32] [--long 4] [--long-tokens 1500]
-                              [--chunk 512] [--rows 1] [--dense] [--out FILE]
+                              [--chunk 512] [--chunks 98,84,...] [--rows 1] [--dense]
+                              [--attention] [--rowfilter] [--out FILE]
 
 mlx-lm's ``BatchGenerator`` (what mlxd's engine steps) with ``--decoding`` short sequences
 decoding, then ``--long`` long prompts inserted, prefilled ``--rows`` x ``--chunk`` tokens per
@@ -10,7 +11,10 @@ step beside the decodes (what mlxd's pacer allows), until every long prompt deco
 sequences finish. Every ``next()`` is timed with a device sync around it, and so are the parts a
 join and a finish run (PromptProcessingBatch.split / .generate, GenerationBatch.extend / .filter,
 the caches' extend / filter), so a slow step says where its time went. ``--dense``: serve the
-dense twin of a quantized model (mlxd's routing on CUDA from batch 2).
+dense twin of a quantized model (mlxd's routing on CUDA from batch 2); ``--attention``: mlxd's
+prefill attention (engine/attention.py, what the engine installs on CUDA); ``--chunks``: cycle the
+prefill chunk through these sizes step by step, as the adaptive budget moves (new shapes);
+``--rowfilter``: mlxd's one-copy filter for finished sequences (engine/rowfilter.py).
 """
 
 from __future__ import annotations
@@ -75,7 +79,10 @@ def main() -> None:
     p.add_argument("--chunk", type=int, default=512)
     p.add_argument("--rows", type=int, default=1)
     p.add_argument("--decode-tokens", type=int, default=200)
+    p.add_argument("--chunks", default="", help="comma-separated chunk sizes to cycle through")
     p.add_argument("--dense", action="store_true")
+    p.add_argument("--attention", action="store_true")
+    p.add_argument("--rowfilter", action="store_true")
     p.add_argument("--out", default="")
     a = p.parse_args()
 
@@ -84,6 +91,15 @@ def main() -> None:
         from mlxd.models.weights import dense_twin
 
         model = dense_twin(model)
+    if a.attention:
+        from mlxd.engine import attention
+
+        print(f"mlxd prefill attention in {attention.install(model)} module(s)")
+    if a.rowfilter:
+        from mlxd.engine import rowfilter
+
+        rowfilter.install()
+    chunks = [int(c) for c in a.chunks.split(",") if c] or [a.chunk]
     vocab = tok.vocab_size
     install_timers()
     gen = G.BatchGenerator(
@@ -133,6 +149,7 @@ def main() -> None:
     gen.prefill_batch_size = a.rows
     gen.insert([prompt(a.long_tokens, 1000 + i) for i in range(a.long)], max_tokens=[64] * a.long)
     while sum(1 for s in steps if s["phase"] == "long") < 400 and len(gen._generation_batch):
+        gen.prefill_step_size = chunks[len(steps) % len(chunks)]
         row = step("long")
         if row["decoding"] == a.decoding + a.long and not gen._unprocessed_sequences:
             if not len(gen._prompt_batch):

@@ -27,6 +27,8 @@ from mlx_lm.models.cache import (
     make_prompt_cache,
 )
 
+from mlxd.engine.rowfilter import kept_rows, shift_for
+
 GROUP_SIZES = (64, 32)  # elements per scale and bias: mlx-lm's default, else what the head allows
 STEP = 256  # tokens per allocation, as mlx-lm's caches
 
@@ -171,16 +173,15 @@ class QuantizedBatchKVCache(_BaseCache):
         self._right_padding = None
 
     def filter(self, batch_indices) -> None:
+        """Keep these rows, in one copy of each part (rowfilter.py)."""
+        rows = mx.array(batch_indices, dtype=mx.int32)
+        self.offset = self.offset[rows]
+        self.left_padding = self.left_padding[rows]
+        shift = shift_for(self.left_padding)  # the padding every row has, when worth dropping
         if self.keys is not None and self.values is not None:
-            self.keys = tuple(p[batch_indices] for p in self.keys)
-            self.values = tuple(p[batch_indices] for p in self.values)
-        self.offset = self.offset[batch_indices]
-        self.left_padding = self.left_padding[batch_indices]
-        shift = min(_ints(self.left_padding), default=0)  # the padding every row has
-        if shift > 0:
-            if self.keys is not None and self.values is not None:
-                self.keys = tuple(p[..., shift:, :] for p in self.keys)
-                self.values = tuple(p[..., shift:, :] for p in self.values)
+            self.keys = tuple(kept_rows(p, rows, shift) for p in self.keys)
+            self.values = tuple(kept_rows(p, rows, shift) for p in self.values)
+        if shift:
             self._idx -= shift
             self.left_padding = self.left_padding - shift
 

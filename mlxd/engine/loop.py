@@ -26,7 +26,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
-from mlxd.engine import attention, warmup
+from mlxd.engine import attention, rowfilter, warmup
 from mlxd.engine.admission import Admission
 from mlxd.engine.calibration import IDLE_BEFORE_S, Weights
 from mlxd.engine.errors import (
@@ -175,6 +175,7 @@ class Engine:
         ``failure`` set) when the model cannot serve."""
         if self._cuda:  # both copies share the modules' attention function
             attention.install_for(getattr(self.model, "quantized", self.model))
+        rowfilter.install()  # finished sequences leave the batch's cache in one copy
         try:
             self._weights.begin(self._on_phase)
             self._use_weights()
@@ -205,6 +206,7 @@ class Engine:
             StepBudget(s.max_step_tokens, START_TOKENS if self._gpu else CPU_START_TOKENS),
             s.prefill_step_size,
             min(s.prefill_batch_size or s.max_batch_size, s.max_batch_size),
+            pieces=self._cuda,  # a new piece length costs a CUDA forward ~30 ms (schedule.py)
         )
         self._running.gen = BatchGenerator(
             self.model,

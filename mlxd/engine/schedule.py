@@ -14,7 +14,9 @@ So each step has a prefill budget in tokens:
   prompts wait to prefill than streams decode, a step may prefill ``UNTHROTTLED_TOKENS`` (a burst
   of new requests gets its first tokens sooner, and few streams pay for it).
 
-``plan`` then cuts the budget into rows (prompts) and a chunk length, first come first served.
+``plan`` then cuts the budget into rows (prompts) and a chunk length, first come first served,
+on CUDA the chunk one of a few sizes (``piece_size``): MLX's CUDA backend pays for each new
+shape.
 """
 
 from __future__ import annotations
@@ -57,6 +59,24 @@ MAX_ADJUST = 2.0  # the adaptive budget changes by at most this factor per step
 OUTLIER_COST = 4.0
 COST_SAMPLES = 15  # recent per-token prefill costs kept to judge a new one
 MIN_COST_SAMPLES = 3  # judged only once this many are known
+
+
+# Prompt pieces come in a few sizes: four per octave (8, 10, 12, 14, 16, 20, ... 448, 512, 640,
+# ...), exact below 8. On an H200 (8B, CUDA) a prefill piece of a length never run before took
+# 42-62 ms and one seen before 16-19 ms beside 32 decodes (bench/join_cost.py --chunks; the
+# cached prefix's length, new every step, costs little): an adaptive budget moving by a few
+# tokens made nearly every throttled step a new shape.
+EXACT_BELOW = 8
+STEPS_PER_OCTAVE = 4
+
+
+def piece_size(n: int) -> int:
+    """The largest piece size not above ``n`` (n itself below ``EXACT_BELOW``)."""
+    if n < EXACT_BELOW:
+        return max(n, 1)
+    octave = 1 << (n.bit_length() - 1)  # the power of two at or below n
+    step = max(octave // STEPS_PER_OCTAVE, 1)
+    return n - (n - octave) % step
 
 
 @dataclass(frozen=True)
@@ -125,13 +145,22 @@ def _average(old: float | None, new: float) -> float:
 
 
 def plan(
-    budget: int, remaining: list[int], started: int, chunk_cap: int, max_rows: int
+    budget: int,
+    remaining: list[int],
+    started: int,
+    chunk_cap: int,
+    max_rows: int,
+    sizes: bool = False,
+    whole_tails: bool = True,
 ) -> StepPlan:
     """Rows and chunk for one step. ``remaining``: prompt tokens each prefilling sequence still
     has to compute, first come first; the first ``started`` are already in the prefill batch
     (mlx-lm advances all of them every step). Picks the number of rows that computes the most
     prompt tokens within ``budget`` (rows x the longest row's chunk: shorter ones are padded),
-    the fewest rows on a tie (the oldest prompt finishes first)."""
+    the fewest rows on a tie (the oldest prompt finishes first). ``sizes``: the chunk is a
+    ``piece_size``, and so are the pieces of prompts that fit it unless ``whole_tails`` (then
+    they are computed whole, padded to the longest: a step more weighs as much as a new shape
+    when nothing decodes)."""
     started = min(started, len(remaining))
     lowest = max(started, 1)
     highest = max(min(len(remaining), max_rows), lowest)
@@ -145,6 +174,9 @@ def plan(
         useful = sum(min(chunk, r) for r in head)
         if useful > best_useful:
             best, best_useful = StepPlan(rows, chunk), useful
+    widest = max(remaining[: best.rows], default=1)
+    if sizes and (widest > best.chunk or not whole_tails):  # the widest piece is the shape
+        return StepPlan(best.rows, piece_size(min(best.chunk, widest)))
     return best
 
 
@@ -161,8 +193,11 @@ class Pacer:
     the progress reports ``next()`` returns), sets the step's rows and chunk before it, and times
     the step after it."""
 
-    def __init__(self, budget: StepBudget, chunk_cap: int, max_rows: int) -> None:
+    def __init__(
+        self, budget: StepBudget, chunk_cap: int, max_rows: int, pieces: bool = False
+    ) -> None:
         self.budget, self.chunk_cap, self.max_rows = budget, chunk_cap, max_rows
+        self.pieces = pieces  # prompt pieces of a few sizes only (plan's ``sizes``)
         self._rows: dict[int, _Row] = {}  # uid -> progress, in insertion (= mlx-lm's) order
         self._step_budget = 0
 
@@ -192,6 +227,8 @@ class Pacer:
             sum(r.started for r in waiting),
             self.chunk_cap,
             self.max_rows,
+            sizes=self.pieces,
+            whole_tails=self._step_budget >= UNTHROTTLED_TOKENS,
         )
         # Rows that finished their prompt last step still hold a place in mlx-lm's prefill
         # batch when it counts free places (they move to decoding right after).

@@ -32,6 +32,36 @@ def test_plan_keeps_the_rows_already_prefilling():
     assert plan(512, [100, 10, 10], 1, 512, 64) == StepPlan(3, 170)
 
 
+def test_piece_sizes_are_few():
+    sizes = {schedule.piece_size(n) for n in range(1, 4097)}
+    assert len(sizes) == 7 + 4 * 9 + 1  # 1-7, four per octave from 8 to 2048, 4096
+    for n in range(1, 4097):
+        size = schedule.piece_size(n)
+        assert size <= n and size > n * 3 // 4  # never more than asked, at most a quarter less
+    assert [schedule.piece_size(n) for n in (7, 8, 9, 75, 98, 100, 512, 700)] == [
+        7,
+        8,
+        8,
+        64,
+        96,
+        96,
+        512,
+        640,
+    ]
+
+
+def test_plan_cuts_pieces_of_those_sizes_on_cuda():
+    # the budget cuts the prompt: the piece is a size of the table
+    assert plan(300, [1000, 1000, 1000, 5], 3, 512, 64, sizes=True) == StepPlan(3, 96)
+    # a tail that fits, while streams decode: a piece of a size, the rest in later steps
+    assert plan(200, [87], 1, 512, 64, sizes=True, whole_tails=False) == StepPlan(1, 80)
+    assert plan(200, [7], 1, 512, 64, sizes=True, whole_tails=False) == StepPlan(1, 7)
+    # with nothing decoding, a burst's short prompts go whole, padded to the longest
+    assert plan(4096, [40, 33] * 8, 0, 512, 64, sizes=True) == StepPlan(16, 256)
+    # and without sizes (CPU, Metal) the chunk is whatever the budget allows
+    assert plan(200, [87], 1, 512, 64, whole_tails=False) == StepPlan(1, 200)
+
+
 def test_fixed_budget_counts_decode_tokens():
     budget = StepBudget(fixed=64)
     assert budget.prefill_tokens(decoding=10, waiting=1) == 54
