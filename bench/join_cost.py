@@ -3,7 +3,7 @@
 
     python bench/join_cost.py --model DIR [--decoding 32] [--long 4] [--long-tokens 1500]
                               [--chunk 512] [--chunks 98,84,...] [--rows 1] [--dense]
-                              [--attention] [--rowfilter] [--out FILE]
+                              [--attention] [--rowfilter] [--keep-pool] [--out FILE]
 
 mlx-lm's ``BatchGenerator`` (what mlxd's engine steps) with ``--decoding`` short sequences
 decoding, then ``--long`` long prompts inserted, prefilled ``--rows`` x ``--chunk`` tokens per
@@ -14,7 +14,8 @@ the caches' extend / filter), so a slow step says where its time went. ``--dense
 dense twin of a quantized model (mlxd's routing on CUDA from batch 2); ``--attention``: mlxd's
 prefill attention (engine/attention.py, what the engine installs on CUDA); ``--chunks``: cycle the
 prefill chunk through these sizes step by step, as the adaptive budget moves (new shapes);
-``--rowfilter``: mlxd's one-copy filter for finished sequences (engine/rowfilter.py).
+``--rowfilter``: mlxd's one-copy filter for finished sequences (engine/rowfilter.py);
+``--keep-pool``: CUDA's memory pools keep freed memory (engine/buffers.keep_cuda_pool).
 """
 
 from __future__ import annotations
@@ -83,6 +84,7 @@ def main() -> None:
     p.add_argument("--dense", action="store_true")
     p.add_argument("--attention", action="store_true")
     p.add_argument("--rowfilter", action="store_true")
+    p.add_argument("--keep-pool", action="store_true")
     p.add_argument("--out", default="")
     a = p.parse_args()
 
@@ -99,6 +101,10 @@ def main() -> None:
         from mlxd.engine import rowfilter
 
         rowfilter.install()
+    if a.keep_pool:
+        from mlxd.engine import buffers
+
+        print(f"CUDA pools keeping freed memory: {buffers.keep_cuda_pool()}")
     chunks = [int(c) for c in a.chunks.split(",") if c] or [a.chunk]
     vocab = tok.vocab_size
     install_timers()
