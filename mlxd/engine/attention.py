@@ -22,6 +22,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import base
 
+from mlxd.models.device import device_kind
+
 log = logging.getLogger(__name__)
 
 MAX_SCORE_BYTES = 1 << 30  # float32 scores of one prefill step, all heads and sequences
@@ -109,6 +111,4 @@ def install_for(model: nn.Module) -> None:
 
 def wanted() -> bool:
     """Only where cuDNN plans are the problem: MLX on CUDA."""
-    return bool(
-        getattr(mx, "cuda", None) and mx.cuda.is_available() and mx.default_device() == mx.gpu
-    )
+    return device_kind() == "cuda"

@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 
-import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
@@ -45,6 +44,7 @@ from mlxd.engine.running import Running
 from mlxd.engine.sampling import SamplingParams
 from mlxd.engine.schedule import CPU_START_TOKENS, START_TOKENS, Pacer, StepBudget
 from mlxd.engine.settings import EngineSettings
+from mlxd.models.device import device_kind
 
 # Re-exported: callers and tests import these from here.
 __all__ = ["Delta", "Engine", "EngineSettings", "Failed", "Finished", "Job", "SamplingParams"]
@@ -107,7 +107,7 @@ class Engine:
         self._weights = Weights(model, self.settings)
         self._idle_since = time.monotonic()
         self._cuda = attention.wanted()
-        self._gpu = mx.default_device() == mx.gpu
+        self._gpu = device_kind() != "cpu"
         self._warming: Iterator | None = None  # warm-up paths left for idle time
         # Learnt at warm-up.
         self.vocab_size = 0  # the model's output width
@@ -266,7 +266,7 @@ class Engine:
         # On CUDA there is no quantized attention kernel: caches dequantize for it (kvcache.py).
         new_cache = CacheMaker(self.model, s.kv_bits, s.quantized_kv_start, self._cuda)
         self._running.new_cache = new_cache
-        warm = warmup.WarmUpRun(self.tokenizer, s.prefill_step_size, new_cache)
+        warm = warmup.WarmUpRun(self.tokenizer, s.prefill_step_size, new_cache, self._gpu)
         done = warm.first(self._running.gen)
         self.vocab_size = done.vocab_size
         self._kv_full_bytes_per_token = self.kv_bytes_per_token = done.kv_bytes_per_token

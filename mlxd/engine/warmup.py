@@ -49,8 +49,11 @@ class WarmUpRun:
     chunk a GPU warms (a full one); ``new_cache`` makes the cache each sequence starts with (None:
     mlx-lm's own)."""
 
-    def __init__(self, tokenizer, long_prompt: int, new_cache: Callable[[], list | None]) -> None:
+    def __init__(
+        self, tokenizer, long_prompt: int, new_cache: Callable[[], list | None], gpu: bool
+    ) -> None:
         self._new_cache = new_cache
+        self._gpu = gpu
         self._base = tokenizer.encode(TEXT, add_special_tokens=False) or [0]
         self._long_prompt = long_prompt
         self._kept: tuple | None = None  # (cache, tokens) of the first path's sequence
@@ -69,7 +72,7 @@ class WarmUpRun:
         """The other paths, each a function of the generator to drive."""
         base = self._base
         yield lambda gen: self._group(gen, [base, base[: max(1, len(base) // 2)]])
-        if mx.default_device() == mx.gpu:
+        if self._gpu:
             # GPU kernels differ by prefill length class: compile a long chunk too (a 36 s
             # stall was measured on an H200 without it). On the CPU nothing compiles for it.
             long = (base * (self._long_prompt // len(base) + 1))[: self._long_prompt]

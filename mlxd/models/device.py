@@ -49,14 +49,18 @@ class DeviceFacts:
     name: str = ""
 
 
+def device_kind() -> str:
+    """Where MLX computes by default: "cuda", "metal" or "cpu" (the one place that asks)."""
+    if mx.default_device() != mx.gpu:
+        return "cpu"
+    cuda = getattr(mx, "cuda", None)
+    return "cuda" if cuda is not None and cuda.is_available() else "metal"
+
+
 def device_facts() -> DeviceFacts:
     info = device_info()
     name = str(info.get("device_name") or info.get("architecture") or "")
-    if mx.default_device() != mx.gpu:
-        return DeviceFacts("cpu", device_memory(), name)
-    cuda = getattr(mx, "cuda", None)
-    kind = "cuda" if cuda is not None and cuda.is_available() else "metal"
-    return DeviceFacts(kind, device_memory(), name)
+    return DeviceFacts(device_kind(), device_memory(), name)
 
 
 def kv_budget(

@@ -25,7 +25,7 @@ import mlx.nn as nn
 from mlx_lm.models.cache import make_prompt_cache
 from mlx_lm.utils import dequantize_model
 
-from mlxd.models.device import device_info, device_memory
+from mlxd.models.device import device_info, device_kind, device_memory
 
 log = logging.getLogger(__name__)
 
@@ -124,7 +124,7 @@ def prepare(
         # An adapter wraps the quantized layers; a dense twin of the base alone would drop it.
         log.info("weights: quantized (a LoRA adapter is loaded; no dense copy)")
         return model
-    if policy == "auto" and mx.default_device() != mx.gpu:
+    if policy == "auto" and device_kind() == "cpu":
         # On the CPU the copies trade places with the machine's load (SmolLM2 on 2 cores: dense
         # prefill 17% faster when quiet, 39% slower when busy) and timing them takes 50 s, or
         # minutes on a busy machine, during which a request would wait: serve quantized.
@@ -199,7 +199,7 @@ def calibrate(
     """Time both copies; route decode from the first batch size where dense is clearly and
     stays faster, and prefill to whichever copy is faster. ``progress(done, total)`` after each
     shape timed (start-up progress)."""
-    plan = plan or (GPU_PLAN if mx.default_device() == mx.gpu else CPU_PLAN)
+    plan = plan or (CPU_PLAN if device_kind() == "cpu" else GPU_PLAN)
     start = time.perf_counter()
     total = 1 + len([b for b in plan.batches if b <= max(max_batch, 1)])
     tick = progress or (lambda done, total: None)
@@ -217,7 +217,7 @@ def calibrate(
 def measure(dual: DualModel, max_batch: int, plan: Plan | None = None):
     """The calibration in small pieces, for a caller that measures between other work: yields
     None after timing one copy, and a (kind, batch, quantized_s, dense_s) row after both."""
-    plan = plan or (GPU_PLAN if mx.default_device() == mx.gpu else CPU_PLAN)
+    plan = plan or (CPU_PLAN if device_kind() == "cpu" else GPU_PLAN)
     pq = _prefill_time(dual.quantized, plan)
     yield None
     yield ("prefill", 1, pq, _prefill_time(dual.dense, plan))
