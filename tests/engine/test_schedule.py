@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from test_batching import Run
 
-from mlxd.engine import schedule
+from mlxd.engine import loop, schedule
 from mlxd.engine.loop import Engine, EngineSettings
 from mlxd.engine.schedule import Pacer, StepBudget, StepPlan, plan
 
@@ -177,10 +177,13 @@ class Recorder:
 LONG = [(7 * i) % 300 + 3 for i in range(150)]
 
 
-def test_a_long_prompt_is_cut_to_fit_beside_running_streams(loaded):
+@pytest.mark.parametrize("pieces", [False, True], ids=["any-length", "cuda-piece-sizes"])
+def test_a_long_prompt_is_cut_to_fit_beside_running_streams(loaded, pieces, monkeypatch):
     """--max-step-tokens 40 with two streams decoding: the long prompt comes in chunks of at
     most 38 tokens, each step still decodes the running streams, and its greedy output is the
-    one it gets alone."""
+    one it gets alone; with CUDA's piece sizes (forced here) every chunk is one of them."""
+    if pieces:
+        monkeypatch.setattr(loop, "Pacer", lambda *a, **k: Pacer(*a, **{**k, "pieces": True}))
     model, tokenizer = loaded
     alone_engine = Engine(model, tokenizer, EngineSettings(prompt_cache_bytes=0))
     alone_engine.start()
@@ -212,6 +215,9 @@ def test_a_long_prompt_is_cut_to_fit_beside_running_streams(loaded):
     assert all(b * n <= 40 - 2 for b, n in (calls[i] for i in prefills))
     for a, b in zip(prefills, prefills[1:], strict=False):  # a decode step between two chunks
         assert any(calls[i] == (2, 1) for i in range(a + 1, b)), calls[a : b + 1]
+    if pieces:
+        widths = {calls[i][1] for i in prefills}
+        assert all(schedule.piece_size(n) == n for n in widths), widths
 
 
 @pytest.fixture(scope="module")
