@@ -1,19 +1,20 @@
-"""Taking sequences out of a batch's KV cache in one copy, not two.
+"""Taking sequences out of a batch's KV cache in one gather.
 
-When a sequence finishes, mlx-lm's ``BatchKVCache.filter`` gathers the rows that stay (one copy of
-the cache) and then drops the padding every row shares with a slice (``keys[..., shift:, :]``):
-a strided view. The next step's cache write into that view cannot reuse its buffer, so MLX
-copies the whole cache again. Measured on an H200 (8B, 35 rows of ~1800 tokens, bench/join_cost.py):
-the filter 12-16 ms, then a decode step of 73-80 ms against 26-30 ms around it, once 4 s (a
-cache that large reallocated). Every finish beside long prompts put a spike in the other streams'
-inter-token times (issue 15's long-prompt target).
+mlx-lm's ``BatchKVCache.filter`` gathers the rows that stay and then drops the padding every row
+shares with a slice (``keys[..., shift:, :]``): a strided view, which the next cache write cannot
+update in place, so MLX copies the whole cache again (this project's CPU: 164 ms for a 2 GB
+cache, the write itself 0.4 ms). ``kept_rows`` gathers into a fresh array that the next write
+updates in place, and drops shared padding only once it reaches ``SHIFT_MIN`` positions (a
+strided gather is slower: 517 ms against 143 ms there); below that the padding stays and
+attention reads that many masked positions more per row. mlxd's quantized cache (kvcache.py)
+filters each of its parts this way.
 
-``kept_rows`` does it in one gather into a fresh array that the next write updates in place, and
-drops shared padding only once it is worth a copy's strided read (``SHIFT_MIN`` positions);
-below that the padding stays (attention reads at most that many masked positions more per row).
-mlxd's quantized cache (kvcache.py) uses it for each of its parts; ``install`` puts
-``filter_batch`` in place of mlx-lm's ``BatchKVCache.filter`` (the class its ``KVCache.merge``
-makes, so every batch of plain caches).
+``filter_batch`` does the same for mlx-lm's ``BatchKVCache`` and ``install`` would put it in
+that class's place; the engine does not. On an H200 (8B, 35 rows of ~1800 tokens,
+bench/join_cost.py with and without --rowfilter, bench/results/gpu-h200-join-chunks-20261130.txt
+and gpu-h200-join-rowfilter-20261130.txt) the step after a finish took 64-80 ms with either
+filter against 20-35 ms around it: the gather is lazy, so it runs in that step together with
+allocating the smaller cache, and the second copy was not what made the step slow there.
 """
 
 from __future__ import annotations
@@ -59,7 +60,8 @@ _ORIGINAL = BatchKVCache.filter
 
 
 def install() -> None:
-    """Use ``filter_batch`` for every ``BatchKVCache`` in this process (idempotent)."""
+    """Use ``filter_batch`` for every ``BatchKVCache`` in this process (idempotent;
+    bench/join_cost.py --rowfilter)."""
     BatchKVCache.filter = filter_batch  # type: ignore[method-assign]
 
 
