@@ -25,7 +25,7 @@ from dataclasses import replace
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
-from mlxd.engine import attention, warmup
+from mlxd.engine import attention, rowfilter, warmup
 from mlxd.engine.admission import Admission
 from mlxd.engine.calibration import IDLE_BEFORE_S, Weights
 from mlxd.engine.errors import (
@@ -175,6 +175,7 @@ class Engine:
         ``failure`` set) when the model cannot serve."""
         if self._cuda:  # both copies share the modules' attention function
             attention.install_for(getattr(self.model, "quantized", self.model))
+        rowfilter.install()  # a finished sequence leaves the batch's cache in one gather
         try:
             self._weights.begin(self._on_phase)
             self._use_weights()

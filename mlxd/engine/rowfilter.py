@@ -9,12 +9,14 @@ strided gather is slower: 517 ms against 143 ms there); below that the padding s
 attention reads that many masked positions more per row. mlxd's quantized cache (kvcache.py)
 filters each of its parts this way.
 
-``filter_batch`` does the same for mlx-lm's ``BatchKVCache`` and ``install`` would put it in
-that class's place; the engine does not. On an H200 (8B, 35 rows of ~1800 tokens,
-bench/join_cost.py with and without --rowfilter, bench/results/gpu-h200-join-chunks-20261130.txt
-and gpu-h200-join-rowfilter-20261130.txt) the step after a finish took 64-80 ms with either
-filter against 20-35 ms around it: the gather is lazy, so it runs in that step together with
-allocating the smaller cache, and the second copy was not what made the step slow there.
+``filter_batch`` does the same for mlx-lm's ``BatchKVCache``, and ``install`` (the engine calls
+it) puts it in that class's place, so every batch of plain caches (what ``KVCache.merge`` makes)
+filters this way. On an H200 (8B, 35 rows of ~1800 tokens, bench/join_cost.py with and without
+--rowfilter, bench/results/gpu-h200-join-chunks-20261130.txt and
+gpu-h200-join-rowfilter-20261130.txt) it did not change the step after a finish, 64-80 ms with
+either filter against 20-35 ms around it: the gather is lazy, so it runs in that step together
+with allocating the smaller cache, and there the second copy was not what made the step slow.
+The H200 server figures since 2026-11-30's runs c and d (bench/results) were taken with it.
 """
 
 from __future__ import annotations
@@ -60,8 +62,7 @@ _ORIGINAL = BatchKVCache.filter
 
 
 def install() -> None:
-    """Use ``filter_batch`` for every ``BatchKVCache`` in this process (idempotent;
-    bench/join_cost.py --rowfilter)."""
+    """Use ``filter_batch`` for every ``BatchKVCache`` in this process (idempotent)."""
     BatchKVCache.filter = filter_batch  # type: ignore[method-assign]
 
 
