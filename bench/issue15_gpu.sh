@@ -19,7 +19,6 @@ TOK=${TOK:-$(for d in .gpu/tok .bench-tok; do [ -f $d/tokenizer.json ] && echo $
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
 cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
-git log -1 --format='mlxd %h %s' 2>/dev/null | cut -c1-120 > "$OUT/bench.txt.head"
 test -f "$MODEL/config.json" || timeout 150 "$PY" bench/make_random_model.py --shape 8b --bits 4 \
   --tokenizer-from "$TOK" --out "$MODEL" > "$OUT/make.log" 2>&1
 variant=()
