@@ -54,12 +54,25 @@ def test_plan_cuts_pieces_of_those_sizes_on_cuda():
     # the budget cuts the prompt: the piece is a size of the table
     assert plan(300, [1000, 1000, 1000, 5], 3, 512, 64, sizes=True) == StepPlan(3, 96)
     # a tail that fits, while streams decode: a piece of a size, the rest in later steps
-    assert plan(200, [87], 1, 512, 64, sizes=True, whole_tails=False) == StepPlan(1, 80)
-    assert plan(200, [7], 1, 512, 64, sizes=True, whole_tails=False) == StepPlan(1, 7)
+    assert plan(200, [87], 1, 512, 64, sizes=True, throttled=True) == StepPlan(1, 80)
+    assert plan(200, [7], 1, 512, 64, sizes=True, throttled=True) == StepPlan(1, 7)
     # with nothing decoding, a burst's short prompts go whole, padded to the longest
     assert plan(4096, [40, 33] * 8, 0, 512, 64, sizes=True) == StepPlan(16, 256)
     # and without sizes (CPU, Metal) the chunk is whatever the budget allows
-    assert plan(200, [87], 1, 512, 64, whole_tails=False) == StepPlan(1, 200)
+    assert plan(200, [87], 1, 512, 64, throttled=True) == StepPlan(1, 200)
+
+
+def test_throttled_plan_leaves_at_most_one_prompt_unfinished():
+    # mlx-lm advances every started row each step: a long prompt started beside an unfinished
+    # one would split every later step with it
+    assert plan(32, [24, 600], 1, 512, 64, throttled=True) == StepPlan(1, 32)
+    assert plan(32, [24, 600], 1, 512, 64) == StepPlan(2, 16)  # a burst: rows fill the budget
+    # one that finishes within the step may go beside the unfinished one
+    assert plan(32, [10, 600], 1, 512, 64, throttled=True) == StepPlan(2, 16)
+    # short prompts that all finish still go together
+    assert plan(200, [40] * 5, 0, 512, 64, throttled=True) == StepPlan(5, 40)
+    # rows mlx-lm already advances stay, unfinished or not
+    assert plan(300, [1000, 1000, 1000, 5], 3, 512, 64, throttled=True) == StepPlan(3, 100)
 
 
 def test_fixed_budget_counts_decode_tokens():
