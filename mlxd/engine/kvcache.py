@@ -27,7 +27,7 @@ from mlx_lm.models.cache import (
     make_prompt_cache,
 )
 
-from mlxd.engine.rowfilter import kept_rows, shift_for
+from mlxd.engine.rowfilter import filter_rows, kept_rows
 
 GROUP_SIZES = (64, 32)  # elements per scale and bias: mlx-lm's default, else what the head allows
 STEP = 256  # tokens per allocation, as mlx-lm's caches
@@ -43,6 +43,11 @@ def quantized_fraction(bits: int, dtype_size: int, group_size: int = GROUP_SIZES
 def _ints(a: mx.array) -> list[int]:
     values: list = a.tolist()  # type: ignore[assignment]  # a 1-d array: a list of ints
     return [int(x) for x in values]
+
+
+def _kept_parts(parts: Parts, rows: mx.array, shift: int) -> Parts:
+    """``rowfilter.kept_rows`` for each of a cache's parts."""
+    return tuple(kept_rows(p, rows, shift) for p in parts)
 
 
 def group_size_for(head_dim: int) -> int:
@@ -174,16 +179,7 @@ class QuantizedBatchKVCache(_BaseCache):
 
     def filter(self, batch_indices) -> None:
         """Keep these rows, in one copy of each part (rowfilter.py)."""
-        rows = mx.array(batch_indices, dtype=mx.int32)
-        self.offset = self.offset[rows]
-        self.left_padding = self.left_padding[rows]
-        shift = shift_for(self.left_padding)  # the padding every row has, when worth dropping
-        if self.keys is not None and self.values is not None:
-            self.keys = tuple(kept_rows(p, rows, shift) for p in self.keys)
-            self.values = tuple(kept_rows(p, rows, shift) for p in self.values)
-        if shift:
-            self._idx -= shift
-            self.left_padding = self.left_padding - shift
+        filter_rows(self, batch_indices, _kept_parts)
 
     def extend(self, other: QuantizedBatchKVCache) -> None:
         if self.quantized != other.quantized:  # one batch, one representation

@@ -21,6 +21,9 @@ The H200 server figures since 2026-11-30's runs c and d (bench/results) were tak
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import mlx.core as mx
 from mlx_lm.models.cache import BatchKVCache
 
@@ -44,18 +47,26 @@ def kept_rows(a: mx.array, rows: mx.array, shift: int) -> mx.array:
     return mx.take(a, rows, axis=0)
 
 
-def filter_batch(cache: BatchKVCache, batch_indices) -> None:
-    """``BatchKVCache.filter`` (keep these rows, in this order) in one copy of the cache."""
+def filter_rows(cache, batch_indices, take: Callable[[Any, mx.array, int], Any]) -> None:
+    """Keep these rows of a left-padded batch cache, in this order: ``cache`` has mlx-lm's
+    ``BatchKVCache`` fields (``keys``, ``values``, ``offset``, ``left_padding``, ``_idx``), and
+    ``take(stored, rows, shift)`` gathers what its keys and values hold (``kept_rows`` for an
+    array, each part for mlxd's quantized triples)."""
     rows = mx.array(batch_indices, dtype=mx.int32)
     cache.offset = cache.offset[rows]
     cache.left_padding = cache.left_padding[rows]
     shift = shift_for(cache.left_padding)
-    if cache.keys is not None:
-        cache.keys = kept_rows(cache.keys, rows, shift)
-        cache.values = kept_rows(cache.values, rows, shift)
+    if cache.keys is not None and cache.values is not None:
+        cache.keys = take(cache.keys, rows, shift)
+        cache.values = take(cache.values, rows, shift)
     if shift:
         cache._idx -= shift
         cache.left_padding = cache.left_padding - shift
+
+
+def filter_batch(cache: BatchKVCache, batch_indices) -> None:
+    """``BatchKVCache.filter`` (keep these rows, in this order) in one copy of the cache."""
+    filter_rows(cache, batch_indices, kept_rows)
 
 
 _ORIGINAL = BatchKVCache.filter
