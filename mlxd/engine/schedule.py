@@ -150,7 +150,7 @@ def plan(
     started: int,
     chunk_cap: int,
     max_rows: int,
-    sizes: bool = False,
+    pieces: bool = False,
     throttled: bool = False,
 ) -> StepPlan:
     """Rows and chunk for one step. ``remaining``: prompt tokens each prefilling sequence still
@@ -164,7 +164,7 @@ def plan(
     prompt started beside another unfinished one shares every later step's budget with it, for
     good: a step of 32 tokens on this project's CPU ran 3 prompts of 10 tokens for 54 steps
     instead of one of 32, and an H200 ran up to 15 rows of 10-40 tokens (each row attending to
-    its own ~1250-token prefix). ``sizes``: the chunk is a ``piece_size``; when throttled the
+    its own ~1250-token prefix). ``pieces``: the chunk is a ``piece_size``; when throttled the
     pieces of prompts that fit it are cut the same way, otherwise they are computed whole,
     padded to the longest (a step more weighs as much as a new shape when nothing decodes)."""
     started = min(started, len(remaining))
@@ -185,7 +185,7 @@ def plan(
         if useful > best_useful:
             best, best_useful = StepPlan(rows, chunk), useful
     widest = max(remaining[: best.rows], default=1)
-    if sizes and (widest > best.chunk or throttled):  # the widest piece is the shape
+    if pieces and (widest > best.chunk or throttled):  # the widest piece is the shape
         return StepPlan(best.rows, piece_size(min(best.chunk, widest)))
     return best
 
@@ -207,7 +207,7 @@ class Pacer:
         self, budget: StepBudget, chunk_cap: int, max_rows: int, pieces: bool = False
     ) -> None:
         self.budget, self.chunk_cap, self.max_rows = budget, chunk_cap, max_rows
-        self.pieces = pieces  # prompt pieces of a few sizes only (plan's ``sizes``)
+        self.pieces = pieces  # prompt pieces of a few sizes only
         self._rows: dict[int, _Row] = {}  # uid -> progress, in insertion (= mlx-lm's) order
         self._step_budget = 0
 
@@ -237,7 +237,7 @@ class Pacer:
             sum(r.started for r in waiting),
             self.chunk_cap,
             self.max_rows,
-            sizes=self.pieces,
+            pieces=self.pieces,
             throttled=self._step_budget < UNTHROTTLED_TOKENS,
         )
         # Rows that finished their prompt last step still hold a place in mlx-lm's prefill

@@ -52,13 +52,13 @@ def test_piece_sizes_are_few():
 
 def test_plan_cuts_pieces_of_those_sizes_on_cuda():
     # the budget cuts the prompt: the piece is a size of the table
-    assert plan(300, [1000, 1000, 1000, 5], 3, 512, 64, sizes=True) == StepPlan(3, 96)
+    assert plan(300, [1000, 1000, 1000, 5], 3, 512, 64, pieces=True) == StepPlan(3, 96)
     # a tail that fits, while streams decode: a piece of a size, the rest in later steps
-    assert plan(200, [87], 1, 512, 64, sizes=True, throttled=True) == StepPlan(1, 80)
-    assert plan(200, [7], 1, 512, 64, sizes=True, throttled=True) == StepPlan(1, 7)
+    assert plan(200, [87], 1, 512, 64, pieces=True, throttled=True) == StepPlan(1, 80)
+    assert plan(200, [7], 1, 512, 64, pieces=True, throttled=True) == StepPlan(1, 7)
     # with nothing decoding, a burst's short prompts go whole, padded to the longest
-    assert plan(4096, [40, 33] * 8, 0, 512, 64, sizes=True) == StepPlan(16, 256)
-    # and without sizes (CPU, Metal) the chunk is whatever the budget allows
+    assert plan(4096, [40, 33] * 8, 0, 512, 64, pieces=True) == StepPlan(16, 256)
+    # and without pieces (CPU, Metal) the chunk is whatever the budget allows
     assert plan(200, [87], 1, 512, 64, throttled=True) == StepPlan(1, 200)
 
 
