@@ -50,6 +50,7 @@ wants() { [[ " $PHASES " == *" $1 "* ]]; }
 
 { nvidia-smi -L; "$PY" -c 'import mlx.core as mx, mlx_lm; print("mlx", mx.__version__, "mlx-lm", mlx_lm.__version__, mx.default_device())'; } > "$OUT/machine.txt" 2>&1
 git log -1 --format='mlxd %h %s' >> "$OUT/machine.txt" 2>/dev/null
+timeout 60 "$PY" bench/hostcheck.py --out "$OUT/host.json" > "$OUT/host.txt" 2>&1
 say "machine: $(tr '\n' ' ' < "$OUT/machine.txt" | cut -c1-300)"
 
 if wants model && [ ! -f "$MODEL/config.json" ]; then

@@ -14,6 +14,9 @@ OUT=${OUT:-/tmp/issue15-out}
 PY=${PY:-python3}
 MODEL=${MODEL:-/tmp/rand-8b}
 CONC=${CONC:-1,32,64}
+SERVERS=${SERVERS:-mlxd,mlx_lm.server}
+WORKLOADS=${WORKLOADS:-shared-prefix,long-prompt}
+RESTART=${RESTART---restart}   # RESTART= leaves the second start out
 LIMIT_S=${LIMIT_S:-540}        # bench.py's share of the call; it reports what it measured when cut
 TOK=${TOK:-$(for d in .gpu/tok .bench-tok; do [ -f $d/tokenizer.json ] && echo $d && break; done)}
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0}
@@ -21,11 +24,14 @@ cd "$(dirname "$0")/.."
 mkdir -p "$OUT"
 test -f "$MODEL/config.json" || timeout 150 "$PY" bench/make_random_model.py --shape 8b --bits 4 \
   --tokenizer-from "$TOK" --out "$MODEL" > "$OUT/make.log" 2>&1
+# which host this is (clocks, CPU, launch cost, matmul bandwidth): hosts differ (hostcheck.py)
+timeout 60 "$PY" bench/hostcheck.py --out "$OUT/host.json" > "$OUT/host.txt" 2>&1
+cat "$OUT/host.txt"
 variant=()
 [ "${KV:-0}" = 1 ] && variant=(--mlxd-variant "kv8=--kv-bits 8")
-timeout "$LIMIT_S" "$PY" bench/bench.py --model "$MODEL" --servers mlxd,mlx_lm.server \
-  --concurrency "$CONC" --workloads shared-prefix,long-prompt --workload-servers mlxd \
-  "${variant[@]}" --restart --kernel-cache cold --out "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
+timeout "$LIMIT_S" "$PY" bench/bench.py --model "$MODEL" --servers "$SERVERS" \
+  --concurrency "$CONC" --workloads "$WORKLOADS" --workload-servers mlxd \
+  "${variant[@]}" $RESTART --kernel-cache cold --out "$OUT/bench.json" > "$OUT/bench.txt" 2>&1
 echo "bench rc=$?"
 mkdir -p "$OUT/logs"
 for f in bench/logs/*/*.log; do

@@ -134,12 +134,16 @@ class QuantizedBatchKVCache(_BaseCache):
 
     def _fetch(self):
         assert self.keys is not None and self.values is not None
-        k = tuple(p[..., : self._idx, :] for p in self.keys)
-        v = tuple(p[..., : self._idx, :] for p in self.values)
+        n = self._idx
+        if self.quantized and self.dequantize:
+            # The whole buffer, then a view of its first n: a slice is not contiguous, and
+            # dequantizing one would first copy each of its three parts (six more kernels a
+            # layer a step, where a decode step's time is mostly launches).
+            return self._decode(self.keys)[..., :n, :], self._decode(self.values)[..., :n, :]
+        k = tuple(p[..., :n, :] for p in self.keys)
+        v = tuple(p[..., :n, :] for p in self.values)
         if not self.quantized:
             return k[0], v[0]
-        if self.dequantize:
-            return self._decode(k), self._decode(v)
         return k, v
 
     def _decode(self, parts: Parts) -> mx.array:
