@@ -9,7 +9,8 @@ it and every other rank adding zeros: every rank ends each stage holding that st
 the last stage's included, so all of them compute the same logits (mlx-lm's pipelines use
 ``send``/``recv_like`` and a closing ``all_gather``, but MLX 0.32's CUDA backend has no send or
 recv, while every backend has ``all_sum``). Adding zeros is exact, so the output is bit for bit
-what one device computes. No transport of ours: MLX's collective over the group's backend.
+what one device computes, provided the zeros have the dtype the stage's owner sends
+(``agree_dtypes``, once at load). No transport of ours: MLX's collective over the group's backend.
 """
 
 from __future__ import annotations
@@ -21,15 +22,47 @@ from mlx_lm.models import llama
 from mlx_lm.models.base import create_attention_mask
 from mlx_lm.models.pipeline import PipelineMixin
 
+# What a stage may hand on, in the order its code travels (code = index + 1; 0 = not mine).
+DTYPES = [mx.float32, mx.float16, mx.bfloat16, mx.float64]
+
 
 class PipelineLlamaModel(PipelineMixin, llama.LlamaModel):
     """``LlamaModel`` with ``pipeline(group)``; the group is kept for send/recv/all_gather."""
 
     pipeline_group: Any = None
 
+    # Each stage's output dtype as an index into DTYPES, the first layers' stage first (index
+    # size - 1 - stage): every rank must add zeros of the dtype the stage's owner sends. Bytes,
+    # not a list: an nn.Module keeps lists among its parameters.
+    stage_dtypes: bytes = b""
+
     def pipeline(self, group, split=None) -> None:
         super().pipeline(group, split)
         self.pipeline_group = group
+        self.stage_dtypes = b""
+
+    def agree_dtypes(self) -> None:
+        """The dtype of each stage's output, agreed over the group at load time (one small
+        ``all_sum`` per stage). A stage's owner runs one token through its layers to learn it;
+        the others cannot (they do not hold those layers). Every rank calls it once, after
+        ``pipeline``, before the first forward. A model whose weights mix dtypes
+        (a GGUF export: float16 projections, float32 norms) turns a float16 embedding into a
+        float32 hidden state: zeros added in the embedding's dtype were summed against a buffer
+        of twice their size, and SmolLM2's logits came out NaN."""
+        codes = []
+        h = self.embed_tokens(mx.zeros((1, 1), dtype=mx.int32))
+        for stage in reversed(range(self.pipeline_size)):
+            code = 0
+            if stage == self.pipeline_rank:
+                for layer in self.pipeline_layers:
+                    h = layer(h, None, cache=None)
+                code = DTYPES.index(h.dtype) + 1
+            agreed = mx.distributed.all_sum(
+                mx.array([code], dtype=mx.int32), group=self.pipeline_group
+            )
+            codes.append(int(agreed.item()) - 1)
+            h = mx.zeros(h.shape, DTYPES[codes[-1]])
+        self.stage_dtypes = bytes(codes)
 
     def __call__(self, inputs: mx.array, cache=None, input_embeddings: mx.array | None = None):
         h = input_embeddings if input_embeddings is not None else self.embed_tokens(inputs)
@@ -37,6 +70,8 @@ class PipelineLlamaModel(PipelineMixin, llama.LlamaModel):
         rank, size, group = self.pipeline_rank, self.pipeline_size, self.pipeline_group
         if cache is None:
             cache = [None] * len(layers)
+        if size > 1 and len(self.stage_dtypes) != size:
+            raise RuntimeError("a pipeline's ranks must agree_dtypes() before the first forward")
         masks = {}
         for sliding in (False, True):
             first = next((i for i, x in enumerate(layers) if x.use_sliding == sliding), None)
@@ -49,7 +84,8 @@ class PipelineLlamaModel(PipelineMixin, llama.LlamaModel):
                     h = layer(h, masks[layer.use_sliding], cache=c)
             if size > 1:  # hand this stage's output to every rank
                 # Zeros that depend on h: each all_sum waits for the one before it, on every rank
-                mine = h if stage == rank else mx.depends(mx.zeros_like(h), h)
+                dtype = DTYPES[self.stage_dtypes[size - 1 - stage]]
+                mine = h if stage == rank else mx.depends(mx.zeros(h.shape, dtype), h)
                 h = mx.distributed.all_sum(mine, group=group)
         last = cache[-1] if cache else None
         if size > 1 and last is not None and getattr(last, "keys", None) is not None:

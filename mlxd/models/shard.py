@@ -160,6 +160,8 @@ def split(model, config: dict, group: Group, wide_sums: bool = False) -> None:
         if len(model.model.layers) < group.size:
             raise ModelLoadError(f"{len(model.model.layers)} layers cannot feed {group.size} ranks")
         model.model.pipeline(group.handle)
+        if ours and group.size > 1:
+            model.model.agree_dtypes()  # a collective: every rank loads at the same time
         return
     if not hasattr(model, "shard"):
         raise ModelLoadError(
