@@ -8,7 +8,7 @@
 Within one launch it measures each of ``--modes`` (tensor; tensor-bf16: tensor with MLX's own
 sums, the partial products rounded to the model's dtype before the all_sum, where mlxd sums in
 float32; pipeline; then one: rank 0 alone with the whole model) in each of ``--weights``
-(quantized, dense), and says for how many of the ``--greedy`` tokens after a fixed prompt each
+(quantized, dense), and says for how many of the ``--greedy`` tokens after a fixed prompt (text) each
 mode agrees with one device.
 
 Each rank loads its share the way mlxd does (``mlxd.models.shard``), fills a KV cache of
@@ -79,10 +79,25 @@ def step_time(model, batch: int, context: int, steps: int, warmup: int) -> tuple
     return times[len(times) // 2], prefill_s  # median: one slow step must not skew it
 
 
-def greedy(model, tokens: int) -> list[int]:
-    """``tokens`` greedy tokens after a fixed prompt: one device and a group must agree."""
+# A real model's greedy tokens after special tokens 1..32 loop on two tokens (SmolLM2: 26, 27,
+# 26, 27, ...), which any split reproduces: text makes the check say something.
+GREEDY_TEXT = "The history of the printing press in Europe begins in Mainz, where"
+
+
+def greedy_prompt(model_dir: str) -> mx.array:
+    """The fixed prompt's tokens: ``GREEDY_TEXT`` where the model has a tokenizer, else 1..32."""
+    try:
+        from mlx_lm.utils import load_tokenizer
+
+        return mx.array(load_tokenizer(Path(model_dir)).encode(GREEDY_TEXT))[None]
+    except Exception:  # noqa: BLE001 - no tokenizer files: any fixed tokens will do
+        return mx.arange(1, 33)[None]
+
+
+def greedy(model, tokens: int, prompt: mx.array) -> list[int]:
+    """``tokens`` greedy tokens after ``prompt``: one device and a group must agree."""
     cache = make_prompt_cache(model)
-    y = mx.arange(1, 33)[None]
+    y = prompt
     out = []
     for _ in range(tokens):
         y = mx.argmax(model(y, cache=cache)[:, -1, :], axis=-1, keepdims=True)
@@ -115,6 +130,7 @@ def main(argv=None) -> int:
         expected = ranks.expected_size(a.backend, os.environ)
         group = join(a.backend, pipeline=False, expected=expected, step_timeout=60)
     out: dict = {"backend": a.backend, "context": a.context, "rows": [], "greedy_tokens": {}}
+    prompt = greedy_prompt(a.model)
     for mode in a.modes.split(","):
         split = mode.removesuffix("-bf16")
         here = None if mode == "one" else dataclasses.replace(group, mode=split)
@@ -122,7 +138,7 @@ def main(argv=None) -> int:
             continue  # one device: rank 0's alone
         for weights in a.weights.split(","):
             model = load(a, here, weights, wide_sums=split == mode)
-            tokens = greedy(model, a.greedy)
+            tokens = greedy(model, a.greedy, prompt)
             rows = gather(measure(model, a, here), here)
             del model
             mx.clear_cache()
