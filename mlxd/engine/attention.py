@@ -10,7 +10,9 @@ to request, so a batched prefill met a new shape nearly every time: 8 streams of
 Prefill attention is a small part of a prefill's work at chat lengths, so on CUDA mlxd computes
 it with plain matmul and softmax (no per-shape plans) while the scores fit ``MAX_SCORE_BYTES``;
 longer prefills, decode steps (one query: MLX's own vector kernel, no cuDNN), quantized KV caches
-and attention sinks keep mlx-lm's path. ``install`` patches the name the model's modules call.
+and attention sinks keep mlx-lm's path, except a decode step over a quantized cache where
+kvattention's kernel is enabled (the cache then hands over its buffers as stored).
+``install`` patches the name the model's modules call.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_lm.models import base
 
+from mlxd.engine import kvattention
 from mlxd.models.device import device_kind
 
 log = logging.getLogger(__name__)
@@ -71,6 +74,10 @@ def plain_attention(
 def _prefill_aware(queries, keys, values, cache, scale: float, mask, sinks=None):
     B, H, L, _ = queries.shape
     if (
+        isinstance(keys, tuple) and kvattention.enabled()
+    ):  # a quantized cache's buffers as stored, for one decode step
+        return kvattention.decode(queries, cache, scale)
+    if (
         L > 1
         and sinks is None
         and not hasattr(cache, "bits")
@@ -99,14 +106,16 @@ def install(model: nn.Module) -> int:
     return patched
 
 
-def install_for(model: nn.Module) -> None:
-    """``install``, and say so in the log."""
-    if install(model):
+def install_for(model: nn.Module) -> int:
+    """``install``, and say so in the log; returns how many modules were patched."""
+    patched = install(model)
+    if patched:
         log.info(
             "prefill attention: plain matmul + softmax up to %d MiB of scores "
             "(no per-shape cuDNN set-up)",
             MAX_SCORE_BYTES >> 20,
         )
+    return patched
 
 
 def wanted() -> bool:

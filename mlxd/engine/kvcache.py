@@ -27,6 +27,7 @@ from mlx_lm.models.cache import (
     make_prompt_cache,
 )
 
+from mlxd.engine import kvattention
 from mlxd.engine.rowfilter import filter_rows, kept_rows
 
 GROUP_SIZES = (64, 32)  # elements per scale and bias: mlx-lm's default, else what the head allows
@@ -111,7 +112,7 @@ class QuantizedBatchKVCache(_BaseCache):
             stored[..., prev : prev + n, :] = new
         self._idx += n
         self.offset = self.offset + n
-        return self._fetch()
+        return self._fetch(n)
 
     def _encode(self, x: mx.array) -> Parts:
         if not self.quantized:
@@ -132,9 +133,11 @@ class QuantizedBatchKVCache(_BaseCache):
 
         self.keys, self.values = grown(self.keys, new_k), grown(self.values, new_v)
 
-    def _fetch(self):
+    def _fetch(self, added: int):
         assert self.keys is not None and self.values is not None
         n = self._idx
+        if self.quantized and self.dequantize and added == 1 and self._fused():
+            return self.keys, self.values  # as stored: attention reads the codes (kvattention)
         if self.quantized and self.dequantize:
             # The whole buffer, then a view of its first n: a slice is not contiguous, and
             # dequantizing one would first copy each of its three parts (six more kernels a
@@ -145,6 +148,15 @@ class QuantizedBatchKVCache(_BaseCache):
         if not self.quantized:
             return k[0], v[0]
         return k, v
+
+    def _fused(self) -> bool:
+        assert self.dims is not None and self.keys is not None
+        heads, key_width, value_width, _size = self.dims
+        if self.keys[0].shape[0] * heads < kvattention.MIN_ROWS:
+            return False  # too little work to fill the GPU: dequantize + MLX's attention
+        group = self.group_size or group_size_for(key_width)
+        dtype = self.keys[-1].dtype  # the scales': the keys' own
+        return key_width == value_width and kvattention.ready(key_width, self.kv_bits, group, dtype)
 
     def _decode(self, parts: Parts) -> mx.array:
         packed, scales, biases = parts

@@ -25,7 +25,7 @@ from dataclasses import replace
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
-from mlxd.engine import attention, rowfilter, warmup
+from mlxd.engine import attention, kvattention, rowfilter, warmup
 from mlxd.engine.admission import Admission
 from mlxd.engine.calibration import IDLE_BEFORE_S, Weights
 from mlxd.engine.errors import (
@@ -107,6 +107,7 @@ class Engine:
         self._weights = Weights(model, self.settings)
         self._idle_since = time.monotonic()
         self._cuda = attention.wanted()
+        self._attention_patched = 0  # model modules whose attention mlxd routes (CUDA)
         self._gpu = device_kind() != "cpu"
         self._warming: Iterator | None = None  # warm-up paths left for idle time
         # Learnt at warm-up.
@@ -174,7 +175,9 @@ class Engine:
         """Attention, weight routing, the batch generator and the warm-up; False (with
         ``failure`` set) when the model cannot serve."""
         if self._cuda:  # both copies share the modules' attention function
-            attention.install_for(getattr(self.model, "quantized", self.model))
+            self._attention_patched = attention.install_for(
+                getattr(self.model, "quantized", self.model)
+            )
         rowfilter.install()  # a finished sequence leaves the batch's cache in one gather
         try:
             self._weights.begin(self._on_phase)
@@ -267,6 +270,9 @@ class Engine:
         new_cache = CacheMaker(self.model, s.kv_bits, s.quantized_kv_start, self._cuda)
         self._running.new_cache = new_cache
         warm = warmup.WarmUpRun(self.tokenizer, s.prefill_step_size, new_cache, self._gpu)
+        # Decode steps may read a quantized cache's codes where mlxd routes attention (CUDA)
+        # and the kernel checks out (kvattention.ready, at a cache's first decode step).
+        kvattention.allow(s.kv_bits is not None and self._attention_patched > 0)
         done = warm.first(self._running.gen)
         self.vocab_size = done.vocab_size
         self._kv_full_bytes_per_token = self.kv_bytes_per_token = done.kv_bytes_per_token

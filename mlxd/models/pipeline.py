@@ -60,7 +60,9 @@ class PipelineLlamaModel(PipelineMixin, llama.LlamaModel):
             agreed = mx.distributed.all_sum(
                 mx.array([code], dtype=mx.int32), group=self.pipeline_group
             )
-            codes.append(int(agreed.item()) - 1)
+            summed = agreed.item()  # an int32 sum: an int
+            assert isinstance(summed, int)
+            codes.append(summed - 1)
             h = mx.zeros(h.shape, DTYPES[codes[-1]])
         self.stage_dtypes = bytes(codes)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,10 +48,23 @@ def run_group(model: Path, weights: str, out: Path) -> dict:
         "--", str(SCRIPT), str(model), weights, str(out),
     ]  # fmt: skip
     env = {"PYTHONPATH": str(ROOT) + ":" + str(ROOT / "tests")}
-    done = subprocess.run(
-        command, capture_output=True, text=True, timeout=RUN_TIMEOUT_S, env={**os.environ, **env}
+    # A session of its own, so that a hang takes the ranks down with the launcher (killing
+    # the launcher alone left them spinning in a collective).
+    proc = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, **env},
+        start_new_session=True,
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    try:
+        output, _ = proc.communicate(timeout=RUN_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        output, _ = proc.communicate()
+        pytest.fail(f"the ranks hung: {output[-3000:]}")
+    assert proc.returncode == 0, output[-3000:]
     return json.loads(out.read_text())
 
 
