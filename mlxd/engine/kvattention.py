@@ -227,7 +227,7 @@ def check(kernel, head_dim: int, bits: int, group_size: int, dtype) -> float:
 
 
 _allowed = False  # attention is routed through mlxd (attention.install): tuples reach decode
-_tried: dict[tuple, object] = {}  # (head width, bits, group, dtype) -> kernel, or None: refused
+_tried: dict[tuple, bool] = {}  # (head width, bits, group, dtype) -> the kernel checked out
 
 
 def allow(on: bool = True) -> None:
@@ -240,12 +240,12 @@ def allow(on: bool = True) -> None:
 def ready(head_dim: int, bits: int, group_size: int, dtype) -> bool:
     """Whether a decode step over a cache of these may read its codes: the first time for each
     shape the kernel is compiled and checked (``enable``); the answer is kept."""
-    key = (head_dim, bits, group_size, str(dtype))
     if not _allowed:
         return False
+    key = (head_dim, bits, group_size, str(dtype))
     if key not in _tried:
-        _tried[key] = _kernel if enable(head_dim, bits, group_size, dtype) else None
-    return _tried[key] is not None
+        _tried[key] = enable(head_dim, bits, group_size, dtype)
+    return _tried[key]
 
 
 def enable(head_dim: int, bits: int, group_size: int, dtype) -> bool:

@@ -25,6 +25,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ring_launch(count: int, *command: str) -> list[str]:
+    """MLX's launcher running ``python COMMAND...`` as ``count`` ranks over ``ring`` on this
+    machine. Start it in a session of its own (``start_new_session``): killing the launcher
+    alone leaves its ranks running."""
+    return [
+        str(Path(sys.executable).parent / "mlx.launch"),
+        "--backend",
+        "ring",
+        "-n",
+        str(count),
+        "--hosts",
+        "127.0.0.1",
+        "--starting-port",
+        str(ranks.free_ports(count)),
+        "--python",
+        sys.executable,
+        "--",
+        *command,
+    ]
+
+
+def launch_env() -> dict[str, str]:
+    """The environment for ranks that import mlxd from this checkout."""
+    return dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
+    )
+
+
 class Group:
     """``mlx.launch --backend ring -n 2 -- -m mlxd MODEL --backend ring ...`` in a session of
     its own (so that teardown can end the launcher and every rank at once)."""
@@ -32,20 +60,8 @@ class Group:
     def __init__(self, model: Path, tmp: Path, *args: str, count: int = 2) -> None:
         self.port = free_port()
         self.log_path = tmp / f"group-{self.port}.log"
-        launcher = Path(sys.executable).parent / "mlx.launch"
-        command = [
-            str(launcher),
-            "--backend",
-            "ring",
-            "-n",
-            str(count),
-            "--hosts",
-            "127.0.0.1",
-            "--starting-port",
-            str(ranks.free_ports(count)),
-            "--python",
-            sys.executable,
-            "--",
+        command = ring_launch(
+            count,
             "-m",
             "mlxd",
             str(model),
@@ -58,13 +74,14 @@ class Group:
             "--max-tokens",
             "16",
             *args,
-        ]
-        env = dict(
-            os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])
         )
         self._log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+            command,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=launch_env(),
+            start_new_session=True,
         )
 
     @property

@@ -11,15 +11,12 @@ import math
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import mlx.core as mx
 import pytest
 
-from mlxd.service import ranks
-
-from helpers import ROOT
+from group import launch_env, ring_launch
 from tinymodel import build_tiny_model
 
 SCRIPT = Path(__file__).with_name("pipeline_logits.py")
@@ -41,13 +38,7 @@ def mixed_dtypes(path: Path) -> Path:
 
 
 def run_group(model: Path, weights: str, out: Path) -> dict:
-    launcher = Path(sys.executable).parent / "mlx.launch"
-    command = [
-        str(launcher), "--backend", "ring", "-n", "2", "--hosts", "127.0.0.1",
-        "--starting-port", str(ranks.free_ports(2)), "--python", sys.executable,
-        "--", str(SCRIPT), str(model), weights, str(out),
-    ]  # fmt: skip
-    env = {"PYTHONPATH": str(ROOT) + ":" + str(ROOT / "tests")}
+    command = ring_launch(2, str(SCRIPT), str(model), weights, str(out))
     # A session of its own, so that a hang takes the ranks down with the launcher (killing
     # the launcher alone left them spinning in a collective).
     proc = subprocess.Popen(
@@ -55,7 +46,7 @@ def run_group(model: Path, weights: str, out: Path) -> dict:
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env={**os.environ, **env},
+        env=launch_env(),
         start_new_session=True,
     )
     try:
