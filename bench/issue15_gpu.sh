@@ -29,6 +29,8 @@ timeout 60 "$PY" bench/hostcheck.py --out "$OUT/host.json" > "$OUT/host.txt" 2>&
 cat "$OUT/host.txt"
 variant=()
 [ "${KV:-0}" = 1 ] && variant=(--mlxd-variant "kv8=--kv-bits 8")
+# one more mlxd variant, NAME=ARGS (e.g. "kvlate=--kv-bits 8 --quantized-kv-start 100000")
+[ -n "${EXTRA_VARIANT:-}" ] && variant+=(--mlxd-variant "$EXTRA_VARIANT")
 timeout "$LIMIT_S" "$PY" bench/bench.py --model "$MODEL" --servers "$SERVERS" \
   --concurrency "$CONC" --workloads "$WORKLOADS" --workload-servers mlxd \
   "${variant[@]}" $RESTART --kernel-cache cold --out "$OUT/bench.json" > "$OUT/bench.txt" 2>&1

@@ -10,8 +10,8 @@ to request, so a batched prefill met a new shape nearly every time: 8 streams of
 Prefill attention is a small part of a prefill's work at chat lengths, so on CUDA mlxd computes
 it with plain matmul and softmax (no per-shape plans) while the scores fit ``MAX_SCORE_BYTES``;
 longer prefills, decode steps (one query: MLX's own vector kernel, no cuDNN), quantized KV caches
-and attention sinks keep mlx-lm's path, except a decode step over a quantized cache where
-kvattention's kernel is enabled (the cache then hands over its buffers as stored).
+and attention sinks keep mlx-lm's path, except a decode step over a quantized cache that hands
+over its buffers as stored (kvattention: CUDA, --kv-bits).
 ``install`` patches the name the model's modules call.
 """
 
@@ -73,9 +73,8 @@ def plain_attention(
 
 def _prefill_aware(queries, keys, values, cache, scale: float, mask, sinks=None):
     B, H, L, _ = queries.shape
-    if (
-        isinstance(keys, tuple) and kvattention.enabled()
-    ):  # a quantized cache's buffers as stored, for one decode step
+    if isinstance(keys, tuple) and not hasattr(cache, "bits"):
+        # a quantized cache's buffers as stored (and its tail), for one decode step
         return kvattention.decode(queries, cache, scale)
     if (
         L > 1

@@ -1,271 +1,477 @@
 """Decode attention that reads the quantized KV cache as stored, for CUDA (--kv-bits).
 
 MLX 0.32's CUDA backend has no quantized matmul for attention's shapes, so a quantized cache
-(kvcache.py) hands attention its keys and values dequantized: every layer of every decode step
-quantizes the new token's keys and values, writes them, dequantizes the whole buffer and then
-attention reads that copy again. On an H200 (8B, 4-bit weights) that made ``--kv-bits 8``
-decode at 0.86x / 0.68x / 0.52x the full-precision cache's tok/s at 1 / 32 / 64 streams.
+(kvcache.py) could only hand attention its keys and values dequantized: every layer of every
+decode step quantized the new token's keys and values, wrote six parts, dequantized the whole
+buffer and then attention read that copy again. On an H200 (8B, 4-bit weights) that made
+``--kv-bits 8`` decode at 0.86x / 0.68x / 0.52x the full-precision cache's tok/s at 1 / 32 / 64
+streams.
 
-Here one kernel (``mx.fast.cuda_kernel``) computes a decode step's attention straight from the
-packed codes, scales and biases: a block per (sequence, query head), its warps taking every
-``WARPS``-th position with a running (online) softmax, each lane holding ``D / 32`` of the head's
-dimensions (8-bit, 128 wide: one packed word a lane, so a warp reads a position's row in one
-coalesced load), then the warps' partial results merged. Positions before the row's left
-padding and from the cache's length on are skipped, which is all the mask a batch's decode step
-has.
+Here a decode step's attention is computed straight from the packed codes, scales and biases
+(``mx.fast.cuda_kernel``), plus the cache's full-precision *tail*: the last few decode tokens,
+which the cache writes as they come (two writes a layer, as a full-precision cache) and
+quantizes in one go every ``kvcache.TAIL`` tokens. Positions ``[0, nq)`` come from the codes,
+``[nq, n)`` from the tail; a row's left padding is skipped, which is all the mask a batch's
+decode step has.
 
-The engine ``allow``s it where it routes the model's attention (CUDA); a cache's first one-token
-step then asks ``ready``, which compiles the kernel and checks it against dequantize + attention
-on random data (``check``) once per head width, bits and dtype; if compiling or the check fails,
-caches keep dequantizing and the log says why. Multi-token steps (prefill) and batches of fewer
-than ``MIN_ROWS`` (sequence, KV head) pairs still dequantize.
+The kernel: a block per (sequence, KV head, slice of positions) computes every query head that
+shares that KV head (up to ``MAX_HEADS_PER_BLOCK``), so each position's codes are read and
+dequantized once for the group (an 8B llama: 4 query heads a KV head). Its ``WARPS`` warps take
+two positions at a time each, with a running (online) softmax in base 2; each lane holds
+``D / 32`` of a head's dimensions (8-bit, 128 wide: one packed word a lane, a warp reads a
+position's row in one coalesced load). The warps' partial results are merged in shared memory.
+When the batch has too few (sequence, KV head) pairs to fill the GPU, the positions are split
+over up to ``MAX_SPLITS`` blocks (as flash-decoding) and a second small kernel combines the
+slices.
+
+The engine ``allow``s it where it routes the model's attention (CUDA). The first decode step
+for each head shape compiles the kernels and checks them against dequantize + attention on
+random data (``check``); if compiling or the check fails, that step and every later one
+dequantize (``reference``) and the log says why. Multi-token steps (prefill) always dequantize.
 """
 
 from __future__ import annotations
 
 import logging
+from typing import NamedTuple
 
 import mlx.core as mx
 
 log = logging.getLogger(__name__)
 
-WARPS = 4  # warps per block (sequence x query head)
-# A step's (sequence, KV head) pairs below which caches keep dequantizing: the kernel's blocks
-# (one per sequence and query head) walk their positions one warp-stride at a time, so a small
-# batch leaves most of the GPU idle. H200, 8B (8 KV heads, 32 query heads), --kv-bits 8 against
-# the full-precision cache: fused at every batch 0.66x at 1 stream and 0.63x at 64; dequantizing
-# 0.74-0.86x at 1 and 0.52-0.57x at 64 (other calls, other hosts); one attention call at 64
-# streams 0.29 ms fused against 0.56 ms (bench/kv_fused_check.py). 256 = 32 such streams.
-MIN_ROWS = 256
+WARPS = 8  # warps per block
+MAX_HEADS_PER_BLOCK = 8  # query heads one block computes (registers: 2 x heads x D/32 floats)
+TARGET_BLOCKS = 264  # blocks a step should have before it splits positions (H200: 132 SMs x 2)
+MAX_SPLITS = 8
+MIN_PAIRS = 4  # position pairs each warp walks at least: no split thinner than this
 CHECK_TOLERANCE = 0.02  # max |fused - reference| / max |reference| on the check (bf16: ~0.004)
 
-_SOURCE = """
+_BODY = """
     constexpr int P = D / 32;             // dimensions per lane
     constexpr int PER_WORD = 32 / BITS;   // codes per packed word
     constexpr int WORDS = D * BITS / 32;  // packed words per position
     constexpr int GROUPS = D / G;         // scales (and biases) per position
     constexpr unsigned MASK = (1u << BITS) - 1u;
-    const int n = meta[0], heads = meta[1], kv_heads = meta[2], capacity = meta[3];
-    const int bh = blockIdx.x;            // sequence * heads + query head
-    const int b = bh / heads;
-    const int kv = (bh % heads) / (heads / kv_heads);
+    constexpr float LOW = -3.0e38f;       // finite: no inf - inf anywhere
+    const int nq = meta[0], heads = meta[1], kv_heads = meta[2];
+    const int capacity = meta[3], tail_capacity = meta[4], splits = meta[5];
+    const int per_kv = heads / kv_heads;
+    const int chunks = per_kv / HB;
+    int blk = blockIdx.x;                 // ((b * kv_heads + kv) * chunks + c) * splits + s
+    const int s = blk % splits;
+    blk /= splits;
+    const int c = blk % chunks;
+    blk /= chunks;
+    const int kv = blk % kv_heads;
+    const int b = blk / kv_heads;
+    const int h0 = kv * per_kv + c * HB;  // this block's first query head
     const int lane = threadIdx.x & 31;
     const int warp = threadIdx.x >> 5;
-    const int g = (lane * P) / G;         // a lane's P dimensions share one group
-    const float scale = sc[0];
-    const float NEG_INF = -__int_as_float(0x7f800000);  // MLX 0.32.4's header has no inf
+    const int g = (lane * P) / G;         // a lane's P dimensions share one group and one word
+    const int word = (lane * P) / PER_WORD;
+    const int shift0 = ((lane * P) % PER_WORD) * BITS;
+    const float qscale = sc[0] * 1.4426950408889634f;  // scores in base 2
 
-    float qv[P];
-    float qsum = 0.0f;
-    for (int i = 0; i < P; ++i) {
-        qv[i] = static_cast<float>(q[(size_t)bh * D + lane * P + i]) * scale;
-        qsum += qv[i];
-    }
-    const size_t row0 = ((size_t)b * kv_heads + kv) * capacity;
-    float m = NEG_INF, l = 0.0f;
-    float acc[P];
-    for (int i = 0; i < P; ++i) acc[i] = 0.0f;
-
-    for (int t = lp[b] + warp; t < n; t += WARPS) {
-        const size_t row = row0 + t;
-        float dot = 0.0f;
+    float qv[HB][P];
+    float m[HB], l[HB], acc[HB][P];
+    #pragma unroll
+    for (int r = 0; r < HB; ++r) {
+        m[r] = LOW;
+        l[r] = 0.0f;
+        #pragma unroll
         for (int i = 0; i < P; ++i) {
-            const int e = lane * P + i;
-            const uint32_t w = kw[row * WORDS + e / PER_WORD];
-            dot += qv[i] * static_cast<float>((w >> ((e % PER_WORD) * BITS)) & MASK);
+            qv[r][i] = static_cast<float>(q[((size_t)b * heads + h0 + r) * D + lane * P + i]) * qscale;
+            acc[r][i] = 0.0f;
         }
-        float s = static_cast<float>(ks[row * GROUPS + g]) * dot
-                + static_cast<float>(kb[row * GROUPS + g]) * qsum;
-        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        const float m_new = fmaxf(m, s);
-        const float keep = __expf(m - m_new);
-        const float p = __expf(s - m_new);
-        l = l * keep + p;
-        const float vscale = static_cast<float>(vs[row * GROUPS + g]);
-        const float vbias = static_cast<float>(vb[row * GROUPS + g]);
-        for (int i = 0; i < P; ++i) {
-            const int e = lane * P + i;
-            const uint32_t w = vw[row * WORDS + e / PER_WORD];
-            const float v = vscale * static_cast<float>((w >> ((e % PER_WORD) * BITS)) & MASK) + vbias;
-            acc[i] = acc[i] * keep + p * v;
+    }
+    const int first = lp[b];
+    const int n = first + len[b];         // the cache's offset: the row's length
+    const int span = (n - first + splits - 1) / splits;
+    const int lo = first + s * span;
+    const int hi = min(n, lo + span);
+    const size_t qrow0 = ((size_t)b * kv_heads + kv) * capacity;
+    const size_t trow0 = ((size_t)b * kv_heads + kv) * tail_capacity;
+
+    for (int t = lo + 2 * warp; t < hi; t += 2 * WARPS) {
+        const bool second = t + 1 < hi;
+        float kf[2][P], vf[2][P];
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            const int tt = second ? t + j : t;  // no second position: read the first again
+            if (tt < nq) {
+                const size_t row = qrow0 + tt;
+                const float ksc = static_cast<float>(ks[row * GROUPS + g]);
+                const float kbi = static_cast<float>(kb[row * GROUPS + g]);
+                const float vsc = static_cast<float>(vs[row * GROUPS + g]);
+                const float vbi = static_cast<float>(vb[row * GROUPS + g]);
+                const uint32_t wk = kw[row * WORDS + word];
+                const uint32_t wv = vw[row * WORDS + word];
+                #pragma unroll
+                for (int i = 0; i < P; ++i) {
+                    kf[j][i] = ksc * static_cast<float>((wk >> (shift0 + i * BITS)) & MASK) + kbi;
+                    vf[j][i] = vsc * static_cast<float>((wv >> (shift0 + i * BITS)) & MASK) + vbi;
+                }
+            } else {
+                const size_t row = trow0 + (tt - nq);
+                #pragma unroll
+                for (int i = 0; i < P; ++i) {
+                    kf[j][i] = static_cast<float>(kt[row * D + lane * P + i]);
+                    vf[j][i] = static_cast<float>(vt[row * D + lane * P + i]);
+                }
+            }
         }
-        m = m_new;
+        float sj[2][HB];
+        #pragma unroll
+        for (int j = 0; j < 2; ++j) {
+            #pragma unroll
+            for (int r = 0; r < HB; ++r) {
+                float dot = 0.0f;
+                #pragma unroll
+                for (int i = 0; i < P; ++i) dot += qv[r][i] * kf[j][i];
+                sj[j][r] = dot;
+            }
+        }
+        #pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            #pragma unroll
+            for (int j = 0; j < 2; ++j) {
+                #pragma unroll
+                for (int r = 0; r < HB; ++r) sj[j][r] += __shfl_xor_sync(0xffffffffu, sj[j][r], o);
+            }
+        }
+        #pragma unroll
+        for (int r = 0; r < HB; ++r) {
+            const float s1 = second ? sj[1][r] : LOW;
+            const float top = fmaxf(m[r], fmaxf(sj[0][r], s1));
+            const float keep = exp2f(m[r] - top);
+            const float p0 = exp2f(sj[0][r] - top);
+            const float p1 = second ? exp2f(s1 - top) : 0.0f;
+            l[r] = l[r] * keep + p0 + p1;
+            #pragma unroll
+            for (int i = 0; i < P; ++i) acc[r][i] = acc[r][i] * keep + p0 * vf[0][i] + p1 * vf[1][i];
+            m[r] = top;
+        }
     }
 
-    __shared__ float part_m[WARPS];
-    __shared__ float part_l[WARPS];
-    __shared__ float part_acc[WARPS][D];
-    if (lane == 0) {
-        part_m[warp] = m;
-        part_l[warp] = l;
+    __shared__ float part_m[WARPS][HB];
+    __shared__ float part_l[WARPS][HB];
+    __shared__ float part_acc[WARPS][HB][D];
+    #pragma unroll
+    for (int r = 0; r < HB; ++r) {
+        if (lane == 0) {
+            part_m[warp][r] = m[r];
+            part_l[warp][r] = l[r];
+        }
+        #pragma unroll
+        for (int i = 0; i < P; ++i) part_acc[warp][r][lane * P + i] = acc[r][i];
     }
-    for (int i = 0; i < P; ++i) part_acc[warp][lane * P + i] = acc[i];
     __syncthreads();
-    if (warp == 0) {
-        float top = NEG_INF;
-        for (int w = 0; w < WARPS; ++w) top = fmaxf(top, part_m[w]);
-        float total = 0.0f;
-        float o[P];
-        for (int i = 0; i < P; ++i) o[i] = 0.0f;
+    for (int k = threadIdx.x; k < HB * D; k += 32 * WARPS) {
+        const int r = k / D, d = k % D;
+        float top = LOW;
+        for (int w = 0; w < WARPS; ++w) top = fmaxf(top, part_m[w][r]);
+        float total = 0.0f, o = 0.0f;
         for (int w = 0; w < WARPS; ++w) {
-            if (part_m[w] == NEG_INF) continue;  // a warp that had no position
-            const float f = __expf(part_m[w] - top);
-            total += part_l[w] * f;
-            for (int i = 0; i < P; ++i) o[i] += part_acc[w][lane * P + i] * f;
+            const float f = exp2f(part_m[w][r] - top);  // 0 for a warp that had no position
+            total += part_l[w][r] * f;
+            o += part_acc[w][r][d] * f;
         }
-        for (int i = 0; i < P; ++i) {
-            out[(size_t)bh * D + lane * P + i] = static_cast<T>(total > 0.0f ? o[i] / total : 0.0f);
-        }
+        const size_t row = (size_t)b * heads + h0 + r;
+        EPILOGUE
     }
 """
 
-_kernel = None  # the compiled kernel once ``enable`` checked it
+_WHOLE = "out[row * D + d] = static_cast<T>(total > 0.0f ? o / total : 0.0f);"
+_PART = """const size_t part = row * splits + s;
+        part_out[part * D + d] = o;
+        if (d == 0) {
+            part_max[part] = top;
+            part_sum[part] = total;
+        }"""
+
+_COMBINE = """
+    constexpr int P = D / 32;
+    constexpr float LOW = -3.0e38f;
+    const int splits = meta[0];
+    const size_t row = blockIdx.x;        // sequence * heads + head: one warp each
+    const int lane = threadIdx.x;
+    float top = LOW;
+    for (int s = 0; s < splits; ++s) top = fmaxf(top, part_max[row * splits + s]);
+    float total = 0.0f;
+    float o[P];
+    #pragma unroll
+    for (int i = 0; i < P; ++i) o[i] = 0.0f;
+    for (int s = 0; s < splits; ++s) {
+        const size_t part = row * splits + s;
+        const float f = exp2f(part_max[part] - top);
+        total += part_sum[part] * f;
+        #pragma unroll
+        for (int i = 0; i < P; ++i) o[i] += part_out[part * D + lane * P + i] * f;
+    }
+    #pragma unroll
+    for (int i = 0; i < P; ++i) {
+        out[row * D + lane * P + i] = static_cast<T>(total > 0.0f ? o[i] / total : 0.0f);
+    }
+"""
+
+_INPUTS = ["q", "kw", "ks", "kb", "vw", "vs", "vb", "kt", "vt", "lp", "len", "meta", "sc"]
+
+
+class Kernels(NamedTuple):
+    whole: object  # one block per (sequence, KV head, head chunk): writes the output
+    split: object  # several blocks per row: writes each slice's (output, max, sum)
+    combine: object  # merges the slices
 
 
 def supported(head_dim: int, bits: int, group_size: int) -> bool:
-    """Shapes the kernel handles: heads 32..128 wide in steps of 32 lanes' worth of codes."""
+    """Shapes the kernel handles: heads 32..128 wide, a lane's dimensions in one group and one
+    packed word."""
     per_lane = head_dim // 32
     return (
         bits in (4, 8)
         and head_dim % 32 == 0
-        and 1 <= per_lane <= 4
+        and per_lane in (1, 2, 4)
         and group_size % per_lane == 0
         and head_dim % group_size == 0
-        and (head_dim * bits) % 32 == 0
     )
 
 
-def _build():
-    return mx.fast.cuda_kernel(
-        name="mlxd_quantized_decode_attention",
-        input_names=["q", "kw", "ks", "kb", "vw", "vs", "vb", "lp", "meta", "sc"],
-        output_names=["out"],
-        source=_SOURCE,
+def _build() -> Kernels:
+    fast = mx.fast
+    return Kernels(
+        whole=fast.cuda_kernel(
+            name="mlxd_quantized_decode_attention",
+            input_names=_INPUTS,
+            output_names=["out"],
+            source=_BODY.replace("EPILOGUE", _WHOLE),
+        ),
+        split=fast.cuda_kernel(
+            name="mlxd_quantized_decode_attention_split",
+            input_names=_INPUTS,
+            output_names=["part_out", "part_max", "part_sum"],
+            source=_BODY.replace("EPILOGUE", _PART),
+        ),
+        combine=fast.cuda_kernel(
+            name="mlxd_quantized_decode_attention_combine",
+            input_names=["part_out", "part_max", "part_sum", "meta"],
+            output_names=["out"],
+            source=_COMBINE,
+        ),
     )
+
+
+def heads_per_block(per_kv: int) -> int:
+    """The largest divisor of the query heads per KV head that one block computes."""
+    return max(d for d in range(1, min(per_kv, MAX_HEADS_PER_BLOCK) + 1) if per_kv % d == 0)
+
+
+def splits_for(blocks: int, n: int) -> int:
+    """Slices of the positions for a step of ``blocks`` unsplit blocks over ``n`` positions: a
+    power of two (few distinct launch shapes), 1 once the blocks fill the GPU."""
+    if blocks >= TARGET_BLOCKS:
+        return 1
+    want = min(MAX_SPLITS, -(-TARGET_BLOCKS // blocks), max(1, n // (2 * WARPS * MIN_PAIRS)))
+    return 1 << (want.bit_length() - 1)
+
+
+_constants: dict[tuple, mx.array] = {}
+
+
+def _constant(values: tuple, dtype) -> mx.array:
+    """A small array of these values, made once (and so moved to the device once)."""
+    key = (values, str(dtype))
+    made = _constants.get(key)
+    if made is None:
+        if len(_constants) >= 256:  # lengths and batch sizes come and go
+            _constants.clear()
+        made = _constants[key] = mx.array(values, dtype=dtype)
+        mx.eval(made)
+    return made
 
 
 def attend(
-    kernel,
+    kernels: Kernels,
     queries: mx.array,
     keys,
     values,
     left_padding: mx.array,
+    lengths: mx.array,
     n: int,
     scale: float,
     bits: int,
     group_size: int,
+    tail: tuple[mx.array, mx.array] | None = None,
+    nq: int | None = None,
+    splits: int | None = None,
 ) -> mx.array:
     """One decode step's attention: ``queries`` (B, H, 1, D); ``keys`` and ``values`` the
-    cache's whole (packed, scales, biases) buffers, (B, Hkv, capacity, ...), of which the first
-    ``n`` positions are filled and each row's first ``left_padding`` are padding."""
+    cache's whole (packed, scales, biases) buffers, (B, Hkv, capacity, ...), holding positions
+    ``[0, nq)``; ``tail`` full-precision (keys, values), (B, Hkv, tail capacity, D), holding
+    ``[nq, n)``; each row's first ``left_padding`` positions are padding and the other
+    ``lengths`` (the cache's offset, on the device: n - left_padding) its tokens.
+
+    Everything the kernels read is already on the device: the lengths are the cache's own
+    array, and the few integers that change only at a flush or a new batch size (``meta``) and
+    the scale are made once and kept (``_constant``). A small array made from Python each step
+    costs a host-to-device transfer per layer, which at one stream was most of the call."""
     B, H, L, D = queries.shape
     kv_heads, capacity = keys[0].shape[1], keys[0].shape[2]
     if L != 1:
         raise ValueError("the fused quantized attention computes one query position")
-    meta = mx.array([n, H, kv_heads, capacity], dtype=mx.int32)
-    (out,) = kernel(
-        inputs=[
-            queries,
-            *keys,
-            *values,
-            left_padding.astype(mx.int32),
-            meta,
-            mx.array([scale], dtype=mx.float32),
-        ],
-        template=[
-            ("T", queries.dtype),
-            ("BITS", bits),
-            ("D", D),
-            ("G", group_size),
-            ("WARPS", WARPS),
-        ],
-        grid=(B * H * 32 * WARPS, 1, 1),
-        threadgroup=(32 * WARPS, 1, 1),
+    if tail is None:
+        blank = _constant((0,), queries.dtype)
+        tail, nq = (blank, blank), n
+    assert nq is not None
+    hb = heads_per_block(H // kv_heads)
+    blocks = B * kv_heads * (H // kv_heads // hb)
+    if splits is None:
+        splits = splits_for(blocks, n)
+    tail_capacity = tail[0].shape[2] if tail[0].ndim == 4 else 1
+    meta = _constant((nq, H, kv_heads, capacity, tail_capacity, splits), mx.int32)
+    if left_padding.dtype != mx.int32:
+        left_padding = left_padding.astype(mx.int32)
+    if lengths.dtype != mx.int32:
+        lengths = lengths.astype(mx.int32)
+    inputs = [
+        queries,
+        *keys,
+        *values,
+        *tail,
+        left_padding,
+        lengths,
+        meta,
+        _constant((scale,), mx.float32),
+    ]
+    template = [
+        ("T", queries.dtype),
+        ("BITS", bits),
+        ("D", D),
+        ("G", group_size),
+        ("WARPS", WARPS),
+        ("HB", hb),
+    ]
+    launch = {
+        "grid": (blocks * splits * 32 * WARPS, 1, 1),
+        "threadgroup": (32 * WARPS, 1, 1),
+    }
+    if splits == 1:
+        (out,) = kernels.whole(  # type: ignore[operator]
+            inputs=inputs,
+            template=template,
+            output_shapes=[(B, H, 1, D)],
+            output_dtypes=[queries.dtype],
+            **launch,
+        )
+        return out
+    parts = kernels.split(  # type: ignore[operator]
+        inputs=inputs,
+        template=template,
+        output_shapes=[(B, H, splits, D), (B, H, splits), (B, H, splits)],
+        output_dtypes=[mx.float32] * 3,
+        **launch,
+    )
+    (out,) = kernels.combine(  # type: ignore[operator]
+        inputs=[*parts, _constant((splits,), mx.int32)],
+        template=[("T", queries.dtype), ("D", D)],
+        grid=(B * H * 32, 1, 1),
+        threadgroup=(32, 1, 1),
         output_shapes=[(B, H, 1, D)],
         output_dtypes=[queries.dtype],
     )
     return out
 
 
-def reference(queries, keys, values, left_padding, n, scale, bits, group_size):
-    """The same with MLX's own ops: dequantize the first n positions, mask the padding."""
+def reference(queries, keys, values, left_padding, n, scale, bits, group_size, tail=None, nq=None):
+    """The same with MLX's own ops: dequantize the first nq positions, append the tail's
+    ``n - nq``, mask the padding."""
     from mlxd.engine.attention import plain_attention
 
+    nq = n if nq is None else nq
     (kw, ks, kb), (vw, vs, vb) = keys, values
-    k = mx.dequantize(kw, ks, kb, group_size=group_size, bits=bits)[..., :n, :]
-    v = mx.dequantize(vw, vs, vb, group_size=group_size, bits=bits)[..., :n, :]
+    k = mx.dequantize(kw, ks, kb, group_size=group_size, bits=bits)[..., :nq, :]
+    v = mx.dequantize(vw, vs, vb, group_size=group_size, bits=bits)[..., :nq, :]
+    if n > nq:
+        assert tail is not None
+        k = mx.concatenate([k.astype(tail[0].dtype), tail[0][..., : n - nq, :]], axis=2)
+        v = mx.concatenate([v.astype(tail[1].dtype), tail[1][..., : n - nq, :]], axis=2)
     mask = (mx.arange(n)[None, :] >= left_padding[:, None])[:, None, None, :]
     return plain_attention(queries, k, v, scale, mask)
 
 
-def check(kernel, head_dim: int, bits: int, group_size: int, dtype) -> float:
-    """The largest difference between the kernel and ``reference`` on random data, relative to
-    the largest output: two sequences (the second left-padded by 37), 4 query heads over 2 KV
-    heads, a buffer longer than filled. Values the step must not read (padding, past the
-    filled length) are 8: reading any of them moves the output by far more than rounding."""
+def check(kernels: Kernels, head_dim: int, bits: int, group_size: int, dtype, per_kv: int) -> float:
+    """The largest difference between the kernels and ``reference`` on random data, relative to
+    the largest output: two sequences (the second left-padded by 37), 2 KV heads with
+    ``per_kv`` query heads each, 260 quantized positions and a tail of 31, with and without
+    splitting the positions, and without a tail. Values the step must not read (padding, the
+    codes from nq on, the tail past its filled length) are 8: reading any of them moves the
+    output by far more than rounding."""
     mx.random.seed(0)
-    B, H, kv_heads, capacity, n, pad = 2, 4, 2, 320, 291, 37
+    B, kv_heads, capacity, nq, tail_capacity, n, pad = 2, 2, 320, 260, 40, 291, 37
+    H = kv_heads * per_kv
     queries = mx.random.normal((B, H, 1, head_dim)).astype(dtype)
     position = mx.arange(capacity)[None, None, :, None]
-    unread = (position >= n) | ((position < pad) & (mx.arange(B) == 1)[:, None, None, None])
-    raw_values = mx.where(unread, 8.0, mx.random.normal((B, kv_heads, capacity, head_dim)))
-    keys = mx.quantize(
-        mx.random.normal((B, kv_heads, capacity, head_dim)).astype(dtype),
-        group_size=group_size,
-        bits=bits,
-    )
+    padded = (position < pad) & (mx.arange(B) == 1)[:, None, None, None]
+    shape = (B, kv_heads, capacity, head_dim)
+    raw_keys = mx.where(position >= nq, 8.0, mx.random.normal(shape))
+    raw_values = mx.where((position >= nq) | padded, 8.0, mx.random.normal(shape))
+    keys = mx.quantize(raw_keys.astype(dtype), group_size=group_size, bits=bits)
     values = mx.quantize(raw_values.astype(dtype), group_size=group_size, bits=bits)
+    tail_shape = (B, kv_heads, tail_capacity, head_dim)
+    beyond = mx.arange(tail_capacity)[None, None, :, None] >= n - nq
+    tail = (
+        mx.where(beyond, 8.0, mx.random.normal(tail_shape)).astype(dtype),
+        mx.where(beyond, 8.0, mx.random.normal(tail_shape)).astype(dtype),
+    )
     left_padding = mx.array([0, pad])
     scale = head_dim**-0.5
-    got = attend(kernel, queries, keys, values, left_padding, n, scale, bits, group_size)
-    want = reference(queries, keys, values, left_padding, n, scale, bits, group_size)
-    want = want.astype(mx.float32)
-    error = mx.abs(got.astype(mx.float32) - want).max() / mx.abs(want).max()
-    value = error.item()
-    assert isinstance(value, float)
-    return value
+    worst = 0.0
+    for with_tail, splits in ((True, 1), (True, 3), (False, 1), (False, 4)):
+        length = n if with_tail else nq
+        args = (queries, keys, values, left_padding, length, scale, bits, group_size)
+        more = {"tail": tail, "nq": nq} if with_tail else {}
+        lengths = length - left_padding
+        got = attend(kernels, *args[:4], lengths, *args[4:], splits=splits, **more)  # type: ignore[arg-type]
+        want = reference(*args, **more).astype(mx.float32)
+        error = (mx.abs(got.astype(mx.float32) - want).max() / mx.abs(want).max()).item()
+        assert isinstance(error, float)
+        worst = max(worst, error) if error == error else float("nan")
+        if worst != worst:
+            break
+    return worst
 
 
 _allowed = False  # attention is routed through mlxd (attention.install): tuples reach decode
-_tried: dict[tuple, bool] = {}  # (head width, bits, group, dtype) -> the kernel checked out
+_kernels: Kernels | None = None
+_checked: dict[tuple, bool] = {}  # (head width, bits, group, dtype, heads per KV head) -> ok
+_refused: set[tuple] = set()  # (head width, bits, group): the kernels failed; caches dequantize
 
 
 def allow(on: bool = True) -> None:
     """Let caches try the kernel: only where mlxd routes the model's attention (on CUDA)."""
-    global _allowed, _kernel
-    _allowed, _kernel = on, None
-    _tried.clear()
+    global _allowed, _kernels
+    _allowed, _kernels = on, None
+    _checked.clear()
+    _refused.clear()
 
 
-def ready(head_dim: int, bits: int, group_size: int, dtype) -> bool:
-    """Whether a decode step over a cache of these may read its codes: the first time for each
-    shape the kernel is compiled and checked (``enable``); the answer is kept."""
-    if not _allowed:
-        return False
-    key = (head_dim, bits, group_size, str(dtype))
-    if key not in _tried:
-        _tried[key] = enable(head_dim, bits, group_size, dtype)
-    return _tried[key]
+def usable(head_dim: int, bits: int, group_size: int) -> bool:
+    """Whether a cache of these may hand a decode step its buffers as stored: allowed, on
+    CUDA, a shape the kernel takes, and not refused by a failed check."""
+    return (
+        _allowed
+        and (head_dim, bits, group_size) not in _refused
+        and supported(head_dim, bits, group_size)
+        and mx.cuda.is_available()
+    )
 
 
-def enable(head_dim: int, bits: int, group_size: int, dtype) -> bool:
-    """Compile and check the kernel for these heads (CUDA only); True if decode steps may use
-    it. Any failure leaves the dequantizing path, with the reason in the log."""
-    global _kernel
-    if not mx.cuda.is_available():
-        return False
-    if not supported(head_dim, bits, group_size):
-        log.info(
-            "kv cache: no fused attention for %d-wide heads at %d bits (groups of %d); "
-            "dequantizing",
-            head_dim,
-            bits,
-            group_size,
-        )
-        return False
+def enable(head_dim: int, bits: int, group_size: int, dtype, per_kv: int) -> bool:
+    """Compile and check the kernels for these heads; True if decode steps may use them. Any
+    failure leaves the dequantizing path, with the reason in the log."""
+    global _kernels
     try:
-        kernel = _build()
-        error = check(kernel, head_dim, bits, group_size, dtype)
+        kernels = _kernels or _build()
+        error = check(kernels, head_dim, bits, group_size, dtype, per_kv)
     except Exception as exc:  # noqa: BLE001 - a JIT or launch failure: keep the safe path
         log.warning("kv cache: fused quantized attention unavailable (%s); dequantizing", exc)
         return False
@@ -276,32 +482,34 @@ def enable(head_dim: int, bits: int, group_size: int, dtype) -> bool:
             error,
         )
         return False
-    _kernel = kernel
+    _kernels = kernels
     log.info(
         "kv cache: decode attention reads the %d-bit cache as stored (fused kernel, %s, "
-        "check within %.1e)",
+        "%d query heads a KV head, check within %.1e)",
         bits,
         dtype,
+        per_kv,
         error,
     )
     return True
 
 
-def enabled() -> bool:
-    return _kernel is not None
-
-
 def decode(queries: mx.array, cache, scale: float) -> mx.array:
-    """``attend`` with the enabled kernel over a quantized cache's buffers."""
-    assert _kernel is not None and cache.keys is not None
-    return attend(
-        _kernel,
-        queries,
-        cache.keys,
-        cache.values,
-        cache.left_padding,
-        cache._idx,
-        scale,
-        cache.kv_bits,
-        cache.group_size,
-    )
+    """A decode step over a quantized cache's buffers and tail: the checked kernels, or (their
+    first use for these heads failed) dequantize + attention, after which the cache's later
+    steps dequantize by themselves (``usable`` says no)."""
+    assert cache.keys is not None
+    head_dim, bits, group = queries.shape[-1], cache.kv_bits, cache.group_size
+    per_kv = queries.shape[1] // cache.keys[0].shape[1]
+    key = (head_dim, bits, group, str(queries.dtype), per_kv)
+    if key not in _checked:
+        _checked[key] = enable(head_dim, bits, group, queries.dtype, per_kv)
+        if not _checked[key]:
+            _refused.add((head_dim, bits, group))
+    args = (queries, cache.keys, cache.values, cache.left_padding, cache._idx, scale, bits, group)
+    tail = cache.tail()
+    more = {"tail": tail, "nq": cache._idx - cache._tail} if tail is not None else {}
+    if not _checked[key]:
+        return reference(*args, **more)
+    assert _kernels is not None
+    return attend(_kernels, *args[:4], cache.offset, *args[4:], **more)
