@@ -87,7 +87,9 @@ def test_seeded_and_unseeded_sampling(plain, stepped):
     seeded = {"temperature": 1.0, "seed": 77, "max_tokens": 12}
     assert Run(stepped, [5, 6], **seeded).text()[0] == Run(plain, [5, 6], **seeded).text()[0]
     text, end = Run(stepped, [5, 6], temperature=1.0, max_tokens=12).text()  # rank 0 picks a seed
-    assert isinstance(end, Finished) and end.completion_tokens == 12
+    # Unseeded, the sample may be the end-of-sequence token before 12 (CI saw 8, "stop").
+    assert isinstance(end, Finished)
+    assert end.completion_tokens == 12 if end.reason == "length" else end.reason == "stop"
 
 
 def test_constrained_json_through_the_decision(loaded, plain, stepped):
