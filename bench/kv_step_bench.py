@@ -27,6 +27,7 @@ from mlx_lm.models.cache import BatchKVCache  # noqa: E402
 from mlxd.engine import attention, kvattention, kvcache  # noqa: E402
 
 LAYERS, HEADS, KV_HEADS, D = 32, 32, 8, 128
+TAIL = kvcache.TAIL  # the default, restored after a fused-no-tail run
 
 
 def make(variant: str, B: int):
@@ -76,9 +77,6 @@ def _run(variant: str, B: int, context: int, steps: int, warm: int) -> float:
             outs.append(h)
         mx.eval(outs)
     return (time.perf_counter() - t0) / steps * 1000
-
-
-TAIL = kvcache.TAIL
 
 
 def main() -> None:

@@ -271,7 +271,7 @@ class Engine:
         self._running.new_cache = new_cache
         warm = warmup.WarmUpRun(self.tokenizer, s.prefill_step_size, new_cache, self._gpu)
         # Decode steps may read a quantized cache's codes where mlxd routes attention (CUDA)
-        # and the kernel checks out (kvattention.decode checks it at the first decode step of each head shape).
+        # and the kernels check out (kvattention.decode, at the first step of each head shape).
         kvattention.allow(s.kv_bits is not None and self._attention_patched > 0)
         done = warm.first(self._running.gen)
         self.vocab_size = done.vocab_size
