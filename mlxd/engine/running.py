@@ -18,7 +18,7 @@ import mlx.core as mx
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
-from mlxd.engine import buffers, vision
+from mlxd.engine import buffers, steptrace, vision
 from mlxd.engine.emit import emit_token
 from mlxd.engine.errors import EngineError, GenerationFailed
 from mlxd.engine.events import Failed
@@ -64,6 +64,7 @@ class Running:
         self.seqs: dict[int, Seq] = {}
         self.followers = Followers()  # choices waiting for a leader's first token
         self.solo: SoloRun | None = None  # the lone sequence, while nothing else runs
+        self._trace = steptrace.from_env()  # profiling only (MLXD_STEP_TRACE)
 
     # ----- bookkeeping -----
 
@@ -161,6 +162,7 @@ class Running:
     def _solo_step(self) -> None:
         seq, solo = self.seqs[SOLO_UID], self.solo
         assert solo is not None  # step checked
+        started = time.perf_counter()
         try:
             out = solo.step()
         except Exception as exc:
@@ -171,6 +173,8 @@ class Running:
             self.solo = None
             self.release(SOLO_UID)
             return
+        if self._trace is not None:
+            self._trace.record(time.perf_counter() - started, 1, 0, 0, 0, solo=True)
         if out is not None and self._on_token(seq, out):
             self._end_solo()
 
@@ -193,8 +197,12 @@ class Running:
         started = time.perf_counter()
         with buffers.kept(cuda):
             progress, responses = self.gen.next()
-        if self.pacer.after(progress, time.perf_counter() - started):
+        seconds = time.perf_counter() - started
+        if self.pacer.after(progress, seconds):
             self._stats.prefill_steps += 1
+        if self._trace is not None:
+            ended = sum(r.finish_reason is not None for r in responses)
+            self._trace.record(seconds, *self.pacer.last, ended)
         self._stats.steps += 1
         if self._stats.steps % CLEAR_CACHE_EVERY == 0:
             mx.clear_cache()

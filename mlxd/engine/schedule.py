@@ -210,6 +210,7 @@ class Pacer:
         self.pieces = pieces  # prompt pieces of a few sizes only
         self._rows: dict[int, _Row] = {}  # uid -> progress, in insertion (= mlx-lm's) order
         self._step_budget = 0
+        self.last = (0, 0, 0)  # the last step's (decoding, prompt tokens computed, joined)
 
     def add(self, uid: int, prompt_tokens: int) -> None:
         """A sequence was inserted with ``prompt_tokens`` left to feed (the last one included)."""
@@ -262,6 +263,7 @@ class Pacer:
             chunks.append(done - row.done)
             row.done, row.started = done, True
         computed = len(chunks) * max(chunks, default=0)
+        self.last = (decoding, computed, joined)
         self.budget.observe(seconds, decoding, computed, self._step_budget, joined)
         if seconds > SLOW_STEP_S and log.isEnabledFor(logging.DEBUG):
             log.debug(
