@@ -33,7 +33,7 @@ from mlx_lm.models.cache import (
 )
 
 from mlxd.engine import kvattention
-from mlxd.engine.rowfilter import filter_rows, kept_rows
+from mlxd.engine.rowfilter import filter_rows, is_identity, kept_rows
 
 GROUP_SIZES = (64, 32)  # elements per scale and bias: mlx-lm's default, else what the head allows
 STEP = 256  # tokens per allocation, as mlx-lm's caches
@@ -127,9 +127,16 @@ class QuantizedBatchKVCache(_BaseCache):
             self._append_tail(keys, values)
             return self.keys, self.values  # as stored: attention reads codes and tail
         self.flush()
+        fresh = self._idx == 0
         self._write(self._encode(keys), self._encode(values), n)
         self._idx += n
         self.offset = self.offset + n
+        if fresh and self.quantized and self.dequantize:
+            # The chunk is all the cache holds: attention reads it as computed rather than
+            # dequantized from the buffers just written (two dequantizes of the whole buffer a
+            # layer, and attention no longer waits for the quantize), and the prompt's own
+            # attention is exact, as where prefill runs before quantizing (--quantized-kv-start).
+            return keys, values
         return self._fetch()
 
     def _write(self, new_k: Parts, new_v: Parts, n: int) -> None:
@@ -256,6 +263,8 @@ class QuantizedBatchKVCache(_BaseCache):
         """Keep these rows, in one copy of each part (rowfilter.py), and of the tail: a row's
         left padding never reaches into the tail (rows join after a flush), so dropping shared
         padding leaves the tail's positions as they were."""
+        if is_identity(self, batch_indices):
+            return
         filter_rows(self, batch_indices, _kept_parts)
         if self._tail and self._tail_k is not None and self._tail_v is not None:
             rows = mx.array(batch_indices, dtype=mx.int32)
@@ -344,14 +353,21 @@ class QuantizedBatchKVCache(_BaseCache):
             return merged
         rows = [c if c.quantized == merged.quantized else c._copy_quantized() for c in caches]
         like = next(c for c in rows if c.keys is not None)
+        assert like.keys is not None and like.values is not None
         size = (idx // STEP + 1) * STEP  # room for the tokens that follow
-        aligned = [cls._aligned(c, idx, like, size) for c in rows]
-        merged.keys = tuple(
-            mx.concatenate(list(p)) for p in zip(*(a[0] for a in aligned), strict=True)
-        )
-        merged.values = tuple(
-            mx.concatenate(list(p)) for p in zip(*(a[1] for a in aligned), strict=True)
-        )
+        # One zeroed buffer per part and each row written into it: two operations a row and
+        # part, where padding each row first (pad, then concatenate) took about four.
+        keys = [mx.zeros((len(rows), *p.shape[1:2], size, p.shape[3]), p.dtype) for p in like.keys]
+        values = [
+            mx.zeros((len(rows), *p.shape[1:2], size, p.shape[3]), p.dtype) for p in like.values
+        ]
+        for i, c in enumerate(rows):
+            if c.keys is None or c.values is None or not c._idx:
+                continue
+            start = idx - c._idx
+            for stored, part in zip(keys + values, c.keys + c.values, strict=True):
+                stored[i : i + 1, :, start:idx] = part[..., : c._idx, :]
+        merged.keys, merged.values = tuple(keys), tuple(values)
         merged.offset = mx.array([idx] * len(caches)) - merged.left_padding
         merged._idx = idx
         return merged

@@ -39,6 +39,12 @@ def shift_for(left_padding: mx.array) -> int:
     return shared if shared >= SHIFT_MIN else 0
 
 
+def is_identity(cache, batch_indices) -> bool:
+    """Whether ``batch_indices`` keeps every row of ``cache`` in its order."""
+    rows = cache.offset.shape[0] if cache.offset.ndim else 1
+    return list(batch_indices) == list(range(rows))
+
+
 def kept_rows(a: mx.array, rows: mx.array, shift: int) -> mx.array:
     """Rows ``rows`` of ``a`` (batch axis first, positions third) without its first ``shift``
     positions, gathered into a new contiguous array."""
@@ -51,7 +57,10 @@ def filter_rows(cache, batch_indices, take: Callable[[Any, mx.array, int], Any])
     """Keep these rows of a left-padded batch cache, in this order: ``cache`` has mlx-lm's
     ``BatchKVCache`` fields (``keys``, ``values``, ``offset``, ``left_padding``, ``_idx``), and
     ``take(stored, rows, shift)`` gathers what its keys and values hold (``kept_rows`` for an
-    array, each part for mlxd's quantized triples)."""
+    array, each part for mlxd's quantized triples). Keeping every row in order (mlx-lm's
+    prompt batch splits that way when all its prompts are done) copies nothing."""
+    if is_identity(cache, batch_indices):
+        return
     rows = mx.array(batch_indices, dtype=mx.int32)
     cache.offset = cache.offset[rows]
     cache.left_padding = cache.left_padding[rows]

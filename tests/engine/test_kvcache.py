@@ -99,6 +99,55 @@ def test_extract_merge_and_extend_round_trip(loaded):
     assert merged.trim(2) == 2 and merged.size() == 3
 
 
+def test_a_fresh_prefill_attends_to_its_chunk_as_computed():
+    """CUDA's way, first chunk of an empty cache: attention gets the keys and values it gave
+    (exact, no dequantize of the buffers just written); later chunks read the buffers."""
+    cache = QuantizedBatchKVCache([0, 2], 8, dequantize=True)
+    k, v = mx.random.normal((2, 1, 5, 32)), mx.random.normal((2, 1, 5, 32))
+    got_k, got_v = cache.update_and_fetch(k, v)
+    assert got_k is k and got_v is v and cache.keys[0].dtype == mx.uint32
+    more_k, more_v = cache.update_and_fetch(k[..., :3, :], v[..., :3, :])
+    assert more_k.shape == (2, 1, 8, 32) and more_v.dtype == v.dtype
+    # the first five positions come back dequantized: close to what was given, not the same
+    assert mx.allclose(more_k[..., :5, :], k, atol=0.05).item()
+    assert not mx.array_equal(more_k[..., :5, :], k).item()
+
+
+def test_merge_writes_each_row_where_its_tokens_end(loaded):
+    model, _ = loaded
+    caches = [[QuantizedBatchKVCache([0], 8) for _ in model.layers] for _ in range(3)]
+    model(mx.array([[5, 6, 7, 8, 9, 10]]), cache=caches[0])
+    model(mx.array([[40, 41]]), cache=caches[1])  # caches[2] stays empty
+    merged = QuantizedBatchKVCache.merge([c[0] for c in caches])
+    assert merged.left_padding.tolist() == [0, 4, 6] and merged.keys[0].shape[2] == 256
+    for row, (c, n) in enumerate(zip(caches[:2], (6, 2), strict=True)):
+        for got, want in zip(merged.keys + merged.values, c[0].keys + c[0].values, strict=True):
+            assert mx.array_equal(got[row, :, 6 - n : 6], want[0, :, :n]).item()
+            assert not got[row, :, : 6 - n].any().item()  # padding stays zero
+    assert not merged.keys[0][2].any().item()
+
+
+def test_filter_keeping_every_row_copies_nothing(loaded):
+    from mlx_lm.models.cache import BatchKVCache
+
+    from mlxd.engine import rowfilter
+
+    model, _ = loaded
+    a = [QuantizedBatchKVCache([0], 8) for _ in model.layers]
+    model(mx.array([[5, 6, 7]]), cache=a)
+    merged = QuantizedBatchKVCache.merge([a[0], a[0]])
+    before = merged.keys + merged.values
+    merged.filter([0, 1])
+    assert all(x is y for x, y in zip(merged.keys + merged.values, before, strict=True))
+    merged.filter([1, 0])  # a new order is a copy
+    assert all(x is not y for x, y in zip(merged.keys + merged.values, before, strict=True))
+    plain = BatchKVCache([0, 1])
+    plain.update_and_fetch(mx.zeros((2, 1, 3, 32)), mx.zeros((2, 1, 3, 32)))
+    keys = plain.keys
+    rowfilter.filter_batch(plain, [0, 1])
+    assert plain.keys is keys
+
+
 def test_group_size_follows_the_head():
     assert group_size_for(128) == 64 and group_size_for(32) == 32
     with pytest.raises(ValueError, match="multiple of 32"):
