@@ -12,7 +12,9 @@ it with SIGTERM; the wrapper writes its report at exit: the rounds' steps by kin
 (bench/steptrace.py) and the generation thread's functions by own and cumulative time.
 ``--eval``: the KV caches' methods and the attention entry point evaluate their inputs before
 and their results after each call, timed: which of them the device time is in (this serializes
-the step; compare variants with each other, not with a run without it).
+the step; compare variants with each other, not with a run without it). ``--phases``: mlx-lm's
+batch phases (merge, prompt, split, a new batch's first decode step, extend, filter) between
+device syncs (a few calls a round).
 """
 
 from __future__ import annotations
@@ -75,6 +77,36 @@ def _eval_timers(totals: dict) -> None:
     attention._prefill_aware = timed(attention._prefill_aware, "attention (patched entry)")
 
 
+def _phase_timers(totals: dict) -> None:
+    """mlx-lm's batch phases (merge into a prompt batch, prompt, split, the first decode step of
+    a new generation batch, extend, filter) timed between device syncs: few calls a round."""
+    import importlib
+
+    import mlx.core as mx
+
+    gen = importlib.import_module("mlx_lm.generate")  # the module, not mlx_lm's function
+
+    def timed(raw, label):
+        def call(*a, **k):
+            mx.synchronize()
+            t = time.perf_counter()
+            result = raw(*a, **k)
+            mx.synchronize()
+            entry = totals.setdefault(label, [0, 0.0])
+            entry[0] += 1
+            entry[1] += time.perf_counter() - t
+            return result
+
+        return call
+
+    for cls, attrs in (
+        (gen.PromptProcessingBatch, ("__init__", "prompt", "split", "generate", "extend")),
+        (gen.GenerationBatch, ("__init__", "extend", "filter", "extract_cache")),
+    ):
+        for attr in attrs:
+            setattr(cls, attr, timed(cls.__dict__[attr], f"{cls.__name__}.{attr}"))
+
+
 def serve(argv: list[str]) -> int:
     """The wrapper: mlxd's main with the generation thread's steps profiled."""
     import cProfile
@@ -85,12 +117,18 @@ def serve(argv: list[str]) -> int:
     prof, totals = cProfile.Profile(), {}
     if os.environ.get("PROFILE_EVAL"):
         _eval_timers(totals)
+    if os.environ.get("PROFILE_PHASES"):
+        _phase_timers(totals)
+    started = []
     original = running.Running.step
     on = Path(os.environ["PROFILE_ON"])  # the driver touches it when the timed rounds begin
 
     def step(self, cuda):
         if not on.exists():
             return original(self, cuda)
+        if not started:  # the timed round begins: what was timed before is warm-up
+            started.append(True)
+            totals.clear()
         prof.enable()
         try:
             return original(self, cuda)
@@ -172,6 +210,8 @@ def drive(args) -> int:
             )
             if args.eval:
                 env["PROFILE_EVAL"] = "1"
+            if args.phases:
+                env["PROFILE_PHASES"] = "1"
             cmd = [
                 sys.executable,
                 __file__,
@@ -217,6 +257,7 @@ def main() -> int:
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--variants", default="full=;kv8=--kv-bits 8")
     p.add_argument("--eval", action="store_true")
+    p.add_argument("--phases", action="store_true", help="time mlx-lm's batch phases (synced)")
     p.add_argument("--top", type=int, default=35)
     p.add_argument("--out", default="")
     return drive(p.parse_args())
