@@ -30,15 +30,15 @@ LAYERS, HEADS, KV_HEADS, D = 32, 32, 8, 128
 TAIL = kvcache.TAIL  # the default, restored after a fused-no-tail run
 
 
-def make(variant: str, B: int):
+def make(variant: str, padding: list[int]):
     if variant == "full":
-        return BatchKVCache([0] * B)
+        return BatchKVCache(padding)
     kvattention.allow(variant.startswith("fused"))
     kvcache.TAIL = 1 if variant == "fused-no-tail" else TAIL
-    return kvcache.QuantizedBatchKVCache([0] * B, 8, 0, dequantize=True)
+    return kvcache.QuantizedBatchKVCache(padding, 8, 0, dequantize=True)
 
 
-def run(variant: str, B: int, context: int, steps: int, warm: int = 4) -> float:
+def run(variant: str, B: int, context: int, steps: int, warm: int = 4, padding: int = 0) -> float:
     """ms per step; ``variant`` may end in /NAME=VALUE settings of kvattention (WARPS, ...)."""
     variant, *settings = variant.split("/")
     saved = {}
@@ -47,15 +47,16 @@ def run(variant: str, B: int, context: int, steps: int, warm: int = 4) -> float:
         saved[name] = getattr(kvattention, name)
         setattr(kvattention, name, int(value))
     try:
-        return _run(variant, B, context, steps, warm)
+        return _run(variant, B, context, steps, warm, padding)
     finally:
         for name, value in saved.items():
             setattr(kvattention, name, value)
 
 
-def _run(variant: str, B: int, context: int, steps: int, warm: int) -> float:
+def _run(variant: str, B: int, context: int, steps: int, warm: int, padding: int) -> float:
     mx.random.seed(1)
-    caches = [make(variant, B) for _ in range(LAYERS)]
+    rows = [(37 * i) % padding if padding else 0 for i in range(B)]  # left padding per row
+    caches = [make(variant, rows) for _ in range(LAYERS)]
     prompt = mx.random.normal((B, KV_HEADS, context, D)).astype(mx.bfloat16)
     for c in caches:
         c.update_and_fetch(prompt, prompt)
@@ -85,6 +86,7 @@ def main() -> None:
     ap.add_argument("--contexts", default="256,1024")
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--variants", default="full,dequantize,fused,fused-no-tail")
+    ap.add_argument("--padding", type=int, default=0, help="rows left-padded by up to this many")
     a = ap.parse_args()
     attention_ok = mx.cuda.is_available()
     print(
@@ -95,7 +97,7 @@ def main() -> None:
             row = {}
             for variant in a.variants.split(","):
                 try:
-                    row[variant] = run(variant, B, context, a.steps)
+                    row[variant] = run(variant, B, context, a.steps, padding=a.padding)
                 except Exception as exc:  # noqa: BLE001 - report and go on
                     print(f"{variant} B={B} ctx={context}: {exc!r}"[:400], flush=True)
             full = row.get("full")
@@ -103,7 +105,7 @@ def main() -> None:
                 f"{k} {v:.3f}" + (f" ({v - full:+.3f})" if full and k != "full" else "")
                 for k, v in row.items()
             )
-            print(f"B={B:3d} ctx={context:5d}  {cells}", flush=True)
+            print(f"B={B:3d} ctx={context:5d} pad<{a.padding}  {cells}", flush=True)
 
 
 if __name__ == "__main__":
