@@ -1,0 +1,138 @@
+#!/usr/bin/env python3
+"""--kv-bits 8 against full precision in the engine's own decode loop, in-process: mlx-lm's
+``BatchGenerator`` pipelined as mlxd steps it (no sync between steps), the model served as mlxd
+serves it on a GPU (a dense twin for batches, mlxd's attention routing, its row filter), with
+variants that take the attention out to say where a step's time goes.
+
+    python bench/kv_decode_probe.py --model DIR [--streams 64] [--tokens 96]
+                                    [--variants full,kv8,kv8-ref,kv8-noattn,full-noattn]
+
+``kv8-ref``: kv8 with the kernels' place taken by dequantize + attention; ``*-noattn``: attention
+replaced by a no-op of the right shape (the queries), so the rest of the step is measured alone.
+Prints, per variant, the first decode step of the fresh batch (synced) and the decode steps'
+median and mean (pipelined, as served).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", required=True)
+    p.add_argument("--streams", type=int, default=64)
+    p.add_argument("--tokens", type=int, default=96)
+    p.add_argument("--variants", default="full,kv8,kv8-ref,kv8-noattn,full-noattn")
+    p.add_argument("--dense", action="store_true", help="decode on a dense twin (as mlxd on a GPU)")
+    a = p.parse_args()
+
+    import mlx.core as mx
+    from mlx_lm import load
+    from mlx_lm.generate import BatchGenerator
+
+    from bench import messages_for
+    from mlxd.engine import attention, kvattention, kvcache, rowfilter
+    from mlxd.models import weights
+
+    model, tok = load(a.model)
+    if a.dense:
+        model = weights.DualModel(
+            model,
+            weights.dense_twin(model),
+            weights.Routing(decode_dense_from=2, prefill_dense=True),
+        )
+    quantized = getattr(model, "quantized", model)
+    attention.install(quantized)
+    rowfilter.install()
+    prompts = [
+        tok.apply_chat_template(messages_for(i), add_generation_prompt=True)
+        for i in range(a.streams)
+    ]
+    original_attend, original_prefill = kvattention.attend, attention._prefill_aware
+    modules = [sys.modules[n] for n in {type(m).__module__ for _, m in quantized.named_modules()}]
+
+    def route(fn) -> None:
+        for module in modules:
+            if getattr(module, "scaled_dot_product_attention", None) in (
+                original_prefill,
+                route.last,
+            ):
+                module.scaled_dot_product_attention = fn
+        route.last = fn
+
+    route.last = original_prefill
+
+    def noattn(queries, keys, values, cache, scale, mask, sinks=None):
+        if queries.shape[2] > 1:
+            return original_prefill(queries, keys, values, cache, scale, mask, sinks)
+        return queries
+
+    def ref_attend(
+        kernels,
+        q,
+        keys,
+        values,
+        lp,
+        lengths,
+        n,
+        scale,
+        bits,
+        group,
+        tail=None,
+        nq=None,
+        splits=None,
+    ):
+        return kvattention.reference(q, keys, values, lp, n, scale, bits, group, tail=tail, nq=nq)
+
+    for variant in a.variants.split(","):
+        bits = 8 if variant.startswith("kv8") else None
+        kvattention.allow(bits is not None)
+        kvattention.attend = ref_attend if variant == "kv8-ref" else original_attend
+        route(noattn if variant.endswith("noattn") else original_prefill)
+        maker = kvcache.CacheMaker(quantized, bits, 0, True)
+        gen = BatchGenerator(
+            model,
+            stop_tokens=[],
+            completion_batch_size=a.streams,
+            prefill_batch_size=a.streams,
+            prefill_step_size=2048,
+        )
+        for rnd in range(2):
+            caches = None if bits is None else [maker() for _ in prompts]
+            gen.insert(prompts, max_tokens=[a.tokens] * len(prompts), caches=caches)
+            times, kinds, done = [], [], 0
+            while done < len(prompts):
+                mx.synchronize()  # only around the steps that prefill or join (below)
+                t = time.perf_counter()
+                progress, responses = gen.next()
+                joined = any(r.end_of_prompt for r in progress)
+                if joined or any(not r.end_of_prompt for r in progress):
+                    mx.synchronize()
+                times.append(time.perf_counter() - t)
+                kinds.append("join" if joined else "prefill" if progress else "decode")
+                done += sum(1 for r in responses if r.finish_reason)
+            decode = [t for t, k in zip(times, kinds, strict=True) if k == "decode"][2:-2]
+            joins = [t for t, k in zip(times, kinds, strict=True) if k != "decode"]
+            if rnd == 1:
+                print(
+                    f"{variant:12} prefill+join steps "
+                    + " ".join(f"{t * 1e3:.0f}" for t in joins)
+                    + f" ms; decode p50 {statistics.median(decode) * 1e3:.2f} ms, mean "
+                    f"{statistics.fmean(decode) * 1e3:.2f} ms over {len(decode)}",
+                    flush=True,
+                )
+        gen.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
