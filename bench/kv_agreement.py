@@ -9,7 +9,8 @@ Each prompt (bench.py's story prompts) runs greedy for --tokens tokens, all prom
 one batch, once per cache setting. A prompt agrees when its token ids are the same as with the
 full-precision cache; the mean common prefix says how far the others get before they part.
 
-``--reference`` also runs each prompt alone through mlx-lm's own ``generate_step``: full
+``--cuda-path`` runs the engine as it runs on CUDA (see ``emulate_cuda_path``). ``--reference``
+also runs each prompt alone through mlx-lm's own ``generate_step``: full
 precision, its ``QuantizedKVCache`` from the first token (``quantized_kv_start=0``) at each
 --bits and group size 64 and 32, and a full-precision cache whose keys and values are rounded to
 bfloat16 (what a GPU keeps) -- so a disagreement can be told apart from a batch-cache bug: it is
@@ -62,7 +63,16 @@ def main() -> int:
     p.add_argument("--bits", default="8,4")
     p.add_argument("--out")
     p.add_argument("--reference", action="store_true", help="also mlx-lm's own caches, alone")
+    p.add_argument(
+        "--cuda-path",
+        action="store_true",
+        help="the engine as on CUDA: caches quantized at rest, prefill attention on the chunk as "
+        "computed, decode steps reading codes plus a full-precision tail (kvattention), with "
+        "kvattention.reference standing in for the CUDA kernels",
+    )
     args = p.parse_args()
+    if args.cuda_path:
+        emulate_cuda_path()
 
     sys.path.insert(0, str(ROOT / "bench"))
     from bench import messages_for
@@ -162,6 +172,25 @@ def reference(model, prompts, tokens: int, bits_list: list[int], base: list[list
     finally:
         mlx_cache.KVCache.update_and_fetch = full  # type: ignore[method-assign]
     return out
+
+
+def emulate_cuda_path() -> None:
+    """What the engine does on CUDA, on any device: its attention routing (engine/attention.py),
+    caches that dequantize, and decode steps through kvattention (the tail included), computed
+    by ``reference`` (the CUDA kernels' check compares them against it)."""
+    import mlx.core as mx
+
+    from mlxd.engine import attention, kvattention
+
+    attention.wanted = lambda: True  # type: ignore[assignment]
+    mx.cuda.is_available = lambda: True  # type: ignore[assignment]
+    kvattention._build = lambda: object()  # type: ignore[assignment]
+    kvattention.check = lambda *a: 0.0  # type: ignore[assignment]  # reference against itself
+
+    def attend(kernels, q, keys, values, lp, lengths, n, scale, bits, group, tail=None, nq=None):
+        return kvattention.reference(q, keys, values, lp, n, scale, bits, group, tail=tail, nq=nq)
+
+    kvattention.attend = attend  # type: ignore[assignment]
 
 
 def _common(a: list[int], b: list[int]) -> int:

@@ -25,7 +25,7 @@ from dataclasses import replace
 from mlx_lm.generate import BatchGenerator
 from mlx_lm.models.cache import LRUPromptCache
 
-from mlxd.engine import attention, kvattention, rowfilter, warmup
+from mlxd.engine import attention, kvattention, kvcache, rowfilter, warmup
 from mlxd.engine.admission import Admission
 from mlxd.engine.calibration import IDLE_BEFORE_S, Weights
 from mlxd.engine.errors import (
@@ -114,6 +114,7 @@ class Engine:
         self.vocab_size = 0  # the model's output width
         self.kv_bytes_per_token: int = 0  # what a token costs once the cache is quantized
         self._kv_full_bytes_per_token = 0
+        self._kv_tail = False  # quantized caches keep a full-precision tail (kvattention, CUDA)
 
     # ----- called from the event loop -----
 
@@ -136,9 +137,13 @@ class Engine:
 
     def kv_bytes(self, tokens: int) -> int:
         """KV bytes ``tokens`` tokens of one sequence may hold (full precision up to
-        --quantized-kv-start, then quantized)."""
+        --quantized-kv-start, then quantized), and where decode steps read the codes (CUDA) the
+        sequence's full-precision tail of the latest ``kvcache.TAIL`` tokens besides."""
         full = min(tokens, self.settings.quantized_kv_start) if self.settings.kv_bits else tokens
-        return full * self._kv_full_bytes_per_token + (tokens - full) * self.kv_bytes_per_token
+        tail = kvcache.TAIL * self._kv_full_bytes_per_token if self._kv_tail else 0
+        return (
+            full * self._kv_full_bytes_per_token + (tokens - full) * self.kv_bytes_per_token + tail
+        )
 
     def submit(self, job: Job) -> None:
         """Queue a job, or raise the 429/503 that says why it cannot be queued."""
@@ -272,7 +277,8 @@ class Engine:
         warm = warmup.WarmUpRun(self.tokenizer, s.prefill_step_size, new_cache, self._gpu)
         # Decode steps may read a quantized cache's codes where mlxd routes attention (CUDA)
         # and the kernels check out (kvattention.decode, at the first step of each head shape).
-        kvattention.allow(s.kv_bits is not None and self._attention_patched > 0)
+        self._kv_tail = s.kv_bits is not None and self._attention_patched > 0
+        kvattention.allow(self._kv_tail)
         done = warm.first(self._running.gen)
         self.vocab_size = done.vocab_size
         self._kv_full_bytes_per_token = self.kv_bytes_per_token = done.kv_bytes_per_token
