@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from mlxd.engine import steptrace
 from mlxd.models.locate import HUB_ID
 from mlxd.service import imports, modelspec
 from mlxd.service.config import (
@@ -32,7 +33,7 @@ from mlxd.service.options import ENV_PREFIX, Option
 ENV_ALIAS_PREFIX = "MLX_SERVER_"  # the seed server's names; MLXD_* wins when both are set
 ENV_CONFIG = ENV_PREFIX + "CONFIG"
 # MLXD_BUNDLE: spec/mlxd.spec's build switch; MLXD_TORCH: service/imports.py's opt-out
-ENV_NOT_SETTINGS = {ENV_CONFIG, "MLXD_BUNDLE", imports.OPT_OUT}
+ENV_NOT_SETTINGS = {ENV_CONFIG, "MLXD_BUNDLE", imports.OPT_OUT, steptrace.ENV}
 
 
 def from_file(path: str) -> dict[str, object]:

@@ -205,6 +205,7 @@ def test_unknown_variables_are_ignored_with_a_warning():
     }  # other tools use MLX_SERVER_ too
     assert from_env(env) == {"port": 1}
     assert env_warnings(env) == ["MLXD_PROT is not a setting; ignored (did you mean MLXD_PORT?)"]
+    assert env_warnings({"MLXD_STEP_TRACE": "/tmp/steps-{pid}.jsonl"}) == []  # profiling, known
 
 
 # ----- precedence: defaults < file < env < CLI -----
