@@ -24,8 +24,6 @@ import asyncio
 import io
 import os
 import pstats
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -158,41 +156,10 @@ def serve(argv: list[str]) -> int:
     return cli.main(argv)
 
 
-async def _round(port: int, n: int, first: int, max_tokens: int) -> tuple[int, float]:
-    from benchclient import chat_payload, stream_chat
-
-    from bench import messages_for
-
-    t = time.perf_counter()
-    results = await asyncio.gather(
-        *(
-            stream_chat(port, chat_payload(messages_for(first + i), max_tokens), 600)
-            for i in range(n)
-        )
-    )
-    tokens = sum(r.get("completion_tokens") or 0 for r in results)
-    return tokens, time.perf_counter() - t
-
-
-def _wait_ready(port: int, proc: subprocess.Popen, timeout: float) -> None:
-    import urllib.request
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited ({proc.returncode})")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    raise TimeoutError("the server did not get ready")
-
-
 def drive(args) -> int:
     import steptrace
+
+    import bench
 
     report = []
     port = 18000
@@ -212,29 +179,24 @@ def drive(args) -> int:
                 env["PROFILE_EVAL"] = "1"
             if args.phases:
                 env["PROFILE_PHASES"] = "1"
-            cmd = [
-                sys.executable,
-                __file__,
-                "--serve",
-                args.model,
-                "--port",
-                str(port),
-                *flags.split(),
-            ]
-            log = open(Path(tmp) / f"{name}.log", "wb")
-            proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
-            _wait_ready(port, proc, 600)
+            cmd = [sys.executable, __file__, "--serve", args.model, "--port", str(port)]
+            srv = bench.ServerProcess(
+                name, cmd + flags.split(), port, Path(tmp) / f"{name}.log", env
+            )
+            srv.start()
+            asyncio.run(bench.wait_ready(srv, False, 600))
             lines = [f"=== {name}: mlxd {flags}"]
             for r in range(args.rounds):
                 if r == args.rounds - 1:
                     on.touch()
                     trace.write_text("")  # the timed round's steps only
-                tokens, seconds = asyncio.run(_round(port, args.streams, 1000 * r, args.max_tokens))
+                indices = list(range(1000 * r, 1000 * r + args.streams))
+                done = asyncio.run(bench.run_round(port, indices, args.max_tokens, 600))
+                tokens, seconds = sum(s["tokens"] for s in done["streams"]), done["wall_s"]
                 lines.append(
                     f"round {r}: {tokens} tokens in {seconds:.2f} s = {tokens / seconds:.0f} tok/s"
                 )
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(120)
+            srv.stop()  # SIGTERM: the wrapper writes its report on the way out
             lines.append(steptrace.summarize(str(trace)))
             lines.append(rep.read_text() if rep.exists() else "(no report)")
             report.append("\n".join(lines))

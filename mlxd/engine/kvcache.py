@@ -33,7 +33,7 @@ from mlx_lm.models.cache import (
 )
 
 from mlxd.engine import kvattention
-from mlxd.engine.rowfilter import filter_rows, is_identity, kept_rows
+from mlxd.engine.rowfilter import filter_rows, kept_rows
 
 GROUP_SIZES = (64, 32)  # elements per scale and bias: mlx-lm's default, else what the head allows
 STEP = 256  # tokens per allocation, as mlx-lm's caches
@@ -263,11 +263,10 @@ class QuantizedBatchKVCache(_BaseCache):
         """Keep these rows, in one copy of each part (rowfilter.py), and of the tail: a row's
         left padding never reaches into the tail (rows join after a flush), so dropping shared
         padding leaves the tail's positions as they were."""
-        if is_identity(self, batch_indices):
+        rows = filter_rows(self, batch_indices, _kept_parts)
+        if rows is None:  # every row, in order: nothing moved
             return
-        filter_rows(self, batch_indices, _kept_parts)
         if self._tail and self._tail_k is not None and self._tail_v is not None:
-            rows = mx.array(batch_indices, dtype=mx.int32)
             self._tail_k = mx.take(self._tail_k, rows, axis=0)
             self._tail_v = mx.take(self._tail_v, rows, axis=0)
         else:

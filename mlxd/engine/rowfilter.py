@@ -53,14 +53,15 @@ def kept_rows(a: mx.array, rows: mx.array, shift: int) -> mx.array:
     return mx.take(a, rows, axis=0)
 
 
-def filter_rows(cache, batch_indices, take: Callable[[Any, mx.array, int], Any]) -> None:
+def filter_rows(cache, batch_indices, take: Callable[[Any, mx.array, int], Any]) -> mx.array | None:
     """Keep these rows of a left-padded batch cache, in this order: ``cache`` has mlx-lm's
     ``BatchKVCache`` fields (``keys``, ``values``, ``offset``, ``left_padding``, ``_idx``), and
     ``take(stored, rows, shift)`` gathers what its keys and values hold (``kept_rows`` for an
     array, each part for mlxd's quantized triples). Keeping every row in order (mlx-lm's
-    prompt batch splits that way when all its prompts are done) copies nothing."""
+    prompt batch splits that way when all its prompts are done) copies nothing. Returns the rows
+    kept, as an index array, or None when that was every row in order (nothing changed)."""
     if is_identity(cache, batch_indices):
-        return
+        return None
     rows = mx.array(batch_indices, dtype=mx.int32)
     cache.offset = cache.offset[rows]
     cache.left_padding = cache.left_padding[rows]
@@ -71,6 +72,7 @@ def filter_rows(cache, batch_indices, take: Callable[[Any, mx.array, int], Any])
     if shift:
         cache._idx -= shift
         cache.left_padding = cache.left_padding - shift
+    return rows
 
 
 def filter_batch(cache: BatchKVCache, batch_indices) -> None:

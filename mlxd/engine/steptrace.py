@@ -33,8 +33,13 @@ class StepTrace:
         finished: int,
         solo: bool = False,
     ) -> None:
-        line = {"s": round(seconds, 6), "d": decoding, "p": prompt_tokens, "j": joined}
-        line["f"] = finished
+        line = {
+            "s": round(seconds, 6),
+            "d": decoding,
+            "p": prompt_tokens,
+            "j": joined,
+            "f": finished,
+        }
         if solo:
             line["solo"] = 1
         self._write(line)
