@@ -23,8 +23,14 @@ run() {  # NAME, then environment assignments
     --top 40 --variants "full=;kv8=--kv-bits 8" --phases --out "$OUT/$name.txt" > "$OUT/$name.out" 2>&1
   echo "== $name ($*)"; grep -h "^===\|^round 2\|^  decode\|^  prefill\|evaluated GenerationBatch.__init__" "$OUT/$name.txt"
 }
-run graphs-default
-run graphs-4000 MLX_CUDA_GRAPH_CACHE_SIZE=4000
-run graphs-off MLX_USE_CUDA_GRAPHS=0
-timeout 150 python3 bench/kv_decode_probe.py --model "$MODEL" --dense > "$OUT/probe.txt" 2>&1
-cat "$OUT/probe.txt"
+# STEPS picks the parts (a device call has 600 s; all four take ~7 min with the model's creation)
+STEPS=${STEPS:-"default 4000 off probe"}
+for step in $STEPS; do
+  case $step in
+    default) run graphs-default ;;
+    4000) run graphs-4000 MLX_CUDA_GRAPH_CACHE_SIZE=4000 ;;
+    off) run graphs-off MLX_USE_CUDA_GRAPHS=0 ;;
+    probe) timeout 150 python3 bench/kv_decode_probe.py --model "$MODEL" --dense > "$OUT/probe.txt" 2>&1
+           cat "$OUT/probe.txt" ;;
+  esac
+done

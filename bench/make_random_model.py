@@ -44,6 +44,17 @@ SHAPES = {
         rope_theta=500000.0,
         tie_word_embeddings=True,
     ),
+    # The 8B's depth and head layout at a width a CPU steps through quickly: for what scales
+    # with layers and heads (cache bookkeeping, kernel launches), not with the matmuls.
+    "deep": dict(
+        hidden_size=512,
+        num_hidden_layers=32,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        intermediate_size=1024,
+        rope_theta=500000.0,
+        tie_word_embeddings=True,
+    ),
     # Seconds to build; for tests of the plumbing.
     "tiny": dict(
         hidden_size=256,

@@ -117,6 +117,10 @@ def serve(argv: list[str]) -> int:
         _eval_timers(totals)
     if os.environ.get("PROFILE_PHASES"):
         _phase_timers(totals)
+    if os.environ.get("PROFILE_EMULATE_CUDA"):
+        from kv_agreement import emulate_cuda_path
+
+        emulate_cuda_path()
     started = []
     original = running.Running.step
     on = Path(os.environ["PROFILE_ON"])  # the driver touches it when the timed rounds begin
@@ -179,6 +183,8 @@ def drive(args) -> int:
                 env["PROFILE_EVAL"] = "1"
             if args.phases:
                 env["PROFILE_PHASES"] = "1"
+            if args.emulate_cuda:
+                env["PROFILE_EMULATE_CUDA"] = "1"
             cmd = [sys.executable, __file__, "--serve", args.model, "--port", str(port)]
             srv = bench.ServerProcess(
                 name, cmd + flags.split(), port, Path(tmp) / f"{name}.log", env
@@ -220,6 +226,11 @@ def main() -> int:
     p.add_argument("--variants", default="full=;kv8=--kv-bits 8")
     p.add_argument("--eval", action="store_true")
     p.add_argument("--phases", action="store_true", help="time mlx-lm's batch phases (synced)")
+    p.add_argument(
+        "--emulate-cuda",
+        action="store_true",
+        help="run the engine's CUDA path on this device (kv_agreement.emulate_cuda_path)",
+    )
     p.add_argument("--top", type=int, default=35)
     p.add_argument("--out", default="")
     return drive(p.parse_args())
