@@ -44,7 +44,7 @@ def main() -> int:
     import mlx.core as mx
     from mlx_lm import load
     from mlx_lm.generate import BatchGenerator
-    from mlx_lm.models.cache import LRUPromptCache
+    from mlx_lm.models.cache import LRUPromptCache, make_prompt_cache
 
     from bench import messages_for
     from mlxd.engine import attention, kvattention, kvcache, rowfilter
@@ -109,6 +109,11 @@ def main() -> int:
         kvattention.attend = ref_attend if variant == "kv8-ref" else original_attend
         route(noattn if variant.endswith("noattn") else original_prefill)
         maker = kvcache.CacheMaker(quantized, bits, 0, True)
+
+        # A prompt the prompt cache missed (--hits) starts from a new cache of the variant's kind.
+        def fresh(maker=maker):
+            return maker() or make_prompt_cache(quantized)
+
         gen = BatchGenerator(
             model,
             stop_tokens=[],
@@ -123,13 +128,11 @@ def main() -> int:
             if a.hits and rnd == 1:
                 found = [kept.fetch_nearest_cache("m", list(p)) for p in prompts]
                 hit = [c is not None for c, _ in found]
-                caches = [c if c is not None else (maker() or []) for c, _ in found]
+                caches = [c if c is not None else fresh() for c, _ in found]
                 todo = [
                     rest if c is not None else p
                     for (c, rest), p in zip(found, prompts, strict=True)
                 ]
-                if bits is None and not all(hit):
-                    caches = None
                 print(
                     f"{variant:12} hits {sum(hit)}/{len(prompts)}, cached tokens "
                     f"{sum(len(p) - len(t) for p, t in zip(prompts, todo, strict=True))}",
